@@ -1,0 +1,181 @@
+//! Audiences evaluated against identities. Pure: no I/O.
+//!
+//! An audience is resolved once per message (its templates filled from the message), then the
+//! resolved form is checked against each recipient's identity without further template work.
+
+use serde_json::Value;
+
+use crate::auth::Identity;
+use crate::config::Audience;
+use crate::template::{PathSegment, Scope};
+
+/// An audience with every template filled in from one message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolved {
+    All,
+    Authenticated,
+    User(String),
+    Roles(Vec<String>),
+    Claims(Vec<(Vec<PathSegment>, String)>),
+    Any(Vec<Resolved>),
+    Every(Vec<Resolved>),
+}
+
+/// Fills an audience's templates from a message; `None` when one cannot be resolved.
+pub fn resolve(audience: &Audience, scope: &Scope) -> Option<Resolved> {
+    Some(match audience {
+        Audience::All => Resolved::All,
+        Audience::Authenticated => Resolved::Authenticated,
+        Audience::User(template) => Resolved::User(template.render(scope)?),
+        Audience::Roles(roles) => Resolved::Roles(roles.clone()),
+        Audience::Claims(claims) => Resolved::Claims(
+            claims
+                .iter()
+                .map(|(path, template)| Some((path.clone(), template.render(scope)?)))
+                .collect::<Option<_>>()?,
+        ),
+        Audience::Any(items) => Resolved::Any(
+            items
+                .iter()
+                .map(|a| resolve(a, scope))
+                .collect::<Option<_>>()?,
+        ),
+        Audience::Every(items) => Resolved::Every(
+            items
+                .iter()
+                .map(|a| resolve(a, scope))
+                .collect::<Option<_>>()?,
+        ),
+    })
+}
+
+impl Resolved {
+    pub fn admits(&self, identity: &Identity) -> bool {
+        match self {
+            Resolved::All => true,
+            Resolved::Authenticated => identity.authenticated,
+            Resolved::User(user) => {
+                identity.authenticated && identity.user.as_deref() == Some(user.as_str())
+            }
+            Resolved::Roles(roles) => {
+                identity.authenticated && roles.iter().any(|role| identity.has_role(role))
+            }
+            Resolved::Claims(claims) => {
+                identity.authenticated
+                    && claims.iter().all(|(path, expected)| {
+                        claim_matches(claim_at(&identity.claims, path), expected)
+                    })
+            }
+            Resolved::Any(items) => items.iter().any(|item| item.admits(identity)),
+            Resolved::Every(items) => items.iter().all(|item| item.admits(identity)),
+        }
+    }
+
+    /// The only user this audience can admit, when it is that simple: recipients can then be
+    /// found through the user index instead of by scanning every connection.
+    pub fn single_user(&self) -> Option<&str> {
+        match self {
+            Resolved::User(user) => Some(user),
+            Resolved::Every(items) => items.iter().find_map(Resolved::single_user),
+            _ => None,
+        }
+    }
+}
+
+/// Whether an audience can admit `identity` for some message, knowing only what `scope`
+/// holds (a subscribe, before any message): a part that needs what the scope lacks counts as
+/// possibly true, and is checked again on every message.
+pub fn may_admit(audience: &Audience, scope: &Scope, identity: &Identity) -> bool {
+    match audience {
+        Audience::Any(items) => items.iter().any(|item| may_admit(item, scope, identity)),
+        Audience::Every(items) => items.iter().all(|item| may_admit(item, scope, identity)),
+        leaf => match resolve(leaf, scope) {
+            Some(resolved) => resolved.admits(identity),
+            None => match leaf {
+                // Unresolved here means "depends on the message", but an anonymous connection
+                // can never match a user or a claim.
+                Audience::User(_) | Audience::Claims(_) => identity.authenticated,
+                _ => true,
+            },
+        },
+    }
+}
+
+fn claim_at<'a>(claims: &'a Value, path: &[PathSegment]) -> Option<&'a Value> {
+    path.iter()
+        .try_fold(claims, |node, segment| match (node, segment) {
+            (Value::Object(map), PathSegment::Key(key)) => map.get(key),
+            (Value::Array(items), PathSegment::Index(i)) => items.get(*i),
+            (Value::Object(map), PathSegment::Index(i)) => map.get(&i.to_string()),
+            _ => None,
+        })
+}
+
+fn claim_matches(claim: Option<&Value>, expected: &str) -> bool {
+    match claim {
+        Some(Value::Array(items)) => items.iter().any(|item| scalar_equals(item, expected)),
+        Some(value) => scalar_equals(value, expected),
+        None => false,
+    }
+}
+
+fn scalar_equals(value: &Value, expected: &str) -> bool {
+    match value {
+        Value::String(s) => s == expected,
+        Value::Number(n) => n.to_string() == expected,
+        Value::Bool(b) => (if *b { "true" } else { "false" }) == expected,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn user(id: &str, roles: &[&str], claims: Value) -> Identity {
+        Identity {
+            user: Some(Arc::from(id)),
+            roles: roles.iter().map(|r| Arc::from(*r)).collect(),
+            claims,
+            authenticated: true,
+        }
+    }
+
+    #[test]
+    fn each_resolved_kind_admits_exactly_its_identities() {
+        let alice = user(
+            "alice",
+            &["user"],
+            json!({"ws": ["w1", "w2"], "tenant": "t1", "n": 5}),
+        );
+        let admin = user("root", &["admin"], json!({"ws": "w3"}));
+        let anonymous = Identity::anonymous();
+        assert!(Resolved::All.admits(&anonymous));
+        assert!(!Resolved::Authenticated.admits(&anonymous));
+        assert!(Resolved::User("alice".into()).admits(&alice));
+        assert!(!Resolved::User("alice".into()).admits(&admin));
+        assert!(Resolved::Roles(vec!["admin".into()]).admits(&admin));
+        assert!(!Resolved::Roles(vec!["admin".into()]).admits(&alice));
+        let ws = |w: &str| Resolved::Claims(vec![(vec![PathSegment::Key("ws".into())], w.into())]);
+        assert!(ws("w2").admits(&alice));
+        assert!(!ws("w3").admits(&alice));
+        assert!(ws("w3").admits(&admin));
+        assert!(!ws("w3").admits(&anonymous));
+        let n = Resolved::Claims(vec![(vec![PathSegment::Key("n".into())], "5".into())]);
+        assert!(n.admits(&alice));
+        let either = Resolved::Any(vec![
+            Resolved::User("alice".into()),
+            Resolved::Roles(vec!["admin".into()]),
+        ]);
+        assert!(either.admits(&alice) && either.admits(&admin) && !either.admits(&anonymous));
+        let both = Resolved::Every(vec![Resolved::Authenticated, ws("w1")]);
+        assert!(both.admits(&alice) && !both.admits(&admin));
+        assert_eq!(both.single_user(), None);
+        assert_eq!(
+            Resolved::Every(vec![Resolved::User("a".into())]).single_user(),
+            Some("a")
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! The routing file (SPEC §3): YAML → validated, compiled [`Config`].
+//!
+//! Loading is pure apart from reading the file and the environment (`${VAR}`): no socket is
+//! bound, nothing is spawned. Layout:
+//! - `yaml`: the raw layer — the YAML tree with positions, `${VAR}` interpolation, and the
+//!   readers that turn nodes into typed values while collecting errors;
+//! - `websocket`, `auth`, `route`: one section each, raw nodes → typed settings (templates
+//!   and audiences compiled here, so the hot path only renders);
+//! - this file: the top level, the error types and [`Config::load`].
+//!
+//! Every problem that can be found is reported, each with the file, line, column and key
+//! path; a file with any problem gives no `Config`.
+
+mod auth;
+mod route;
+mod websocket;
+mod yaml;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use auth::{AuthMode, AuthSettings};
+pub use route::{Audience, Delivery, Format, Route, Source};
+pub use websocket::{Rate, SlowClient, WebSocketSettings, Welcome};
+
+use yaml::{Ctx, fields};
+
+/// The validated routing file.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from (for messages and reloads).
+    pub source: PathBuf,
+    /// Where the HTTP/WebSocket server listens (`listen`, default 127.0.0.1:8080).
+    pub listen: SocketAddr,
+    /// The Redis connection.
+    pub redis: RedisSettings,
+    /// Client-facing WebSocket limits and behaviour.
+    pub websocket: WebSocketSettings,
+    /// How connections authenticate.
+    pub auth: AuthSettings,
+    /// How long a graceful shutdown may take (`shutdown_grace`, default 10s).
+    pub shutdown_grace: Duration,
+    /// The routes, in file order (at least one).
+    pub routes: Vec<Route>,
+}
+
+/// The `redis` section.
+#[derive(Clone, Debug)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` URL (may hold a password: do not log it).
+    pub url: String,
+}
+
+const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    8080,
+));
+const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "redis",
+    "websocket",
+    "auth",
+    "shutdown_grace",
+    "routes",
+];
+const REDIS_KEYS: &[&str] = &["url"];
+
+impl Config {
+    /// Reads and validates the routing file at `path`; `${VAR}` in string values is
+    /// replaced from the environment.
+    pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::from_str(&text, path),
+            Err(e) => Err(ConfigErrors(vec![ConfigError {
+                file: path.to_path_buf(),
+                line: None,
+                column: None,
+                key: String::new(),
+                message: format!("cannot read the routing file: {e}"),
+            }])),
+        }
+    }
+
+    /// Validates routing-file text; `source` names the file in errors and in
+    /// [`Config::source`].
+    // Not `FromStr`: it needs the source path, and the name is the one the crate uses.
+    #[allow(clippy::should_implement_trait)]
+    pub fn from_str(text: &str, source: &Path) -> Result<Config, ConfigErrors> {
+        Config::from_str_with_env(text, source, &|name| std::env::var_os(name))
+    }
+
+    /// [`Config::from_str`] with the environment given as a lookup function.
+    fn from_str_with_env(
+        text: &str,
+        source: &Path,
+        env: &dyn Fn(&str) -> Option<OsString>,
+    ) -> Result<Config, ConfigErrors> {
+        let mut ctx = Ctx::new(source, env);
+        let root = match ctx.load_tree(text) {
+            Ok(root) => root,
+            Err(syntax) => {
+                return Err(ConfigErrors(vec![ConfigError {
+                    file: source.to_path_buf(),
+                    line: syntax.line,
+                    column: syntax.column,
+                    key: String::new(),
+                    message: syntax.message,
+                }]));
+            }
+        };
+        let config = compile(&mut ctx, &root, source);
+        let mut errors = ctx.errors;
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ => {
+                errors.sort_by_key(|e| (e.line.unwrap_or(u64::MAX), e.column.unwrap_or(u64::MAX)));
+                Err(ConfigErrors(errors))
+            }
+        }
+    }
+}
+
+/// Builds the config from the tree; `None` (with errors in `ctx`) when some part is invalid.
+fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
+    let top = fields(ctx, root, "", TOP_KEYS)?;
+    let listen = match top.get("listen") {
+        Some(node) => socket_addr(ctx, node, "listen"),
+        None => Some(DEFAULT_LISTEN),
+    };
+    let redis = match top.get("redis") {
+        Some(node) => redis(ctx, node),
+        None => Some(RedisSettings {
+            url: DEFAULT_REDIS_URL.to_owned(),
+        }),
+    };
+    let websocket = websocket::compile(ctx, top.get("websocket"));
+    let auth = auth::compile(ctx, top.get("auth"));
+    let shutdown_grace = match top.get("shutdown_grace") {
+        Some(node) => yaml::duration(ctx, node, "shutdown_grace"),
+        None => Some(DEFAULT_SHUTDOWN_GRACE),
+    };
+    let routes = match top.get("routes") {
+        Some(node) => route::compile_all(ctx, node),
+        None => {
+            ctx.error(
+                root,
+                "routes",
+                "missing key `routes`: at least one route is required",
+            );
+            None
+        }
+    };
+    Some(Config {
+        source: source.to_path_buf(),
+        listen: listen?,
+        redis: redis?,
+        websocket: websocket?,
+        auth: auth?,
+        shutdown_grace: shutdown_grace?,
+        routes: routes?,
+    })
+}
+
+fn socket_addr(ctx: &mut Ctx, node: &yaml::Node, path: &str) -> Option<SocketAddr> {
+    let text = yaml::string(ctx, node, path)?;
+    match text.trim().parse() {
+        Ok(addr) => Some(addr),
+        Err(_) => {
+            let message = format!(
+                "invalid address `{text}`: expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+            );
+            ctx.error(node, path, message);
+            None
+        }
+    }
+}
+
+fn redis(ctx: &mut Ctx, node: &yaml::Node) -> Option<RedisSettings> {
+    let section = fields(ctx, node, "redis", REDIS_KEYS)?;
+    let Some(url_node) = section.get("url") else {
+        return Some(RedisSettings {
+            url: DEFAULT_REDIS_URL.to_owned(),
+        });
+    };
+    let url = yaml::string(ctx, url_node, "redis.url")?;
+    let rest = url
+        .strip_prefix("redis://")
+        .or_else(|| url.strip_prefix("rediss://"));
+    match rest {
+        // The URL is not quoted back: it may hold a password.
+        None => {
+            ctx.error(
+                url_node,
+                "redis.url",
+                "must start with redis:// or rediss://",
+            );
+            None
+        }
+        Some("") => {
+            ctx.error(url_node, "redis.url", "has no host after the scheme");
+            None
+        }
+        Some(_) => Some(RedisSettings { url }),
+    }
+}
+
+/// Every problem found in a routing file.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    /// One line per error.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, error) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// One problem in a routing file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line, when known.
+    pub line: Option<u64>,
+    /// 1-based column, when known.
+    pub column: Option<u64>,
+    /// The key path, e.g. `routes[1].topic` or `websocket.ping_interval` (route indexes
+    /// count from 0); empty for file-level problems (unreadable file, YAML syntax).
+    pub key: String,
+    /// What is wrong, without a trailing period.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    /// `{file}:{line}:{column}: {key}: {message}`, leaving out what is unknown.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+            if let Some(column) = self.column {
+                write!(f, ":{column}")?;
+            }
+        }
+        f.write_str(": ")?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests;

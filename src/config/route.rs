@@ -1,0 +1,577 @@
+//! The `routes` list: sources, topics, delivery, audiences and formats.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use super::yaml::{self, Ctx, Kind, Node, fields, index, join};
+use crate::template::{
+    Allowed, JsonPart, JsonTemplate, PathSegment, Template, parse_path, path_text,
+};
+
+/// One route: which Redis messages it takes, and how it turns them into frames for whom.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Unique name, used in logs and metric labels.
+    pub name: Arc<str>,
+    /// The channel (SUBSCRIBE) or pattern (PSUBSCRIBE) it listens to.
+    pub source: Source,
+    /// The topics each message is published on (at least one).
+    pub topics: Vec<Template>,
+    /// Whether clients must subscribe to get its frames.
+    pub delivery: Delivery,
+    /// Which connections may receive its frames.
+    pub audience: Audience,
+    /// How a message becomes a frame.
+    pub format: Format,
+    /// The envelope's `type` (YAML key `type`; default: the route name). Only set by the file
+    /// for `format: envelope`; for other formats it is the literal route name.
+    pub event_type: Template,
+}
+
+/// Where a route's messages come from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// An exact channel name (SUBSCRIBE).
+    Channel(String),
+    /// A Redis glob pattern (PSUBSCRIBE).
+    Pattern(String),
+}
+
+/// Who gets a route's frames without asking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// Every admitted connection gets the frames without subscribing.
+    Auto,
+    /// Only connections subscribed to the topic (the default).
+    Subscribe,
+}
+
+/// Which connections a route's frames may reach (SPEC §3 "Audiences"). The templates
+/// resolve against the message (captures, channel, payload); the results are compared with
+/// the connection's identity and claims.
+#[derive(Clone, Debug)]
+pub enum Audience {
+    /// Every connection, anonymous ones included.
+    All,
+    /// Any connection with a valid token or API key.
+    Authenticated,
+    /// The connection whose user equals the rendered value.
+    User(Template),
+    /// Connections with at least one of these roles.
+    Roles(Vec<String>),
+    /// Connections whose claim at each path equals the rendered value (or, for an array
+    /// claim, contains it).
+    Claims(Vec<(Vec<PathSegment>, Template)>),
+    /// Any of these (logical or).
+    Any(Vec<Audience>),
+    /// All of these (logical and; YAML `all: [...]`).
+    Every(Vec<Audience>),
+}
+
+/// How a message becomes a frame.
+#[derive(Clone, Debug)]
+pub enum Format {
+    /// `{"type", "topic", "seq", "ts", "data"}` (the default).
+    Envelope,
+    /// The payload byte for byte.
+    Raw,
+    /// A JSON template.
+    Template(JsonTemplate),
+}
+
+const KEYS: &[&str] = &[
+    "name", "channel", "pattern", "topic", "delivery", "audience", "format", "type",
+];
+const AUDIENCE_KEYS: &[&str] = &["user", "roles", "claims", "any", "all"];
+
+impl Route {
+    /// Whether some template of the route (topics, type, audience, format) reads the
+    /// payload, so the payload must be parsed as JSON for it.
+    pub fn needs_payload(&self) -> bool {
+        self.topics.iter().any(Template::needs_payload)
+            || self.event_type.needs_payload()
+            || self.audience.needs_payload()
+            || matches!(&self.format, Format::Template(template) if template.needs_payload())
+    }
+
+    /// The number of capturing `*` in the pattern (0 for a channel), as [`crate::glob`]
+    /// captures them: only `*` captures; `?` and `[...]` match without capturing, and `\*`
+    /// or a `*` inside `[...]` is literal.
+    pub fn capture_count(&self) -> usize {
+        match &self.source {
+            Source::Channel(_) => 0,
+            Source::Pattern(pattern) => crate::glob::capture_count(pattern),
+        }
+    }
+
+    /// One line for `check`: name, source, topics, delivery, audience and format.
+    pub fn describe(&self) -> String {
+        let mut out = format!("{}: ", self.name);
+        match &self.source {
+            Source::Channel(channel) => {
+                let _ = write!(out, "channel={channel}");
+            }
+            Source::Pattern(pattern) => {
+                let _ = write!(out, "pattern={pattern}");
+            }
+        }
+        let topics: Vec<&str> = self.topics.iter().map(Template::source).collect();
+        let delivery = match self.delivery {
+            Delivery::Auto => "auto",
+            Delivery::Subscribe => "subscribe",
+        };
+        let _ = write!(
+            out,
+            " topics=[{}] delivery={delivery} audience={}",
+            topics.join(", "),
+            self.audience.describe()
+        );
+        match &self.format {
+            Format::Envelope => {
+                let _ = write!(out, " format=envelope type={}", self.event_type.source());
+            }
+            Format::Raw => out.push_str(" format=raw"),
+            Format::Template(_) => out.push_str(" format=template"),
+        }
+        out
+    }
+}
+
+impl Audience {
+    /// Whether some template of the audience reads the payload.
+    pub fn needs_payload(&self) -> bool {
+        match self {
+            Audience::All | Audience::Authenticated | Audience::Roles(_) => false,
+            Audience::User(template) => template.needs_payload(),
+            Audience::Claims(claims) => claims.iter().any(|(_, template)| template.needs_payload()),
+            Audience::Any(audiences) | Audience::Every(audiences) => {
+                audiences.iter().any(Audience::needs_payload)
+            }
+        }
+    }
+
+    /// A short text for `check`, e.g. `all`, `user={payload.user_id}`,
+    /// `roles=[admin,superadmin]`, `claims(tenant={1})`, `any(...)`, `all(...)`.
+    pub fn describe(&self) -> String {
+        let list = |audiences: &[Audience]| {
+            audiences
+                .iter()
+                .map(Audience::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match self {
+            Audience::All => "all".to_owned(),
+            Audience::Authenticated => "authenticated".to_owned(),
+            Audience::User(template) => format!("user={}", template.source()),
+            Audience::Roles(roles) => format!("roles=[{}]", roles.join(",")),
+            Audience::Claims(claims) => {
+                let claims: Vec<String> = claims
+                    .iter()
+                    .map(|(path, template)| format!("{}={}", path_text(path), template.source()))
+                    .collect();
+                format!("claims({})", claims.join(", "))
+            }
+            Audience::Any(audiences) => format!("any({})", list(audiences)),
+            Audience::Every(audiences) => format!("all({})", list(audiences)),
+        }
+    }
+}
+
+/// Reads the `routes` list; `None` when any route is invalid (all are still checked).
+pub(super) fn compile_all(ctx: &mut Ctx, node: &Node) -> Option<Vec<Route>> {
+    let items = match &node.kind {
+        Kind::Seq(items) if !items.is_empty() => items,
+        Kind::Invalid => return None,
+        Kind::Seq(_) | Kind::Null => {
+            ctx.error(node, "routes", "at least one route is required");
+            return None;
+        }
+        _ => {
+            let message = format!(
+                "expected a list of routes, found {}",
+                yaml::found_text(node)
+            );
+            ctx.error(node, "routes", message);
+            return None;
+        }
+    };
+    let mut names = HashMap::new();
+    let mut routes = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        match compile(ctx, item, &index("routes", i), &mut names) {
+            Some(route) => routes.push(route),
+            None => ok = false,
+        }
+    }
+    ok.then_some(routes)
+}
+
+/// Reads one route. `names` maps the names seen so far to their line.
+fn compile(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    names: &mut HashMap<String, u64>,
+) -> Option<Route> {
+    if !matches!(node.kind, Kind::Map(_) | Kind::Invalid) {
+        let message = format!(
+            "expected a route (a mapping with name and channel or pattern), found {}",
+            yaml::found_text(node)
+        );
+        ctx.error(node, path, message);
+        return None;
+    }
+    let route = fields(ctx, node, path, KEYS)?;
+    let key = |name: &str| join(path, name);
+
+    let name = match route.get("name") {
+        Some(name_node) => route_name(ctx, name_node, &key("name"), names),
+        None => {
+            ctx.error(node, &key("name"), "missing key `name`");
+            None
+        }
+    };
+
+    let source = match (route.get("channel"), route.get("pattern")) {
+        (Some(_), Some(pattern)) => {
+            let message = "a route has exactly one of `channel` and `pattern`, not both";
+            ctx.error(pattern, &key("pattern"), message);
+            None
+        }
+        (None, None) => {
+            let message = "missing key `channel` or `pattern` (exactly one is required)";
+            ctx.error(node, path, message);
+            None
+        }
+        (Some(channel), None) => channel_source(ctx, channel, &key("channel")),
+        (None, Some(pattern)) => non_empty(ctx, pattern, &key("pattern")).map(Source::Pattern),
+    };
+    // Without a valid source the capture count is unknown: allow every capture rather than
+    // report errors that only follow from the first one.
+    let captures = match &source {
+        Some(Source::Pattern(pattern)) => crate::glob::capture_count(pattern),
+        Some(Source::Channel(_)) => 0,
+        None => 9,
+    };
+    let message_scope = Allowed {
+        captures,
+        channel: true,
+        payload: true,
+        ..Allowed::default()
+    };
+    let format_scope = Allowed {
+        topic: true,
+        seq: true,
+        now: true,
+        ..message_scope
+    };
+
+    let topics = match route.get("topic") {
+        Some(topic) => topics(ctx, topic, &key("topic"), &message_scope),
+        None => name.as_deref().map(|name| vec![Template::literal(name)]),
+    };
+    let delivery = match route.get("delivery") {
+        Some(delivery) => delivery_of(ctx, delivery, &key("delivery")),
+        None => Some(Delivery::Subscribe),
+    };
+    let audience = match route.get("audience") {
+        Some(audience) => audience_of(ctx, audience, &key("audience"), &message_scope),
+        None => Some(Audience::All),
+    };
+    let format = match route.get("format") {
+        Some(format) => format_of(ctx, format, &key("format"), &format_scope),
+        None => Some(Format::Envelope),
+    };
+    let event_type = match (route.get("type"), &format) {
+        (Some(type_node), Some(Format::Raw | Format::Template(_))) => {
+            let message = "`type` is only used by `format: envelope`";
+            ctx.error(type_node, &key("type"), message);
+            None
+        }
+        (Some(type_node), _) => template(ctx, type_node, &key("type"), &message_scope),
+        (None, _) => name.as_deref().map(Template::literal),
+    };
+
+    Some(Route {
+        name: Arc::from(name?),
+        source: source?,
+        topics: topics?,
+        delivery: delivery?,
+        audience: audience?,
+        format: format?,
+        event_type: event_type?,
+    })
+}
+
+fn route_name(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    names: &mut HashMap<String, u64>,
+) -> Option<String> {
+    let name = non_empty(ctx, node, path)?;
+    if let Some(first) = names.get(&name) {
+        let message = format!("duplicate route name `{name}` (first used on line {first})");
+        ctx.error(node, path, message);
+        return None;
+    }
+    names.insert(name.clone(), node.line);
+    Some(name)
+}
+
+fn non_empty(ctx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
+    let text = yaml::string(ctx, node, path)?;
+    if text.trim().is_empty() {
+        ctx.error(node, path, "must not be empty");
+        return None;
+    }
+    Some(text)
+}
+
+fn channel_source(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Source> {
+    let channel = non_empty(ctx, node, path)?;
+    if channel.contains('*') {
+        let message = format!(
+            "`channel` is an exact channel name: for the glob `{channel}` write `pattern: \"{channel}\"`"
+        );
+        ctx.error(node, path, message);
+        return None;
+    }
+    Some(Source::Channel(channel))
+}
+
+fn template(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Option<Template> {
+    let text = yaml::string(ctx, node, path)?;
+    match Template::compile(&text, allowed) {
+        Ok(template) => Some(template),
+        Err(e) => {
+            ctx.error(node, path, e.to_string());
+            None
+        }
+    }
+}
+
+fn topics(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Option<Vec<Template>> {
+    let items: Vec<(&Node, String)> = match &node.kind {
+        Kind::Seq(items) if items.is_empty() => {
+            ctx.error(node, path, "at least one topic is required");
+            return None;
+        }
+        Kind::Seq(items) => items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (item, index(path, i)))
+            .collect(),
+        _ => vec![(node, path.to_owned())],
+    };
+    let mut out: Vec<Template> = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (item, item_path) in items {
+        let Some(topic) = template(ctx, item, &item_path, allowed) else {
+            ok = false;
+            continue;
+        };
+        if topic.as_literal() == Some("") {
+            ctx.error(item, &item_path, "must not be empty");
+            ok = false;
+        } else if out.iter().any(|seen| seen.source() == topic.source()) {
+            let message = format!("duplicate topic `{}`", topic.source());
+            ctx.error(item, &item_path, message);
+            ok = false;
+        } else {
+            out.push(topic);
+        }
+    }
+    ok.then_some(out)
+}
+
+fn delivery_of(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Delivery> {
+    match yaml::string(ctx, node, path)?.as_str() {
+        "auto" => Some(Delivery::Auto),
+        "subscribe" => Some(Delivery::Subscribe),
+        other => {
+            let message = format!("unknown delivery `{other}` (expected auto or subscribe)");
+            ctx.error(node, path, message);
+            None
+        }
+    }
+}
+
+fn audience_of(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Option<Audience> {
+    const EXPECTED: &str =
+        "expected `all`, `authenticated` or a mapping with one of user, roles, claims, any, all";
+    match &node.kind {
+        Kind::Str(s) if s == "all" => return Some(Audience::All),
+        Kind::Str(s) if s == "authenticated" => return Some(Audience::Authenticated),
+        Kind::Map(_) | Kind::Invalid => {}
+        _ => {
+            let message = format!("{EXPECTED}, found {}", yaml::found_text(node));
+            ctx.error(node, path, message);
+            return None;
+        }
+    }
+    let audience = fields(ctx, node, path, AUDIENCE_KEYS)?;
+    if audience.len() != 1 {
+        // Unknown keys were reported already; here the mapping had none or several known ones.
+        if audience.len() > 1 || matches!(&node.kind, Kind::Map(entries) if entries.is_empty()) {
+            let message =
+                "an audience mapping has exactly one key: user, roles, claims, any or all";
+            ctx.error(node, path, message);
+        }
+        return None;
+    }
+    let (name, entry) = AUDIENCE_KEYS
+        .iter()
+        .find_map(|name| audience.entry(name).map(|entry| (*name, entry)))?;
+    let value = &entry.value;
+    let key = join(path, name);
+    match name {
+        "user" => template(ctx, value, &key, allowed).map(Audience::User),
+        "roles" => {
+            let roles = yaml::string_list(ctx, value, &key)?;
+            if roles.is_empty() || roles.iter().any(|role| role.trim().is_empty()) {
+                ctx.error(
+                    value,
+                    &key,
+                    "expected a non-empty list of non-empty role names",
+                );
+                return None;
+            }
+            Some(Audience::Roles(roles))
+        }
+        "claims" => claims(ctx, value, &key, allowed).map(Audience::Claims),
+        _ => {
+            let Kind::Seq(items) = &value.kind else {
+                if !matches!(value.kind, Kind::Invalid) {
+                    let message = format!(
+                        "expected a list of audiences, found {}",
+                        yaml::found_text(value)
+                    );
+                    ctx.error(value, &key, message);
+                }
+                return None;
+            };
+            if items.is_empty() {
+                ctx.error(value, &key, "expected at least one audience");
+                return None;
+            }
+            let mut audiences = Vec::with_capacity(items.len());
+            let mut ok = true;
+            for (i, item) in items.iter().enumerate() {
+                match audience_of(ctx, item, &index(&key, i), allowed) {
+                    Some(audience) => audiences.push(audience),
+                    None => ok = false,
+                }
+            }
+            if !ok {
+                return None;
+            }
+            Some(if name == "any" {
+                Audience::Any(audiences)
+            } else {
+                Audience::Every(audiences)
+            })
+        }
+    }
+}
+
+fn claims(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    allowed: &Allowed,
+) -> Option<Vec<(Vec<PathSegment>, Template)>> {
+    let entries = match &node.kind {
+        Kind::Map(entries) if !entries.is_empty() => entries,
+        Kind::Invalid => return None,
+        _ => {
+            let message = "expected a mapping of claim names to values, e.g. {tenant: \"{1}\"}";
+            ctx.error(node, path, message);
+            return None;
+        }
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    let mut ok = true;
+    for entry in entries {
+        let key = join(path, &entry.key);
+        let claim = match parse_path(&entry.key) {
+            Ok(claim) => Some(claim),
+            Err(e) => {
+                ctx.error_at(entry.line, entry.column, &key, e.to_string());
+                None
+            }
+        };
+        match (claim, template(ctx, &entry.value, &key, allowed)) {
+            (Some(claim), Some(value)) => out.push((claim, value)),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+fn format_of(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Option<Format> {
+    match &node.kind {
+        Kind::Str(s) if s == "envelope" => Some(Format::Envelope),
+        Kind::Str(s) if s == "raw" => Some(Format::Raw),
+        Kind::Map(_) | Kind::Seq(_) => {
+            json_template(ctx, node, path, allowed).map(Format::Template)
+        }
+        Kind::Invalid => None,
+        _ => {
+            let message = format!(
+                "expected `envelope`, `raw` or a JSON template (a mapping), found {}",
+                yaml::found_text(node)
+            );
+            ctx.error(node, path, message);
+            None
+        }
+    }
+}
+
+/// Compiles a YAML value as a JSON template, keeping the file's key order and reporting
+/// each bad string at its own position.
+pub(super) fn json_template(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    allowed: &Allowed,
+) -> Option<JsonTemplate> {
+    json_part(ctx, node, path, allowed).map(|part| JsonTemplate::from_parts(&part))
+}
+
+fn json_part(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Option<JsonPart> {
+    match &node.kind {
+        Kind::Null => Some(JsonPart::Scalar(serde_json::Value::Null)),
+        Kind::Bool(b) => Some(JsonPart::Scalar(serde_json::Value::Bool(*b))),
+        Kind::Number(n) => Some(JsonPart::Scalar(serde_json::Value::Number(n.clone()))),
+        Kind::Str(_) => template(ctx, node, path, allowed).map(JsonPart::Text),
+        Kind::Invalid => None,
+        Kind::Seq(items) => {
+            let parts: Vec<Option<JsonPart>> = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| json_part(ctx, item, &index(path, i), allowed))
+                .collect();
+            parts
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .map(JsonPart::Array)
+        }
+        Kind::Map(entries) => {
+            let parts: Vec<Option<(String, JsonPart)>> = entries
+                .iter()
+                .map(|entry| {
+                    json_part(ctx, &entry.value, &join(path, &entry.key), allowed)
+                        .map(|part| (entry.key.clone(), part))
+                })
+                .collect();
+            parts
+                .into_iter()
+                .collect::<Option<Vec<_>>>()
+                .map(JsonPart::Object)
+        }
+    }
+}

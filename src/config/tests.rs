@@ -1,0 +1,723 @@
+use std::ffi::OsString;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::*;
+use crate::template::{PathSegment, Scope};
+
+const FILE: &str = "bridge.yaml";
+
+fn env(name: &str) -> Option<OsString> {
+    match name {
+        "REDIS_HOST" => Some("redis.internal".into()),
+        "MAX_CONN" => Some("500".into()),
+        _ => None,
+    }
+}
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    Config::from_str_with_env(text, Path::new(FILE), &env)
+}
+
+fn ok(text: &str) -> Config {
+    match load(text) {
+        Ok(config) => config,
+        Err(errors) => panic!("expected a valid config, got:\n{errors}"),
+    }
+}
+
+fn errors(text: &str) -> Vec<ConfigError> {
+    match load(text) {
+        Ok(config) => panic!("expected errors, got {config:#?}"),
+        Err(ConfigErrors(errors)) => {
+            for error in &errors {
+                assert_eq!(error.file, Path::new(FILE));
+                assert!(error.line.is_some() && error.column.is_some(), "{error}");
+                assert!(!error.key.is_empty(), "{error}");
+                assert!(!error.message.ends_with('.'), "{error}");
+            }
+            errors
+        }
+    }
+}
+
+/// The single error of `text`, as `line:column key: message`.
+fn one_error(text: &str) -> String {
+    let errors = errors(text);
+    assert_eq!(errors.len(), 1, "expected one error, got {errors:#?}");
+    let e = &errors[0];
+    format!(
+        "{}:{} {}: {}",
+        e.line.unwrap_or(0),
+        e.column.unwrap_or(0),
+        e.key,
+        e.message
+    )
+}
+
+const MINIMAL: &str = "routes:\n  - name: jobs\n    channel: jobs:updates\n";
+
+#[test]
+fn minimal_file_gets_every_default() {
+    let config = ok(MINIMAL);
+    assert_eq!(config.source, Path::new(FILE));
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.redis.url, "redis://127.0.0.1:6379/0");
+    assert_eq!(config.auth.mode, AuthMode::None);
+    assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+    let ws = &config.websocket;
+    assert_eq!(ws.path, "/ws");
+    assert!(ws.allowed_origins.is_empty());
+    assert_eq!(ws.max_connections, 10_000);
+    assert_eq!(ws.max_frame_bytes, 65_536);
+    assert_eq!(ws.send_queue, 256);
+    assert_eq!(ws.slow_client, SlowClient::Disconnect);
+    assert_eq!(ws.ping_interval, Duration::from_secs(30));
+    assert_eq!(ws.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        ws.client_rate,
+        Rate {
+            per_second: 20.0,
+            burst: 20
+        }
+    );
+    assert!(matches!(ws.welcome, Welcome::Native));
+
+    let [route] = config.routes.as_slice() else {
+        panic!("one route expected");
+    };
+    assert_eq!(&*route.name, "jobs");
+    assert_eq!(route.source, Source::Channel("jobs:updates".into()));
+    assert_eq!(route.topics.len(), 1);
+    assert_eq!(route.topics[0].as_literal(), Some("jobs"));
+    assert_eq!(route.delivery, Delivery::Subscribe);
+    assert!(matches!(route.audience, Audience::All));
+    assert!(matches!(route.format, Format::Envelope));
+    assert_eq!(route.event_type.as_literal(), Some("jobs"));
+    assert!(!route.needs_payload());
+    assert_eq!(route.capture_count(), 0);
+    assert_eq!(
+        route.describe(),
+        "jobs: channel=jobs:updates topics=[jobs] delivery=subscribe audience=all format=envelope type=jobs"
+    );
+}
+
+#[test]
+fn example_file_loads() {
+    let text = include_str!("../../bridge.example.yaml");
+    let config = match Config::from_str(text, Path::new("bridge.example.yaml")) {
+        Ok(config) => config,
+        Err(errors) => panic!("bridge.example.yaml must load:\n{errors}"),
+    };
+    assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(config.redis.url, "redis://127.0.0.1:6379/0");
+    assert!(config.routes.len() >= 3);
+    assert!(config.routes.iter().any(|r| r.delivery == Delivery::Auto));
+    assert!(
+        config
+            .routes
+            .iter()
+            .any(|r| matches!(r.format, Format::Template(_)))
+    );
+    assert!(config.routes.iter().any(|r| r.capture_count() == 1));
+}
+
+#[test]
+fn load_reads_the_file_and_reports_unreadable_ones() {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let path = dir.path().join("bridge.yaml");
+    if let Err(e) = std::fs::write(&path, MINIMAL) {
+        panic!("write: {e}");
+    }
+    let config = Config::load(&path).map_err(|e| e.to_string());
+    assert_eq!(config.map(|c| c.source), Ok(path.clone()));
+
+    let missing = dir.path().join("missing.yaml");
+    let Err(ConfigErrors(errors)) = Config::load(&missing) else {
+        panic!("a missing file must not load");
+    };
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].line, None);
+    let text = errors[0].to_string();
+    assert!(
+        text.starts_with(&format!(
+            "{}: cannot read the routing file: ",
+            missing.display()
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn full_settings_are_read() {
+    let config = ok(r#"
+listen: "[::1]:9000"
+redis:
+  url: rediss://${REDIS_HOST}:6380/1
+websocket:
+  path: /live
+  allowed_origins: [https://app.example.com, "http://localhost:3000"]
+  max_connections: ${MAX_CONN}
+  max_frame_bytes: 128
+  send_queue: 16
+  slow_client: drop_oldest
+  ping_interval: 250ms
+  idle_timeout: 2m
+  client_rate: 120/m
+  welcome: { type: hello, id: "{connection_id}", user: "{claims.sub|anonymous}", at: "{now}" }
+auth:
+  mode: optional
+shutdown_grace: 3s
+routes:
+  - name: jobs
+    channel: jobs
+"#);
+    assert_eq!(config.listen.to_string(), "[::1]:9000");
+    assert_eq!(config.redis.url, "rediss://redis.internal:6380/1");
+    assert_eq!(config.auth.mode, AuthMode::Optional);
+    assert_eq!(config.shutdown_grace, Duration::from_secs(3));
+    let ws = &config.websocket;
+    assert_eq!(ws.path, "/live");
+    assert_eq!(
+        ws.allowed_origins,
+        vec!["https://app.example.com", "http://localhost:3000"]
+    );
+    assert_eq!(ws.max_connections, 500);
+    assert_eq!(ws.max_frame_bytes, 128);
+    assert_eq!(ws.send_queue, 16);
+    assert_eq!(ws.slow_client, SlowClient::DropOldest);
+    assert_eq!(ws.ping_interval, Duration::from_millis(250));
+    assert_eq!(ws.idle_timeout, Duration::from_secs(120));
+    assert_eq!(
+        ws.client_rate,
+        Rate {
+            per_second: 2.0,
+            burst: 120
+        }
+    );
+    let Welcome::Template(welcome) = &ws.welcome else {
+        panic!("a welcome template expected");
+    };
+    let claims = json!({"sub": "42"});
+    let scope = Scope {
+        claims: Some(&claims),
+        connection_id: Some("c1"),
+        now: Some("T"),
+        ..Scope::default()
+    };
+    // Key order is the file's.
+    let bytes = welcome.render_to_vec(&scope).unwrap_or_default();
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        r#"{"type":"hello","id":"c1","user":"42","at":"T"}"#
+    );
+}
+
+#[test]
+fn auth_modes() {
+    for (mode, expected) in [
+        ("required", AuthMode::Required),
+        ("optional", AuthMode::Optional),
+        ("none", AuthMode::None),
+    ] {
+        let config = ok(&format!("auth:\n  mode: {mode}\n{MINIMAL}"));
+        assert_eq!(config.auth.mode, expected);
+    }
+    assert_eq!(
+        one_error(&format!("auth:\n  mode: jwt\n{MINIMAL}")),
+        "2:9 auth.mode: unknown mode `jwt` (expected required, optional or none)"
+    );
+    assert_eq!(
+        one_error(&format!("auth:\n  mode: none\n  jwt: {{}}\n{MINIMAL}")),
+        "3:3 auth.jwt: unknown key `jwt` (expected one of: mode)"
+    );
+    assert_eq!(
+        one_error(&format!("auth: {{}}\n{MINIMAL}")),
+        "1:7 auth.mode: missing key `mode` (required, optional or none)"
+    );
+}
+
+#[test]
+fn yaml_syntax_error_has_file_line_and_column() {
+    let Err(ConfigErrors(errors)) = load("listen: 127.0.0.1:8080\nroutes: [\n  - a: b: c\n") else {
+        panic!("must not load");
+    };
+    assert_eq!(errors.len(), 1);
+    let e = &errors[0];
+    assert!(e.line.is_some() && e.column.is_some(), "{e}");
+    assert!(e.key.is_empty());
+    let text = e.to_string();
+    assert!(text.starts_with("bridge.yaml:"), "{text}");
+    assert!(!text.contains('\n'), "{text}");
+
+    let Err(ConfigErrors(errors)) = load("a: 1\na: 2\n") else {
+        panic!("duplicate keys must not load");
+    };
+    assert_eq!((errors[0].line, errors[0].column), (Some(2), Some(1)));
+    assert!(errors[0].message.contains("duplicate"), "{}", errors[0]);
+}
+
+#[test]
+fn unknown_key_at_top_level() {
+    let errors = errors(&format!("lisen: 127.0.0.1:8080\n{MINIMAL}"));
+    assert_eq!(errors.len(), 1);
+    assert_eq!(
+        errors[0].to_string(),
+        "bridge.yaml:1:1: lisen: unknown key `lisen` (did you mean `listen`?)"
+    );
+}
+
+#[test]
+fn unknown_key_inside_a_route_and_sections() {
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    patern: \"job:*\"\n    channel: x\n"),
+        "3:5 routes[0].patern: unknown key `patern` (did you mean `pattern`?)"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  bogus: 1\n{MINIMAL}")),
+        "2:3 websocket.bogus: unknown key `bogus` (expected one of: path, allowed_origins, max_connections, max_frame_bytes, send_queue, slow_client, ping_interval, idle_timeout, client_rate, welcome)"
+    );
+    assert_eq!(
+        one_error(&format!("redis:\n  host: x\n{MINIMAL}")),
+        "2:3 redis.host: unknown key `host` (expected one of: url)"
+    );
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: x\n    audience: {users: \"{payload.u}\"}\n"),
+        "4:16 routes[0].audience.users: unknown key `users` (did you mean `user`?)"
+    );
+}
+
+#[test]
+fn bad_durations_and_numbers() {
+    assert_eq!(
+        one_error(&format!("websocket:\n  ping_interval: 30\n{MINIMAL}")),
+        "2:18 websocket.ping_interval: invalid duration `30`: time unit needed, for example 30sec or 30ms (examples: 30s, 250ms, 2m)"
+    );
+    assert_eq!(
+        one_error(&format!("shutdown_grace: soon\n{MINIMAL}"))
+            .split(':')
+            .take(2)
+            .collect::<Vec<_>>(),
+        vec!["1", "17 shutdown_grace"]
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  ping_interval: 0s\n{MINIMAL}")),
+        "2:18 websocket.ping_interval: must be longer than 0s"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "websocket:\n  ping_interval: 1m\n  idle_timeout: 60s\n{MINIMAL}"
+        )),
+        "3:17 websocket.idle_timeout: must be longer than ping_interval (1m), else idle connections close between pings"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  max_frame_bytes: 64\n{MINIMAL}")),
+        "2:20 websocket.max_frame_bytes: must be at least 128"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  send_queue: lots\n{MINIMAL}")),
+        "2:15 websocket.send_queue: expected a whole number, found `lots`"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  client_rate: 20/h\n{MINIMAL}")),
+        "2:16 websocket.client_rate: invalid rate `20/h`: expected N/s or N/m with N ≥ 1, e.g. 20/s"
+    );
+    assert_eq!(
+        ok(&format!("websocket:\n  client_rate: 5\n{MINIMAL}"))
+            .websocket
+            .client_rate
+            .burst,
+        5
+    );
+}
+
+#[test]
+fn other_setting_errors() {
+    assert_eq!(
+        one_error(&format!("listen: localhost:8080\n{MINIMAL}")),
+        "1:9 listen: invalid address `localhost:8080`: expected IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "redis:\n  url: http://user:secret@host\n{MINIMAL}"
+        )),
+        "2:8 redis.url: must start with redis:// or rediss://"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  path: ws\n{MINIMAL}")),
+        "2:9 websocket.path: `ws` must start with `/`"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  path: /metrics\n{MINIMAL}")),
+        "2:9 websocket.path: `/metrics` is used by another endpoint of the server"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  slow_client: wait\n{MINIMAL}")),
+        "2:16 websocket.slow_client: unknown value `wait` (expected disconnect or drop_oldest)"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "websocket:\n  allowed_origins: [\"https://a.example/\"]\n{MINIMAL}"
+        )),
+        "2:21 websocket.allowed_origins[0]: `https://a.example/` is not an origin: write scheme://host[:port] without a path or trailing `/`"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "websocket:\n  allowed_origins: [\"*\"]\n{MINIMAL}"
+        )),
+        "2:21 websocket.allowed_origins[0]: `*` is not an origin: leave the list empty to allow any origin"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "websocket:\n  welcome: {{ user: \"{{payload.user}}\" }}\n{MINIMAL}"
+        )),
+        "2:20 websocket.welcome.user: `{payload.user}` is not available here"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  welcome: fancy\n{MINIMAL}")),
+        "2:12 websocket.welcome: expected `native` or a JSON template (a mapping), found `fancy`"
+    );
+    assert_eq!(
+        one_error("listen: 127.0.0.1:1\n"),
+        "1:1 routes: missing key `routes`: at least one route is required"
+    );
+    assert_eq!(
+        one_error("routes: []\n"),
+        "1:9 routes: at least one route is required"
+    );
+    assert_eq!(
+        one_error("routes:\n  - just-a-name\n"),
+        "2:5 routes[0]: expected a route (a mapping with name and channel or pattern), found `just-a-name`"
+    );
+}
+
+#[test]
+fn bad_templates_point_at_their_value() {
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: x\n    topic: \"{foo}\"\n"),
+        "4:12 routes[0].topic: unknown placeholder `{foo}` (expected 1-9, channel, payload.…, claims.…, topic, seq, now or connection_id)"
+    );
+    assert_eq!(
+        one_error(
+            "routes:\n  - name: a\n    pattern: \"a:*:*\"\n    topic: [\"t:{1}\", \"t:{3}\"]\n"
+        ),
+        "4:22 routes[0].topic[1]: capture `{3}` but the pattern has 2 `*`"
+    );
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: x\n    topic: \"t:{1}\"\n"),
+        "4:12 routes[0].topic: capture `{1}` is not available here (no `*` pattern to capture from)"
+    );
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: x\n    topic: \"{seq}\"\n"),
+        "4:12 routes[0].topic: `{seq}` is not available here"
+    );
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: x\n    audience: {user: \"{claims.sub}\"}\n"),
+        "4:22 routes[0].audience.user: `{claims.sub}` is not available here"
+    );
+    assert_eq!(
+        one_error(
+            "routes:\n  - name: a\n    pattern: \"j:*\"\n    format:\n      data:\n        - \"{payload.x}\"\n        - \"{2}\"\n"
+        ),
+        "7:11 routes[0].format.data[1]: capture `{2}` but the pattern has 1 `*`"
+    );
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: x\n    type: \"{payload.kind\"\n"),
+        "4:11 routes[0].type: unclosed `{` in `{payload.kind` (write `{{` for a literal brace)"
+    );
+}
+
+#[test]
+fn missing_environment_variable() {
+    assert_eq!(
+        one_error(&format!(
+            "redis:\n  url: \"redis://:${{REDIS_PASSWORD}}@host\"\n{MINIMAL}"
+        )),
+        "2:8 redis.url: environment variable `REDIS_PASSWORD` is not set"
+    );
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: x\n    format: {k: [\"${NOPE}\"]}\n"),
+        "4:18 routes[0].format.k[0]: environment variable `NOPE` is not set"
+    );
+    // A default makes a missing variable fine.
+    let config = ok(&format!(
+        "redis:\n  url: \"${{REDIS_URL:-redis://10.1.1.1:6379}}\"\n{MINIMAL}"
+    ));
+    assert_eq!(config.redis.url, "redis://10.1.1.1:6379");
+}
+
+#[test]
+fn duplicate_route_names() {
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: x\n  - name: a\n    channel: y\n"),
+        "4:11 routes[1].name: duplicate route name `a` (first used on line 2)"
+    );
+    assert_eq!(
+        one_error("routes:\n  - name: \" \"\n    channel: x\n"),
+        "2:11 routes[0].name: must not be empty"
+    );
+    assert_eq!(
+        one_error("routes:\n  - channel: x\n"),
+        "2:5 routes[0].name: missing key `name`"
+    );
+}
+
+#[test]
+fn channel_and_pattern_exactly_one() {
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: x\n    pattern: \"x:*\"\n"),
+        "4:14 routes[0].pattern: a route has exactly one of `channel` and `pattern`, not both"
+    );
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    topic: t\n"),
+        "2:5 routes[0]: missing key `channel` or `pattern` (exactly one is required)"
+    );
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    channel: \"job:*\"\n"),
+        "3:14 routes[0].channel: `channel` is an exact channel name: for the glob `job:*` write `pattern: \"job:*\"`"
+    );
+    // A broken source does not cause extra capture errors.
+    assert_eq!(
+        one_error("routes:\n  - name: a\n    topic: \"t:{1}\"\n")
+            .split(' ')
+            .next(),
+        Some("2:5")
+    );
+}
+
+#[test]
+fn every_problem_is_reported_in_file_order() {
+    let errors = errors(
+        "websocket:\n  ping_interval: never\nroutes:\n  - name: a\n    channel: x\n    delivery: sometimes\n  - name: a\n    pattern: \"p:*\"\n    topic: \"{2}\"\n    bogus: 1\n",
+    );
+    let summary: Vec<String> = errors
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{} {}",
+                e.line.unwrap_or(0),
+                e.column.unwrap_or(0),
+                e.key
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            "2:18 websocket.ping_interval",
+            "6:15 routes[0].delivery",
+            "7:11 routes[1].name",
+            "9:12 routes[1].topic",
+            "10:5 routes[1].bogus",
+        ]
+    );
+    let all = ConfigErrors(errors).to_string();
+    assert_eq!(all.lines().count(), 5);
+}
+
+#[test]
+fn routes_with_templates_audiences_and_formats() {
+    let config = ok(r#"
+routes:
+  - name: botrix-jobs
+    channel: botrix:jobs:updates
+    topic: jobs
+    delivery: auto
+    type: "{payload.event|job_update}"
+  - name: job-progress
+    pattern: "job:*"
+    topic: ["job:{1}", "user:{payload.userId}"]
+    audience: { user: "{payload.userId}" }
+    format: raw
+  - name: workspace
+    pattern: "ws:*:*"
+    topic: "workspace:{1}"
+    audience:
+      any:
+        - { roles: [admin, superadmin] }
+        - all: [authenticated, { claims: { tenant: "{1}", org.id: "{2}" } }]
+    format:
+      type: "{payload.event|update}"
+      id: "{2}"
+      data: "{payload}"
+      seq: "{seq}"
+      topic: "{topic}"
+      fixed: [1, true, null]
+"#);
+    let [jobs, progress, workspace] = config.routes.as_slice() else {
+        panic!("three routes expected");
+    };
+    assert_eq!(jobs.delivery, Delivery::Auto);
+    assert!(jobs.needs_payload());
+    assert_eq!(
+        jobs.describe(),
+        "botrix-jobs: channel=botrix:jobs:updates topics=[jobs] delivery=auto audience=all format=envelope type={payload.event|job_update}"
+    );
+
+    assert_eq!(progress.capture_count(), 1);
+    assert!(progress.needs_payload());
+    assert!(progress.audience.needs_payload());
+    assert_eq!(
+        progress.describe(),
+        "job-progress: pattern=job:* topics=[job:{1}, user:{payload.userId}] delivery=subscribe audience=user={payload.userId} format=raw"
+    );
+    let m = progress.topics[0].match_topic("job:abc");
+    assert_eq!(
+        m.map(|m| m.captures[0].clone()),
+        Some(Some("abc".to_owned()))
+    );
+
+    assert_eq!(workspace.capture_count(), 2);
+    assert!(!workspace.audience.needs_payload());
+    assert!(workspace.needs_payload());
+    assert_eq!(
+        workspace.audience.describe(),
+        "any(roles=[admin,superadmin], all(authenticated, claims(tenant={1}, org.id={2})))"
+    );
+    let Audience::Any(any) = &workspace.audience else {
+        panic!("any expected");
+    };
+    let Audience::Every(every) = &any[1] else {
+        panic!("all expected");
+    };
+    let Audience::Claims(claims) = &every[1] else {
+        panic!("claims expected");
+    };
+    assert_eq!(
+        claims[1].0,
+        vec![
+            PathSegment::Key("org".into()),
+            PathSegment::Key("id".into())
+        ]
+    );
+    let Format::Template(format) = &workspace.format else {
+        panic!("a template format expected");
+    };
+    let payload = json!({"event": "renamed", "name": "W"});
+    let scope = Scope {
+        channel: "ws:t1:w9",
+        captures: &["t1", "w9"],
+        payload: Some(&payload),
+        topic: Some("workspace:t1"),
+        seq: Some(7),
+        ..Scope::default()
+    };
+    let bytes = format.render_to_vec(&scope).unwrap_or_default();
+    assert_eq!(
+        String::from_utf8_lossy(&bytes),
+        r#"{"type":"renamed","id":"w9","data":{"event":"renamed","name":"W"},"seq":7,"topic":"workspace:t1","fixed":[1,true,null]}"#
+    );
+}
+
+#[test]
+fn route_value_errors() {
+    let route = |body: &str| one_error(&format!("routes:\n  - name: a\n    channel: x\n{body}"));
+    assert_eq!(
+        route("    format: raw\n    type: t\n"),
+        "5:11 routes[0].type: `type` is only used by `format: envelope`"
+    );
+    assert_eq!(
+        route("    format: json\n"),
+        "4:13 routes[0].format: expected `envelope`, `raw` or a JSON template (a mapping), found `json`"
+    );
+    assert_eq!(
+        route("    audience: everyone\n"),
+        "4:15 routes[0].audience: expected `all`, `authenticated` or a mapping with one of user, roles, claims, any, all, found `everyone`"
+    );
+    assert_eq!(
+        route("    audience: {user: \"{payload.u}\", roles: [a]}\n"),
+        "4:15 routes[0].audience: an audience mapping has exactly one key: user, roles, claims, any or all"
+    );
+    assert_eq!(
+        route("    audience: {roles: []}\n"),
+        "4:23 routes[0].audience.roles: expected a non-empty list of non-empty role names"
+    );
+    assert_eq!(
+        route("    audience: {any: []}\n"),
+        "4:21 routes[0].audience.any: expected at least one audience"
+    );
+    assert_eq!(
+        route("    audience: {all: [authenticated, nobody]}\n"),
+        "4:37 routes[0].audience.all[1]: expected `all`, `authenticated` or a mapping with one of user, roles, claims, any, all, found `nobody`"
+    );
+    assert_eq!(
+        route("    audience: {claims: {\"a..b\": x}}\n"),
+        "4:25 routes[0].audience.claims.a..b: empty segment in the path `a..b`"
+    );
+    assert_eq!(
+        route("    delivery: push\n"),
+        "4:15 routes[0].delivery: unknown delivery `push` (expected auto or subscribe)"
+    );
+    assert_eq!(
+        route("    topic: []\n"),
+        "4:12 routes[0].topic: at least one topic is required"
+    );
+    assert_eq!(
+        route("    topic: [t, t]\n"),
+        "4:16 routes[0].topic[1]: duplicate topic `t`"
+    );
+    assert_eq!(
+        route("    topic: \"\"\n"),
+        "4:12 routes[0].topic: must not be empty"
+    );
+    assert_eq!(
+        route("    topic: {a: b}\n"),
+        "4:12 routes[0].topic: expected a string, found a mapping"
+    );
+}
+
+#[test]
+fn error_display_formats() {
+    let mut error = ConfigError {
+        file: "/etc/redis-ws-bridge/bridge.yaml".into(),
+        line: Some(3),
+        column: Some(5),
+        key: "routes[0].topic".into(),
+        message: "bad".into(),
+    };
+    assert_eq!(
+        error.to_string(),
+        "/etc/redis-ws-bridge/bridge.yaml:3:5: routes[0].topic: bad"
+    );
+    error.key.clear();
+    assert_eq!(
+        error.to_string(),
+        "/etc/redis-ws-bridge/bridge.yaml:3:5: bad"
+    );
+    error.line = None;
+    error.column = None;
+    assert_eq!(error.to_string(), "/etc/redis-ws-bridge/bridge.yaml: bad");
+    let errors = ConfigErrors(vec![error.clone(), error]);
+    assert_eq!(
+        errors.to_string(),
+        "/etc/redis-ws-bridge/bridge.yaml: bad\n/etc/redis-ws-bridge/bridge.yaml: bad"
+    );
+}
+
+#[test]
+fn hostile_input_does_not_panic() {
+    let inputs = [
+        "",
+        "~",
+        "- a\n- b\n",
+        "routes: 5\n",
+        "routes: [null, 1, [], {}]\n",
+        "routes:\n  - name: [a]\n    channel: {x: 1}\n    topic: [[x]]\n    format: 1.5\n    audience: {any: {}}\n",
+        "\u{feff}routes:\n  - {name: é, channel: \"é*\"}\n",
+        "a: &x [*x]\n",
+        &"[".repeat(500),
+        "listen: !!binary AAAA\n",
+        "routes:\n  - name: a\n    channel: b\n    format: {\"{1}\": \"}}{{\"}\n",
+    ];
+    for input in inputs {
+        // Any outcome but a panic is fine; errors must still be located.
+        if let Err(ConfigErrors(errors)) = load(input) {
+            assert!(!errors.is_empty());
+        }
+    }
+}

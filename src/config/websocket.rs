@@ -1,0 +1,300 @@
+//! The `websocket` section.
+
+use std::time::Duration;
+
+use super::yaml::{self, Ctx, Kind, Node, fields, join};
+use crate::template::{Allowed, JsonTemplate};
+
+/// Client-facing WebSocket limits and behaviour.
+#[derive(Clone, Debug)]
+pub struct WebSocketSettings {
+    /// The WebSocket endpoint's path (default `/ws`; starts with `/`).
+    pub path: String,
+    /// Exact `Origin` values allowed; empty allows any origin.
+    pub allowed_origins: Vec<String>,
+    /// Open connections above which upgrades get HTTP 503 (default 10000).
+    pub max_connections: usize,
+    /// Largest inbound client frame; above it the connection closes with 1009 (default 65536).
+    pub max_frame_bytes: usize,
+    /// Outbound frames buffered per client (default 256).
+    pub send_queue: usize,
+    /// What happens when a client's send queue is full.
+    pub slow_client: SlowClient,
+    /// How often the server pings (default 30s).
+    pub ping_interval: Duration,
+    /// No pong or frame for this long closes the connection (default 120s; longer than
+    /// `ping_interval`).
+    pub idle_timeout: Duration,
+    /// Inbound commands allowed per connection (default 20/s).
+    pub client_rate: Rate,
+    /// The first frame sent to a new connection.
+    pub welcome: Welcome,
+}
+
+/// What to do with a client whose send queue is full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SlowClient {
+    /// Close it with code 4000 (`disconnect`, the default).
+    Disconnect,
+    /// Drop its oldest queued frame to make room (`drop_oldest`).
+    DropOldest,
+}
+
+/// A token-bucket rate: `per_second` refill, `burst` capacity.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rate {
+    /// Tokens added per second.
+    pub per_second: f64,
+    /// Bucket size: the N of `N/s` or `N/m`.
+    pub burst: u32,
+}
+
+/// The first frame sent to a new connection.
+#[derive(Clone, Debug)]
+pub enum Welcome {
+    /// The `connected` frame of SPEC §4 (`native`, the default).
+    Native,
+    /// A JSON template; its placeholders: `{connection_id}`, `{claims.…}`, `{now}`.
+    Template(JsonTemplate),
+}
+
+const KEYS: &[&str] = &[
+    "path",
+    "allowed_origins",
+    "max_connections",
+    "max_frame_bytes",
+    "send_queue",
+    "slow_client",
+    "ping_interval",
+    "idle_timeout",
+    "client_rate",
+    "welcome",
+];
+
+/// Paths the HTTP server uses for its own endpoints (SPEC §5).
+const RESERVED_PATHS: &[&str] = &[
+    "/",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/client.js",
+    "/ws/stats",
+    "/api/publish",
+];
+
+const WELCOME_ALLOWED: Allowed = Allowed {
+    captures: 0,
+    channel: false,
+    payload: false,
+    claims: true,
+    topic: false,
+    seq: false,
+    now: true,
+    connection_id: true,
+};
+
+/// Reads the section (absent: every default); `None` when something in it is invalid.
+pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSettings> {
+    let empty = Node {
+        kind: Kind::Null,
+        line: 1,
+        column: 1,
+    };
+    let node = node.unwrap_or(&empty);
+    let section = fields(ctx, node, "websocket", KEYS)?;
+    let key = |name: &str| join("websocket", name);
+
+    let path = match section.get("path") {
+        Some(node) => ws_path(ctx, node, &key("path")),
+        None => Some("/ws".to_owned()),
+    };
+    let allowed_origins = match section.get("allowed_origins") {
+        Some(node) => origins(ctx, node, &key("allowed_origins")),
+        None => Some(Vec::new()),
+    };
+    let mut size = |name: &str, default: u64, min: u64| match section.get(name) {
+        Some(node) => yaml::number_at_least(ctx, node, &key(name), min)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        None => usize::try_from(default).ok(),
+    };
+    let max_connections = size("max_connections", 10_000, 1);
+    let max_frame_bytes = size("max_frame_bytes", 65_536, 128);
+    let send_queue = size("send_queue", 256, 1);
+    let slow_client = match section.get("slow_client") {
+        Some(node) => slow_client(ctx, node, &key("slow_client")),
+        None => Some(SlowClient::Disconnect),
+    };
+    let ping_interval = match section.get("ping_interval") {
+        Some(node) => match yaml::duration(ctx, node, &key("ping_interval")) {
+            Some(d) if d.is_zero() => {
+                ctx.error(node, &key("ping_interval"), "must be longer than 0s");
+                None
+            }
+            other => other,
+        },
+        None => Some(Duration::from_secs(30)),
+    };
+    let mut idle_timeout = match section.get("idle_timeout") {
+        Some(node) => yaml::duration(ctx, node, &key("idle_timeout")),
+        None => Some(Duration::from_secs(120)),
+    };
+    if let (Some(ping), Some(idle)) = (ping_interval, idle_timeout)
+        && idle <= ping
+    {
+        let message = format!(
+            "must be longer than ping_interval ({}), else idle connections close between pings",
+            humantime::format_duration(ping)
+        );
+        let at = section
+            .get("idle_timeout")
+            .or_else(|| section.get("ping_interval"))
+            .unwrap_or(node);
+        ctx.error(at, &key("idle_timeout"), message);
+        idle_timeout = None;
+    }
+    let client_rate = match section.get("client_rate") {
+        Some(node) => rate(ctx, node, &key("client_rate")),
+        None => Some(Rate {
+            per_second: 20.0,
+            burst: 20,
+        }),
+    };
+    let welcome = match section.get("welcome") {
+        Some(node) => welcome(ctx, node, &key("welcome")),
+        None => Some(Welcome::Native),
+    };
+    Some(WebSocketSettings {
+        path: path?,
+        allowed_origins: allowed_origins?,
+        max_connections: max_connections?,
+        max_frame_bytes: max_frame_bytes?,
+        send_queue: send_queue?,
+        slow_client: slow_client?,
+        ping_interval: ping_interval?,
+        idle_timeout: idle_timeout?,
+        client_rate: client_rate?,
+        welcome: welcome?,
+    })
+}
+
+fn ws_path(ctx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
+    let text = yaml::string(ctx, node, path)?;
+    let problem = if !text.starts_with('/') {
+        Some(format!("`{text}` must start with `/`"))
+    } else if text.contains(|c: char| c == '?' || c == '#' || c.is_whitespace() || c.is_control()) {
+        Some(format!(
+            "`{text}` must be a plain path (no query, fragment or spaces)"
+        ))
+    } else if RESERVED_PATHS.contains(&text.as_str()) {
+        Some(format!(
+            "`{text}` is used by another endpoint of the server"
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => {
+            ctx.error(node, path, message);
+            None
+        }
+        None => Some(text),
+    }
+}
+
+fn origins(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Vec<String>> {
+    let Kind::Seq(items) = &node.kind else {
+        if !matches!(node.kind, Kind::Invalid) {
+            let message =
+                "expected a list of origins, e.g. [https://app.example.com] (empty: any origin)";
+            ctx.error(node, path, message);
+        }
+        return None;
+    };
+    let mut out = Vec::with_capacity(items.len());
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let item_path = yaml::index(path, i);
+        let Some(origin) = yaml::string(ctx, item, &item_path) else {
+            ok = false;
+            continue;
+        };
+        let problem = if origin == "*" {
+            Some("`*` is not an origin: leave the list empty to allow any origin".to_owned())
+        } else {
+            match origin.split_once("://") {
+                Some((scheme, host))
+                    if !scheme.is_empty() && !host.is_empty() && !host.contains('/') =>
+                {
+                    None
+                }
+                Some((_, host)) if host.contains('/') => Some(format!(
+                    "`{origin}` is not an origin: write scheme://host[:port] without a path or trailing `/`"
+                )),
+                _ => Some(format!(
+                    "`{origin}` is not an origin: expected scheme://host[:port], e.g. https://app.example.com"
+                )),
+            }
+        };
+        match problem {
+            Some(message) => {
+                ctx.error(item, &item_path, message);
+                ok = false;
+            }
+            None => out.push(origin),
+        }
+    }
+    ok.then_some(out)
+}
+
+fn slow_client(ctx: &mut Ctx, node: &Node, path: &str) -> Option<SlowClient> {
+    match yaml::string(ctx, node, path)?.as_str() {
+        "disconnect" => Some(SlowClient::Disconnect),
+        "drop_oldest" => Some(SlowClient::DropOldest),
+        other => {
+            let message = format!("unknown value `{other}` (expected disconnect or drop_oldest)");
+            ctx.error(node, path, message);
+            None
+        }
+    }
+}
+
+/// `N/s`, `N/m` (per minute), or a bare `N` (per second).
+fn rate(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Rate> {
+    let text = yaml::string(ctx, node, path)?;
+    let (count, unit) = text.split_once('/').unwrap_or((text.as_str(), "s"));
+    let seconds = match unit.trim() {
+        "s" | "sec" | "second" => Some(1.0),
+        "m" | "min" | "minute" => Some(60.0),
+        _ => None,
+    };
+    match (count.trim().parse::<u32>(), seconds) {
+        (Ok(burst), Some(seconds)) if burst > 0 => Some(Rate {
+            per_second: f64::from(burst) / seconds,
+            burst,
+        }),
+        _ => {
+            let message =
+                format!("invalid rate `{text}`: expected N/s or N/m with N ≥ 1, e.g. 20/s");
+            ctx.error(node, path, message);
+            None
+        }
+    }
+}
+
+fn welcome(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Welcome> {
+    match &node.kind {
+        Kind::Str(s) if s == "native" => Some(Welcome::Native),
+        Kind::Map(_) | Kind::Seq(_) => {
+            super::route::json_template(ctx, node, path, &WELCOME_ALLOWED).map(Welcome::Template)
+        }
+        Kind::Invalid => None,
+        _ => {
+            let message = format!(
+                "expected `native` or a JSON template (a mapping), found {}",
+                yaml::found_text(node)
+            );
+            ctx.error(node, path, message);
+            None
+        }
+    }
+}

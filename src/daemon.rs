@@ -1,0 +1,71 @@
+//! The daemon's life: bind, subscribe, serve, reload, shut down within the grace.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::config::Config;
+use crate::state::Shared;
+use crate::{http, pubsub, reload};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs until SIGTERM or SIGINT, then shuts down gracefully.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let addr = config.listen;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { addr, source })?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    let hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
+    let grace = config.shutdown_grace;
+    let path = config.source.clone();
+
+    let shared = Shared::new(config);
+    let subscriber = pubsub::spawn(shared.clone());
+    tokio::spawn(reload::run(shared.clone(), subscriber, path, hangup));
+    let server = tokio::spawn(http::serve(shared.clone(), listener));
+    tracing::info!(addr = %local, epoch = %shared.epoch, version = env!("CARGO_PKG_VERSION"), "listening");
+
+    let signal_name = tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    };
+    shutdown(&shared, signal_name, grace).await;
+    let _ = server.await;
+    Ok(())
+}
+
+/// Stops accepting, closes every client with 1001 after what is queued for it, and waits for
+/// the sessions up to `grace`.
+async fn shutdown(shared: &Arc<Shared>, signal_name: &str, grace: std::time::Duration) {
+    let connections = shared.hub.read().connection_count();
+    tracing::info!(signal = signal_name, connections, grace = ?grace, "shutting down");
+    shared.shutdown.cancel();
+    shared.sessions.close();
+    if tokio::time::timeout(grace, shared.sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = shared.sessions.len(),
+            "grace period over; dropping the remaining connections"
+        );
+    }
+    tracing::info!("stopped");
+}

@@ -1,0 +1,226 @@
+//! Fan-out of one Redis message: the router's plans applied to the hub's indexes, each frame
+//! rendered once and queued to every admitted recipient.
+//!
+//! One dispatcher runs, inside the Redis task, so messages leave in the order Redis sent them
+//! and per-topic sequence numbers need no lock.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::config::{Delivery, Route};
+use crate::hub::{Connection, Indexes};
+use crate::metrics::DropReason;
+use crate::outbox::Pushed;
+use crate::protocol::Filter;
+use crate::router::{self, Incoming, Plan};
+use crate::state::Shared;
+
+/// Sequence counters are dropped wholesale past this many topics, so that a stream of one-off
+/// topics (job ids) cannot grow memory without bound; `seq` then restarts at 1 for them.
+const MAX_SEQUENCED_TOPICS: usize = 1_000_000;
+
+pub struct Dispatcher {
+    shared: Arc<Shared>,
+    seqs: HashMap<Box<str>, u64>,
+    next_dispatch: u64,
+}
+
+impl Dispatcher {
+    pub fn new(shared: Arc<Shared>) -> Dispatcher {
+        Dispatcher {
+            shared,
+            seqs: HashMap::new(),
+            next_dispatch: 0,
+        }
+    }
+
+    /// Routes one message received at `received_at` on `channel` (through `pattern` for a
+    /// PSUBSCRIBE match).
+    pub fn dispatch(
+        &mut self,
+        channel: &str,
+        pattern: Option<&str>,
+        payload: &[u8],
+        received_at: Instant,
+    ) {
+        self.shared
+            .metrics
+            .redis_messages
+            .fetch_add(1, Ordering::Relaxed);
+        let routing = self.shared.routing.load();
+        let message = Incoming::new(channel, payload);
+        for (route, counters) in routing.routes_for(channel, pattern) {
+            counters.messages.fetch_add(1, Ordering::Relaxed);
+            let Some(plan) = router::plan(route, pattern, &message) else {
+                counters.unroutable.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(route = %route.name, channel, "unroutable message: a topic or audience placeholder has no value");
+                continue;
+            };
+            self.next_dispatch += 1;
+            let dispatch = self.next_dispatch;
+            let hub = self.shared.hub.read();
+            for topic in &plan.topics {
+                let mut fan_out = FanOut {
+                    dispatch,
+                    message: &message,
+                    plan: &plan,
+                    frame: None,
+                    delivered: 0,
+                    received_at,
+                    shared: &self.shared,
+                };
+                let outcome = match route.delivery {
+                    Delivery::Auto => fan_out.auto(&hub, &mut self.seqs, route, topic),
+                    Delivery::Subscribe => fan_out.subscribed(&hub, &mut self.seqs, route, topic),
+                };
+                counters
+                    .delivered
+                    .fetch_add(fan_out.delivered, Ordering::Relaxed);
+                if outcome == Rendered::Unresolvable {
+                    counters.unroutable.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(route = %route.name, channel, topic, "unroutable message: a format placeholder has no value");
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Rendered {
+    NotNeeded,
+    Done,
+    Unresolvable,
+}
+
+struct FanOut<'a, 'm> {
+    dispatch: u64,
+    message: &'a Incoming<'m>,
+    plan: &'a Plan<'m>,
+    /// Rendered on the first admitted recipient, so topics nobody receives cost nothing.
+    frame: Option<Option<Message>>,
+    delivered: u64,
+    received_at: Instant,
+    shared: &'a Shared,
+}
+
+impl FanOut<'_, '_> {
+    fn auto(
+        &mut self,
+        hub: &Indexes,
+        seqs: &mut HashMap<Box<str>, u64>,
+        route: &Route,
+        topic: &str,
+    ) -> Rendered {
+        match self.plan.audience.single_user() {
+            Some(user) => {
+                for connection in hub.of_user(user) {
+                    if !self.offer(connection, None, seqs, route, topic) {
+                        return Rendered::Unresolvable;
+                    }
+                }
+            }
+            None => {
+                for connection in hub.all() {
+                    if !self.offer(connection, None, seqs, route, topic) {
+                        return Rendered::Unresolvable;
+                    }
+                }
+            }
+        }
+        self.outcome()
+    }
+
+    fn subscribed(
+        &mut self,
+        hub: &Indexes,
+        seqs: &mut HashMap<Box<str>, u64>,
+        route: &Route,
+        topic: &str,
+    ) -> Rendered {
+        if let Some(subscribers) = hub.subscribers(topic) {
+            for subscriber in subscribers {
+                if !self.offer(
+                    &subscriber.connection,
+                    subscriber.filter.as_deref(),
+                    seqs,
+                    route,
+                    topic,
+                ) {
+                    return Rendered::Unresolvable;
+                }
+            }
+        }
+        self.outcome()
+    }
+
+    fn outcome(&self) -> Rendered {
+        match &self.frame {
+            None => Rendered::NotNeeded,
+            Some(Some(_)) => Rendered::Done,
+            Some(None) => Rendered::Unresolvable,
+        }
+    }
+
+    /// Queues the frame to `connection` if it is admitted; false when the frame cannot be
+    /// rendered (nobody gets it then).
+    fn offer(
+        &mut self,
+        connection: &Arc<Connection>,
+        filter: Option<&Filter>,
+        seqs: &mut HashMap<Box<str>, u64>,
+        route: &Route,
+        topic: &str,
+    ) -> bool {
+        if !self.plan.audience.admits(&connection.identity.load()) {
+            return true;
+        }
+        if let Some(filter) = filter
+            && !filter.admits(self.message.json())
+        {
+            return true;
+        }
+        if !connection.claim(self.dispatch) {
+            return true;
+        }
+        let frame = self.frame.get_or_insert_with(|| {
+            // A message skipped as unroutable takes no sequence number.
+            let seq = seqs.get(topic).map_or(1, |last| last + 1);
+            let frame = router::render_frame(route, self.message, self.plan, topic, seq)?;
+            match seqs.get_mut(topic) {
+                Some(last) => *last = seq,
+                None => {
+                    if seqs.len() >= MAX_SEQUENCED_TOPICS {
+                        seqs.clear();
+                    }
+                    seqs.insert(topic.into(), seq);
+                }
+            }
+            Some(frame)
+        });
+        let Some(frame) = frame else { return false };
+        let metrics = &self.shared.metrics;
+        match connection
+            .outbox
+            .push_frame(frame.clone(), self.received_at)
+        {
+            Pushed::Queued => self.delivered += 1,
+            Pushed::DroppedOldest => {
+                self.delivered += 1;
+                metrics.dropped(DropReason::QueueFull, 1);
+            }
+            Pushed::Overflowed => {
+                metrics.dropped(DropReason::SlowClient, 1);
+                metrics
+                    .slow_client_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                connection.kill.cancel();
+            }
+            Pushed::Closed => metrics.dropped(DropReason::Closing, 1),
+        }
+        true
+    }
+}

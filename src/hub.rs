@@ -1,0 +1,339 @@
+//! The live connections and their subscriptions: who gets which topic.
+//!
+//! Lookups are by hash (topic → subscribers, user → connections), so the work for one message
+//! is proportional to its recipients, never to all connections or all topics. The lock is a
+//! std `RwLock` held only for in-memory work, never across an await: fan-out reads, while
+//! subscribe, unsubscribe, connect and disconnect write.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Identity;
+use crate::outbox::Outbox;
+use crate::protocol::Filter;
+
+/// Process-unique, never reused, cheap to hash.
+pub type ConnId = u64;
+
+/// The hub's handle on one WebSocket connection, shared with its session task.
+#[derive(Debug)]
+pub struct Connection {
+    pub id: ConnId,
+    /// The `connection_id` clients see (a UUID), for logs and the welcome frame.
+    pub public_id: String,
+    /// Replaced as a whole by a token refresh, so fan-out never sees half an identity.
+    pub identity: ArcSwap<Identity>,
+    pub outbox: Outbox,
+    /// Cancelled to drop the socket at once, even while a write to it is blocked.
+    pub kill: CancellationToken,
+    /// The id of the last dispatch that queued a frame here: one message reaches a connection
+    /// at most once however many of its subscriptions match. Only the single dispatcher
+    /// writes it.
+    last_dispatch: AtomicU64,
+}
+
+impl Connection {
+    pub fn new(id: ConnId, public_id: String, identity: Identity, outbox: Outbox) -> Connection {
+        Connection {
+            id,
+            public_id,
+            identity: ArcSwap::from_pointee(identity),
+            outbox,
+            kill: CancellationToken::new(),
+            last_dispatch: AtomicU64::new(0),
+        }
+    }
+
+    /// Claims this connection for `dispatch`; false when it already has that dispatch's frame.
+    pub fn claim(&self, dispatch: u64) -> bool {
+        self.last_dispatch.swap(dispatch, Ordering::Relaxed) != dispatch
+    }
+}
+
+#[derive(Debug)]
+pub struct Subscriber {
+    pub connection: Arc<Connection>,
+    pub filter: Option<Arc<Filter>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    connection: Arc<Connection>,
+    topics: HashSet<Arc<str>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Indexes {
+    connections: HashMap<ConnId, Entry>,
+    topics: HashMap<Arc<str>, HashMap<ConnId, Subscriber>>,
+    users: HashMap<Arc<str>, HashSet<ConnId>>,
+}
+
+impl Indexes {
+    /// Subscribers of `topic`, if it has any.
+    pub fn subscribers(&self, topic: &str) -> Option<impl Iterator<Item = &Subscriber>> {
+        self.topics.get(topic).map(|subs| subs.values())
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &Arc<Connection>> {
+        self.connections.values().map(|entry| &entry.connection)
+    }
+
+    /// The connections authenticated as `user`.
+    pub fn of_user<'a>(&'a self, user: &str) -> impl Iterator<Item = &'a Arc<Connection>> + 'a {
+        self.users
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.connections.get(id).map(|entry| &entry.connection))
+    }
+
+    /// Topics that currently have at least one subscriber.
+    pub fn topics(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.topics.keys()
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.len()
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Hub {
+    indexes: RwLock<Indexes>,
+}
+
+impl Hub {
+    pub fn read(&self) -> RwLockReadGuard<'_, Indexes> {
+        self.indexes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Indexes> {
+        self.indexes
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn register(&self, connection: Arc<Connection>) {
+        let mut indexes = self.write();
+        if let Some(user) = connection.identity.load().user.clone() {
+            indexes.users.entry(user).or_default().insert(connection.id);
+        }
+        indexes.connections.insert(
+            connection.id,
+            Entry {
+                connection,
+                topics: HashSet::new(),
+            },
+        );
+    }
+
+    /// Removes a connection and all its subscriptions.
+    pub fn unregister(&self, id: ConnId) {
+        let mut indexes = self.write();
+        let Some(entry) = indexes.connections.remove(&id) else {
+            return;
+        };
+        for topic in entry.topics {
+            remove_subscriber(&mut indexes.topics, &topic, id);
+        }
+        if let Some(user) = &entry.connection.identity.load().user {
+            forget_user(&mut indexes.users, user, id);
+        }
+    }
+
+    /// Subscribes (or replaces the filter of) `topics`; returns how many topics the
+    /// connection then has.
+    pub fn subscribe(&self, id: ConnId, topics: &[String], filter: Option<Arc<Filter>>) -> usize {
+        let mut indexes = self.write();
+        let Indexes {
+            connections,
+            topics: by_topic,
+            ..
+        } = &mut *indexes;
+        let Some(entry) = connections.get_mut(&id) else {
+            return 0;
+        };
+        for topic in topics {
+            let topic: Arc<str> = match entry.topics.get(topic.as_str()) {
+                Some(existing) => existing.clone(),
+                None => {
+                    let topic: Arc<str> = Arc::from(topic.as_str());
+                    entry.topics.insert(topic.clone());
+                    topic
+                }
+            };
+            let subscriber = Subscriber {
+                connection: entry.connection.clone(),
+                filter: filter.clone(),
+            };
+            by_topic.entry(topic).or_default().insert(id, subscriber);
+        }
+        entry.topics.len()
+    }
+
+    /// Unsubscribes `topics`; returns those the connection was subscribed to.
+    pub fn unsubscribe(&self, id: ConnId, topics: &[String]) -> Vec<String> {
+        let mut indexes = self.write();
+        let Indexes {
+            connections,
+            topics: by_topic,
+            ..
+        } = &mut *indexes;
+        let Some(entry) = connections.get_mut(&id) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        for topic in topics {
+            if entry.topics.remove(topic.as_str()) {
+                remove_subscriber(by_topic, topic, id);
+                removed.push(topic.clone());
+            }
+        }
+        removed
+    }
+
+    /// How many topics a connection is subscribed to.
+    pub fn subscription_count(&self, id: ConnId) -> usize {
+        self.read()
+            .connections
+            .get(&id)
+            .map_or(0, |entry| entry.topics.len())
+    }
+
+    /// Replaces a connection's identity, keeping the user index true.
+    pub fn set_identity(&self, connection: &Connection, identity: Identity) {
+        let mut indexes = self.write();
+        let old = connection.identity.swap(Arc::new(identity));
+        let new_user = connection.identity.load().user.clone();
+        if old.user != new_user {
+            if let Some(user) = &old.user {
+                forget_user(&mut indexes.users, user, connection.id);
+            }
+            if let Some(user) = new_user {
+                indexes.users.entry(user).or_default().insert(connection.id);
+            }
+        }
+    }
+
+    /// Drops every subscription to a topic for which `keep` says no; returns, per connection,
+    /// the topics it lost.
+    pub fn retain_topics(
+        &self,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Vec<(Arc<Connection>, Vec<String>)> {
+        let mut indexes = self.write();
+        let Indexes {
+            connections,
+            topics,
+            ..
+        } = &mut *indexes;
+        let mut lost: HashMap<ConnId, (Arc<Connection>, Vec<String>)> = HashMap::new();
+        topics.retain(|topic, subscribers| {
+            if keep(topic) {
+                return true;
+            }
+            for (id, subscriber) in subscribers.drain() {
+                if let Some(entry) = connections.get_mut(&id) {
+                    entry.topics.remove(topic);
+                }
+                lost.entry(id)
+                    .or_insert_with(|| (subscriber.connection.clone(), Vec::new()))
+                    .1
+                    .push(topic.to_string());
+            }
+            false
+        });
+        lost.into_values().collect()
+    }
+
+    /// Users with at least one connection, and the number of connections each.
+    pub fn users(&self) -> Vec<(Arc<str>, usize)> {
+        self.read()
+            .users
+            .iter()
+            .map(|(user, ids)| (user.clone(), ids.len()))
+            .collect()
+    }
+}
+
+fn forget_user(users: &mut HashMap<Arc<str>, HashSet<ConnId>>, user: &str, id: ConnId) {
+    if let Some(ids) = users.get_mut(user) {
+        ids.remove(&id);
+        if ids.is_empty() {
+            users.remove(user);
+        }
+    }
+}
+
+fn remove_subscriber(
+    topics: &mut HashMap<Arc<str>, HashMap<ConnId, Subscriber>>,
+    topic: &str,
+    id: ConnId,
+) {
+    if let Some(subscribers) = topics.get_mut(topic) {
+        subscribers.remove(&id);
+        if subscribers.is_empty() {
+            topics.remove(topic);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::SlowClient;
+
+    fn connection(id: ConnId, user: Option<&str>) -> Arc<Connection> {
+        let mut identity = Identity::anonymous();
+        identity.user = user.map(Arc::from);
+        Arc::new(Connection::new(
+            id,
+            id.to_string(),
+            identity,
+            Outbox::new(4, SlowClient::Disconnect),
+        ))
+    }
+
+    #[test]
+    fn subscriptions_are_indexed_by_topic_and_removed_with_the_connection() {
+        let hub = Hub::default();
+        hub.register(connection(1, Some("alice")));
+        hub.register(connection(2, None));
+        assert_eq!(hub.subscribe(1, &["a".into(), "b".into()], None), 2);
+        assert_eq!(hub.subscribe(2, &["a".into()], None), 1);
+        assert_eq!(hub.read().subscribers("a").unwrap().count(), 2);
+        assert_eq!(hub.unsubscribe(1, &["a".into(), "zzz".into()]), ["a"]);
+        assert_eq!(hub.read().subscribers("a").unwrap().count(), 1);
+        assert_eq!(hub.read().of_user("alice").count(), 1);
+        hub.unregister(1);
+        assert!(hub.read().subscribers("b").is_none());
+        assert_eq!(hub.read().of_user("alice").count(), 0);
+        assert_eq!(hub.read().topics().count(), 1);
+    }
+
+    #[test]
+    fn retain_topics_reports_what_each_connection_lost() {
+        let hub = Hub::default();
+        hub.register(connection(1, None));
+        hub.subscribe(1, &["keep".into(), "drop".into()], None);
+        let lost = hub.retain_topics(|topic| topic == "keep");
+        assert_eq!(lost.len(), 1);
+        assert_eq!(lost[0].1, ["drop"]);
+        assert_eq!(hub.subscription_count(1), 1);
+    }
+
+    #[test]
+    fn claim_dedupes_one_dispatch() {
+        let c = connection(1, None);
+        assert!(c.claim(7));
+        assert!(!c.claim(7));
+        assert!(c.claim(8));
+    }
+}

@@ -1,0 +1,335 @@
+//! Counters, gauges and the delivery histogram, rendered as Prometheus text.
+//!
+//! Hand-rolled on atomics: every hot-path update is one relaxed atomic add, and the label
+//! sets are bounded by construction (route names from the routing file and a fixed list of
+//! reasons; never topics or users).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Per-route counters; shared by every configuration generation that has a route of that name,
+/// so that a reload does not reset them.
+#[derive(Debug, Default)]
+pub struct RouteCounters {
+    /// Redis messages this route matched.
+    pub messages: AtomicU64,
+    /// Frames queued to connections.
+    pub delivered: AtomicU64,
+    /// Messages skipped because a placeholder had no value.
+    pub unroutable: AtomicU64,
+}
+
+/// Why a connection was refused before the upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RejectReason {
+    Unauthorized,
+    Origin,
+    Capacity,
+    BadRequest,
+}
+
+impl RejectReason {
+    const ALL: [RejectReason; 4] = [
+        Self::Unauthorized,
+        Self::Origin,
+        Self::Capacity,
+        Self::BadRequest,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Unauthorized => "unauthorized",
+            Self::Origin => "origin",
+            Self::Capacity => "capacity",
+            Self::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// Why a frame did not reach a connection it was meant for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// `slow_client: drop_oldest` discarded a queued frame.
+    QueueFull,
+    /// The connection overflowed its queue and is being closed.
+    SlowClient,
+    /// The connection was already closing for another reason.
+    Closing,
+}
+
+impl DropReason {
+    const ALL: [DropReason; 3] = [Self::QueueFull, Self::SlowClient, Self::Closing];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::SlowClient => "slow_client",
+            Self::Closing => "closing",
+        }
+    }
+}
+
+/// Upper bounds of `bridge_delivery_seconds`: 50 µs to 5 s, roughly ×2.5 apart, because a
+/// healthy bridge delivers in well under a millisecond and an overloaded one in seconds.
+const DELIVERY_BUCKETS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0, 5.0,
+];
+
+#[derive(Debug, Default)]
+struct Histogram {
+    buckets: [AtomicU64; DELIVERY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    fn observe(&self, value: Duration) {
+        let seconds = value.as_secs_f64();
+        if let Some(index) = DELIVERY_BUCKETS.iter().position(|bound| seconds <= *bound) {
+            self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(value.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+/// Every metric of the process.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open WebSocket connections.
+    pub connections: AtomicI64,
+    /// Upgrades completed since start.
+    pub connections_accepted: AtomicU64,
+    rejected: [AtomicU64; RejectReason::ALL.len()],
+    /// Messages received from Redis on any channel or pattern.
+    pub redis_messages: AtomicU64,
+    dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Connections closed with 4000 because their send queue overflowed.
+    pub slow_client_disconnects: AtomicU64,
+    /// 1 while the subscriber connection is up and every route is subscribed.
+    pub redis_connected: AtomicI64,
+    /// Subscriber connections re-established after a loss.
+    pub redis_reconnects: AtomicU64,
+    /// Reload outcomes: `[ok, error]`.
+    reloads: [AtomicU64; 2],
+    delivery: Histogram,
+    routes: Mutex<BTreeMap<Arc<str>, Arc<RouteCounters>>>,
+}
+
+impl Metrics {
+    /// The counters of the route called `name`, created on first use.
+    pub fn route(&self, name: &Arc<str>) -> Arc<RouteCounters> {
+        let mut routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        routes.entry(name.clone()).or_default().clone()
+    }
+
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dropped(&self, reason: DropReason, frames: u64) {
+        self.dropped[reason as usize].fetch_add(frames, Ordering::Relaxed);
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads[usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Redis receipt to socket write of one frame.
+    pub fn observe_delivery(&self, elapsed: Duration) {
+        self.delivery.observe(elapsed);
+    }
+
+    /// A snapshot of the per-route counters, in name order.
+    pub fn route_snapshot(&self) -> Vec<(Arc<str>, u64, u64, u64)> {
+        let routes = self
+            .routes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        routes
+            .iter()
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    c.messages.load(Ordering::Relaxed),
+                    c.delivered.load(Ordering::Relaxed),
+                    c.unroutable.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// The Prometheus text exposition format, version 0.0.4.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        gauge(
+            &mut out,
+            "bridge_connections",
+            "Open WebSocket connections.",
+            self.connections.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "bridge_connections_accepted_total",
+            "WebSocket upgrades completed.",
+            load(&self.connections_accepted),
+        );
+        header(
+            &mut out,
+            "bridge_connections_rejected_total",
+            "counter",
+            "Connections refused before the upgrade, by reason.",
+        );
+        for reason in RejectReason::ALL {
+            let _ = writeln!(
+                out,
+                "bridge_connections_rejected_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                load(&self.rejected[reason as usize])
+            );
+        }
+        counter(
+            &mut out,
+            "bridge_redis_messages_received_total",
+            "Messages received from Redis.",
+            load(&self.redis_messages),
+        );
+        let routes = self.route_snapshot();
+        header(
+            &mut out,
+            "bridge_redis_messages_total",
+            "counter",
+            "Redis messages matched, by route.",
+        );
+        for (name, messages, _, _) in &routes {
+            let _ = writeln!(
+                out,
+                "bridge_redis_messages_total{{route=\"{}\"}} {messages}",
+                escape_label(name)
+            );
+        }
+        header(
+            &mut out,
+            "bridge_messages_delivered_total",
+            "counter",
+            "Frames queued to connections, by route.",
+        );
+        for (name, _, delivered, _) in &routes {
+            let _ = writeln!(
+                out,
+                "bridge_messages_delivered_total{{route=\"{}\"}} {delivered}",
+                escape_label(name)
+            );
+        }
+        header(
+            &mut out,
+            "bridge_messages_unroutable_total",
+            "counter",
+            "Messages skipped because a placeholder had no value, by route.",
+        );
+        for (name, _, _, unroutable) in &routes {
+            let _ = writeln!(
+                out,
+                "bridge_messages_unroutable_total{{route=\"{}\"}} {unroutable}",
+                escape_label(name)
+            );
+        }
+        header(
+            &mut out,
+            "bridge_messages_dropped_total",
+            "counter",
+            "Frames not delivered to a connection, by reason.",
+        );
+        for reason in DropReason::ALL {
+            let _ = writeln!(
+                out,
+                "bridge_messages_dropped_total{{reason=\"{}\"}} {}",
+                reason.label(),
+                load(&self.dropped[reason as usize])
+            );
+        }
+        counter(
+            &mut out,
+            "bridge_slow_client_disconnects_total",
+            "Connections closed because their send queue overflowed.",
+            load(&self.slow_client_disconnects),
+        );
+        gauge(
+            &mut out,
+            "bridge_redis_connected",
+            "1 while Redis is connected and every route subscribed.",
+            self.redis_connected.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "bridge_redis_reconnects_total",
+            "Redis subscriber connections re-established.",
+            load(&self.redis_reconnects),
+        );
+        header(
+            &mut out,
+            "bridge_config_reloads_total",
+            "counter",
+            "Routing file reloads, by result.",
+        );
+        let _ = writeln!(
+            out,
+            "bridge_config_reloads_total{{result=\"ok\"}} {}",
+            load(&self.reloads[0])
+        );
+        let _ = writeln!(
+            out,
+            "bridge_config_reloads_total{{result=\"error\"}} {}",
+            load(&self.reloads[1])
+        );
+        header(
+            &mut out,
+            "bridge_delivery_seconds",
+            "histogram",
+            "Time from Redis receipt to socket write of a frame.",
+        );
+        let mut cumulative = 0;
+        for (bound, bucket) in DELIVERY_BUCKETS.iter().zip(&self.delivery.buckets) {
+            cumulative += load(bucket);
+            let _ = writeln!(
+                out,
+                "bridge_delivery_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = load(&self.delivery.count);
+        let _ = writeln!(out, "bridge_delivery_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = load(&self.delivery.sum_nanos) as f64 / 1e9;
+        let _ = writeln!(out, "bridge_delivery_seconds_sum {sum}");
+        let _ = writeln!(out, "bridge_delivery_seconds_count {count}");
+        out
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn counter(out: &mut String, name: &str, help: &str, value: u64) {
+    header(out, name, "counter", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn gauge(out: &mut String, name: &str, help: &str, value: i64) {
+    header(out, name, "gauge", help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}

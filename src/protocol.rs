@@ -1,0 +1,300 @@
+//! The client protocol's JSON: commands parsed from clients and the frames the server
+//! writes of its own (not route frames). Pure: no I/O, no state.
+
+use std::collections::BTreeMap;
+
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A command after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Subscribe {
+        topics: Vec<String>,
+        filter: Option<Filter>,
+    },
+    Unsubscribe {
+        topics: Vec<String>,
+    },
+    Ping,
+    Refresh {
+        token: String,
+    },
+}
+
+/// A parsed command with the `id` the client wants echoed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Request {
+    pub id: Option<Value>,
+    pub command: Command,
+}
+
+/// A rejected command: the `id` when it could be read, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRequest {
+    pub id: Option<Value>,
+    pub message: String,
+}
+
+/// Payload dot paths and the values each may take for a frame to pass.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Filter {
+    conditions: Vec<(Vec<String>, Vec<Value>)>,
+}
+
+impl Filter {
+    /// Whether a payload passes: every listed path resolves to one of its allowed values.
+    /// A payload that is not JSON passes no filter.
+    pub fn admits(&self, payload: Option<&Value>) -> bool {
+        let Some(payload) = payload else { return false };
+        self.conditions.iter().all(|(path, allowed)| {
+            let value = path.iter().try_fold(payload, |node, segment| match node {
+                Value::Object(map) => map.get(segment),
+                Value::Array(items) => segment.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            });
+            value.is_some_and(|value| allowed.contains(value))
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand {
+    #[serde(rename = "type")]
+    kind: String,
+    /// Read before this struct (it is echoed even when the rest is invalid); listed so
+    /// that `deny_unknown_fields` accepts it.
+    #[serde(default, rename = "id")]
+    _id: Option<IgnoredAny>,
+    #[serde(default)]
+    topics: Option<Vec<String>>,
+    #[serde(default)]
+    filter: Option<BTreeMap<String, OneOrMany>>,
+    #[serde(default)]
+    token: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    Many(Vec<Value>),
+    One(Value),
+}
+
+/// Upper bound of topics in one command, so that one frame cannot make the hub do unbounded work.
+pub const MAX_TOPICS_PER_COMMAND: usize = 1000;
+
+/// Parses one text frame from a client.
+pub fn parse(text: &str) -> Result<Request, BadRequest> {
+    let value: Value = serde_json::from_str(text).map_err(|err| BadRequest {
+        id: None,
+        message: format!("not JSON: {err}"),
+    })?;
+    let id = value.get("id").cloned();
+    let bad = |message: String| BadRequest {
+        id: id.clone(),
+        message,
+    };
+    let raw: RawCommand = serde_json::from_value(value).map_err(|err| bad(err.to_string()))?;
+    let topics = |raw: Option<Vec<String>>| -> Result<Vec<String>, BadRequest> {
+        let topics = raw.ok_or_else(|| bad("`topics` is required".into()))?;
+        if topics.is_empty() {
+            return Err(bad("`topics` is empty".into()));
+        }
+        if topics.len() > MAX_TOPICS_PER_COMMAND {
+            return Err(bad(format!(
+                "more than {MAX_TOPICS_PER_COMMAND} topics in one command"
+            )));
+        }
+        if topics.iter().any(String::is_empty) {
+            return Err(bad("a topic is empty".into()));
+        }
+        Ok(topics)
+    };
+    let unexpected = |field: &str, present: bool| -> Result<(), BadRequest> {
+        if present {
+            Err(bad(format!("`{field}` is not a field of `{}`", raw.kind)))
+        } else {
+            Ok(())
+        }
+    };
+    let command = match raw.kind.as_str() {
+        "subscribe" => {
+            unexpected("token", raw.token.is_some())?;
+            let filter = raw.filter.map(|map| Filter {
+                conditions: map
+                    .into_iter()
+                    .map(|(path, allowed)| {
+                        let allowed = match allowed {
+                            OneOrMany::Many(values) => values,
+                            OneOrMany::One(value) => vec![value],
+                        };
+                        (path.split('.').map(str::to_owned).collect(), allowed)
+                    })
+                    .collect(),
+            });
+            Command::Subscribe {
+                topics: topics(raw.topics)?,
+                filter,
+            }
+        }
+        "unsubscribe" => {
+            unexpected("token", raw.token.is_some())?;
+            unexpected("filter", raw.filter.is_some())?;
+            Command::Unsubscribe {
+                topics: topics(raw.topics)?,
+            }
+        }
+        "ping" => {
+            unexpected("topics", raw.topics.is_some())?;
+            unexpected("filter", raw.filter.is_some())?;
+            unexpected("token", raw.token.is_some())?;
+            Command::Ping
+        }
+        "refresh" => {
+            unexpected("topics", raw.topics.is_some())?;
+            unexpected("filter", raw.filter.is_some())?;
+            let token = raw.token.ok_or_else(|| bad("`token` is required".into()))?;
+            Command::Refresh { token }
+        }
+        other => return Err(bad(format!("unknown command type `{other}`"))),
+    };
+    Ok(Request { id, command })
+}
+
+/// Error codes of the `error` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownTopic,
+    Forbidden,
+    RateLimited,
+    TokenExpired,
+}
+
+/// The frames the server sends of its own accord or in answer to a command.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Reply<'a> {
+    Connected {
+        connection_id: &'a str,
+        user: Option<&'a str>,
+        roles: &'a [std::sync::Arc<str>],
+        topics: &'a [String],
+        epoch: &'a str,
+    },
+    Subscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        topics: &'a [String],
+    },
+    Unsubscribed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        topics: &'a [String],
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<&'a str>,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+    },
+    Refreshed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        expires_at: Option<u64>,
+    },
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        topic: Option<&'a str>,
+    },
+}
+
+impl Reply<'_> {
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal"}"#))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_each_command() {
+        let request = parse(r#"{"type":"subscribe","id":1,"topics":["a","b"],"filter":{"status":["running"],"data.kind":"x"}}"#).unwrap();
+        assert_eq!(request.id, Some(json!(1)));
+        let Command::Subscribe { topics, filter } = request.command else {
+            panic!()
+        };
+        assert_eq!(topics, ["a", "b"]);
+        let filter = filter.unwrap();
+        assert!(filter.admits(Some(&json!({"status":"running","data":{"kind":"x"}}))));
+        assert!(!filter.admits(Some(&json!({"status":"failed","data":{"kind":"x"}}))));
+        assert!(!filter.admits(Some(&json!({"status":"running"}))));
+        assert!(!filter.admits(None));
+        assert_eq!(parse(r#"{"type":"ping"}"#).unwrap().command, Command::Ping);
+        assert_eq!(
+            parse(r#"{"type":"unsubscribe","id":"x","topics":["a"]}"#).unwrap(),
+            Request {
+                id: Some(json!("x")),
+                command: Command::Unsubscribe {
+                    topics: vec!["a".into()]
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn rejects_bad_commands_keeping_the_id() {
+        assert_eq!(parse("nope").unwrap_err().id, None);
+        assert_eq!(
+            parse(r#"{"type":"dance","id":7}"#).unwrap_err().id,
+            Some(json!(7))
+        );
+        assert!(parse(r#"{"type":"subscribe","id":7}"#).is_err());
+        assert!(parse(r#"{"type":"subscribe","topics":[]}"#).is_err());
+        assert!(parse(r#"{"type":"subscribe","topics":"a"}"#).is_err());
+        assert!(parse(r#"{"type":"ping","extra":1}"#).is_err());
+        assert!(parse(r#"[1,2]"#).is_err());
+        assert!(parse(r#"{"type":"refresh"}"#).is_err());
+    }
+
+    #[test]
+    fn replies_serialise_as_documented() {
+        let id = json!(3);
+        assert_eq!(
+            Reply::Pong { id: Some(&id) }.to_json(),
+            r#"{"type":"pong","id":3}"#
+        );
+        let topics = vec!["job:a".to_string()];
+        assert_eq!(
+            Reply::Unsubscribed {
+                id: None,
+                topics: &topics,
+                reason: Some("route_removed")
+            }
+            .to_json(),
+            r#"{"type":"unsubscribed","topics":["job:a"],"reason":"route_removed"}"#
+        );
+        assert_eq!(
+            Reply::Error {
+                id: None,
+                code: ErrorCode::UnknownTopic,
+                message: "m",
+                topic: Some("t")
+            }
+            .to_json(),
+            r#"{"type":"error","code":"unknown_topic","message":"m","topic":"t"}"#
+        );
+    }
+}

@@ -1,0 +1,111 @@
+//! What the tasks of one process share.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::router::Routing;
+
+/// The outcome of the last load of the routing file, for `/ws/stats`.
+#[derive(Debug, Clone)]
+pub struct ConfigStatus {
+    pub loaded_at: SystemTime,
+    pub last_reload_error: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Shared {
+    /// The routing table in force; swapped whole by a reload, read per message.
+    pub routing: ArcSwap<Routing>,
+    pub hub: Hub,
+    pub metrics: Metrics,
+    /// True while Redis is connected and every channel and pattern is subscribed.
+    pub redis_ready: AtomicBool,
+    /// Identifies this process run, so that clients can tell a restart (sequences restart).
+    pub epoch: String,
+    /// Cancelled once, when the process starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Every session task, awaited (within the grace period) at shutdown.
+    pub sessions: TaskTracker,
+    next_connection: AtomicU64,
+    /// Connections admitted and not yet ended, including those still upgrading: the count
+    /// `max_connections` is enforced against.
+    slots: AtomicUsize,
+    pub config_status: Mutex<ConfigStatus>,
+}
+
+impl Shared {
+    pub fn new(config: Config) -> Arc<Shared> {
+        let metrics = Metrics::default();
+        let routing = Routing::new(Arc::new(config), &metrics);
+        Arc::new(Shared {
+            routing: ArcSwap::from_pointee(routing),
+            hub: Hub::default(),
+            metrics,
+            redis_ready: AtomicBool::new(false),
+            epoch: uuid::Uuid::new_v4().to_string(),
+            shutdown: CancellationToken::new(),
+            sessions: TaskTracker::new(),
+            next_connection: AtomicU64::new(1),
+            slots: AtomicUsize::new(0),
+            config_status: Mutex::new(ConfigStatus {
+                loaded_at: SystemTime::now(),
+                last_reload_error: None,
+            }),
+        })
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.routing.load().config.clone()
+    }
+
+    pub fn next_connection_id(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Takes a connection slot unless `limit` are taken; the slot is released on drop.
+    pub fn take_slot(self: &Arc<Self>, limit: usize) -> Option<Slot> {
+        self.slots
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+
+    /// Records a reload: the new load time when it succeeded, and its error (or none).
+    pub fn set_config_status(&self, loaded_at: Option<SystemTime>, error: Option<String>) {
+        let mut status = self
+            .config_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(loaded_at) = loaded_at {
+            status.loaded_at = loaded_at;
+        }
+        status.last_reload_error = error;
+    }
+
+    pub fn config_status(&self) -> ConfigStatus {
+        self.config_status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+}
+
+/// One of the `max_connections` places, held from the upgrade until the session ends.
+#[derive(Debug)]
+pub struct Slot(Arc<Shared>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+    }
+}
