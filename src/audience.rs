@@ -140,6 +140,7 @@ mod tests {
             roles: roles.iter().map(|r| Arc::from(*r)).collect(),
             claims,
             authenticated: true,
+            expires_at: None,
         }
     }
 

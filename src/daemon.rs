@@ -7,7 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::state::Shared;
-use crate::{http, pubsub, reload};
+use crate::{http, pubsub, reload, systemd};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,19 +33,22 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     let hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
-    let grace = config.shutdown_grace;
     let path = config.source.clone();
 
     let shared = Shared::new(config);
     let subscriber = pubsub::spawn(shared.clone());
     tokio::spawn(reload::run(shared.clone(), subscriber, path, hangup));
     let server = tokio::spawn(http::serve(shared.clone(), listener));
+    // Started after the bind: its READY=1 needs "listening" as well as "subscribed".
+    tokio::spawn(systemd::run(shared.clone()));
     tracing::info!(addr = %local, epoch = %shared.epoch, version = env!("CARGO_PKG_VERSION"), "listening");
 
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",
         _ = interrupt.recv() => "SIGINT",
     };
+    // The grace of the configuration in force: a reload may have changed it.
+    let grace = shared.config().shutdown_grace;
     shutdown(&shared, signal_name, grace).await;
     let _ = server.await;
     Ok(())
@@ -56,6 +59,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
 async fn shutdown(shared: &Arc<Shared>, signal_name: &str, grace: std::time::Duration) {
     let connections = shared.hub.read().connection_count();
     tracing::info!(signal = signal_name, connections, grace = ?grace, "shutting down");
+    shared.systemd.stopping();
     shared.shutdown.cancel();
     shared.sessions.close();
     if tokio::time::timeout(grace, shared.sessions.wait())

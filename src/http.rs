@@ -2,9 +2,13 @@
 //!
 //! The upgrade is done by hand rather than with warp's `ws()` filter, because that one gives
 //! every connection tungstenite's default 128 KiB read buffer; here the buffers are sized for
-//! hundreds of thousands of mostly idle connections. Rejections (400/403/503) are real HTTP
-//! answers given before any upgrade.
+//! hundreds of thousands of mostly idle connections. Rejections (400/401/403/503) are real
+//! HTTP answers given before any upgrade: the credential is verified here, so a session only
+//! ever starts with an identity.
+//!
+//! Credentials are never logged, and neither is a request's query string (`?token=`).
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,10 +28,12 @@ use tower_service::Service as _;
 use warp::Filter;
 use warp::reply::{Reply, Response};
 
-use crate::auth::Identity;
+use crate::auth::{self, Authenticator, Credential, Identity, Rejection};
+use crate::config::{AuthMode, Config};
 use crate::hub::Connection;
 use crate::metrics::RejectReason;
 use crate::outbox::Outbox;
+use crate::pubsub;
 use crate::session::{self, Peer};
 use crate::state::Shared;
 
@@ -45,6 +51,16 @@ const WRITE_BUFFER: usize = 8192;
 /// The peer of the TCP connection a request came on.
 #[derive(Debug, Clone, Copy)]
 struct PeerAddr(SocketAddr);
+
+/// The client's address for logs: the TCP peer, or what `X-Forwarded-For` says when the peer
+/// is one of `trusted_proxies` (nginx in front of the bridge).
+fn client_address(config: &Config, peer: PeerAddr, headers: &HeaderMap) -> String {
+    let forwarded = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|value| value.to_str().ok());
+    config.trusted_proxies.client(peer.0, forwarded).to_string()
+}
 
 /// Serves HTTP on `listener` until shutdown.
 pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
@@ -114,6 +130,7 @@ fn routes(shared: Arc<Shared>) -> impl Filter<Extract = (Response,), Error = Inf
         .and(warp::header::headers_cloned())
         .and(warp::ext::optional::<OnUpgrade>())
         .and(warp::ext::get::<PeerAddr>())
+        .and(query_string())
         .map(upgrade);
     let healthz = warp::path!("healthz")
         .and(warp::get())
@@ -124,8 +141,16 @@ fn routes(shared: Arc<Shared>) -> impl Filter<Extract = (Response,), Error = Inf
         .map(readyz);
     let stats = warp::path!("ws" / "stats")
         .and(warp::get())
+        .and(admin(shared.clone()))
         .and(with_shared(shared.clone()))
-        .map(stats);
+        .map(|_admin: Arc<str>, shared: Arc<Shared>| stats(shared));
+    let publish = warp::path!("api" / "publish")
+        .and(warp::post())
+        .and(admin(shared.clone()))
+        .and(warp::body::content_length_limit(MAX_PUBLISH_BODY))
+        .and(warp::body::bytes())
+        .and(with_shared(shared.clone()))
+        .then(publish);
     let metrics = warp::path!("metrics")
         .and(warp::get())
         .and(with_shared(shared))
@@ -144,18 +169,30 @@ fn routes(shared: Arc<Shared>) -> impl Filter<Extract = (Response,), Error = Inf
         .unify()
         .or(stats)
         .unify()
+        .or(publish)
+        .unify()
         .or(metrics)
         .unify()
         .recover(|rejection: warp::Rejection| async move {
-            let status = if rejection.is_not_found() {
-                StatusCode::NOT_FOUND
+            if let Some(denied) = rejection.find::<Denied>() {
+                return Ok::<_, Infallible>(denied.response());
+            }
+            let (status, message) = if rejection.is_not_found() {
+                (StatusCode::NOT_FOUND, "Not Found")
+            } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "the body is larger than 1 MiB",
+                )
+            } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+                (
+                    StatusCode::LENGTH_REQUIRED,
+                    "a Content-Length header is required",
+                )
             } else {
-                StatusCode::METHOD_NOT_ALLOWED
+                (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
             };
-            Ok::<_, Infallible>(json_reply(
-                status,
-                &json!({"error": status.canonical_reason()}),
-            ))
+            Ok(json_reply(status, &json!({"error": message})))
         })
         .unify()
 }
@@ -177,10 +214,27 @@ fn readyz(shared: Arc<Shared>) -> Response {
 
 fn stats(shared: Arc<Shared>) -> Response {
     let routing = shared.routing.load();
-    let (connections, topics) = {
+    let (connections, topics, anonymous, by_role) = {
         let hub = shared.hub.read();
-        (hub.connection_count(), hub.topics().count())
+        let mut anonymous = 0;
+        let mut by_role: BTreeMap<Arc<str>, usize> = BTreeMap::new();
+        for connection in hub.all() {
+            let identity = connection.identity.load();
+            if !identity.authenticated {
+                anonymous += 1;
+            }
+            for role in &identity.roles {
+                *by_role.entry(role.clone()).or_default() += 1;
+            }
+        }
+        (
+            hub.connection_count(),
+            hub.topics().count(),
+            anonymous,
+            by_role,
+        )
     };
+    let per_user: BTreeMap<Arc<str>, usize> = shared.hub.users().into_iter().collect();
     let routes: Vec<_> = routing
         .config
         .routes
@@ -200,6 +254,10 @@ fn stats(shared: Arc<Shared>) -> Response {
         StatusCode::OK,
         &json!({
             "connections": connections,
+            "users": per_user.len(),
+            "anonymous": anonymous,
+            "by_role": by_role,
+            "connections_per_user": per_user,
             "topics": topics,
             "routes": routes,
             "redis": {
@@ -221,12 +279,230 @@ fn reject(shared: &Shared, status: StatusCode, reason: RejectReason, message: &s
     json_reply(status, &json!({"error": message}))
 }
 
+/// The raw query string, when the request has one.
+fn query_string() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::query::raw()
+        .map(Some)
+        .or(warp::any().map(|| None))
+        .unify()
+}
+
+/// The credential a request carries: `?token=` (when `query` is given: browsers cannot set
+/// headers on a WebSocket), `Authorization: Bearer`, or `X-API-Key`. An empty value counts as
+/// absent (`?token=` from a page that has no token yet); more than one is refused, as
+/// choosing one would be a guess.
+fn presented(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credential>, Rejection> {
+    let mut found = Vec::new();
+    if let Some(query) = query {
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            if key == "token" && !value.is_empty() {
+                found.push(Credential::Token(value.into_owned()));
+            }
+        }
+    }
+    for value in headers.get_all(http::header::AUTHORIZATION) {
+        let text = value
+            .to_str()
+            .map_err(|_| Rejection::UnsupportedScheme)?
+            .trim();
+        let (scheme, token) = text.split_once(' ').unwrap_or((text, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(Rejection::UnsupportedScheme);
+        }
+        let token = token.trim();
+        if !token.is_empty() {
+            found.push(Credential::Token(token.to_owned()));
+        }
+    }
+    for value in headers.get_all("x-api-key") {
+        let key = value.to_str().map_err(|_| Rejection::UnknownApiKey)?.trim();
+        if !key.is_empty() {
+            found.push(Credential::ApiKey(key.to_owned()));
+        }
+    }
+    match found.len() {
+        0 | 1 => Ok(found.pop()),
+        _ => Err(Rejection::Ambiguous),
+    }
+}
+
+/// Who a WebSocket connection will be, under `auth.mode`.
+fn connection_identity(
+    config: &Config,
+    headers: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Identity, Rejection> {
+    if config.auth.mode == AuthMode::None {
+        return Ok(Identity::anonymous());
+    }
+    match presented(headers, query)? {
+        Some(credential) => Authenticator::new(&config.auth).verify(&credential),
+        None if config.auth.mode == AuthMode::Optional => Ok(Identity::anonymous()),
+        None => Err(Rejection::Missing),
+    }
+}
+
+/// HTTP 401 with the reason, as JSON.
+fn unauthorized(rejection: &Rejection) -> Response {
+    let mut response = json_reply(
+        StatusCode::UNAUTHORIZED,
+        &json!({"error": rejection.message(), "reason": rejection.code()}),
+    );
+    response.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    response
+}
+
+/// An admin endpoint refused: 401 without a valid credential, 403 with a valid one that is
+/// not an administrator's.
+#[derive(Debug)]
+struct Denied {
+    status: StatusCode,
+    reason: &'static str,
+    message: String,
+}
+
+impl warp::reject::Reject for Denied {}
+
+impl Denied {
+    fn response(&self) -> Response {
+        let body = json!({"error": self.message, "reason": self.reason});
+        let mut response = json_reply(self.status, &body);
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+/// Passes administrators only (the `admin` section), before any body is read; extracts who
+/// it is, for the audit log.
+fn admin(
+    shared: Arc<Shared>,
+) -> impl Filter<Extract = (Arc<str>,), Error = warp::Rejection> + Clone {
+    warp::header::headers_cloned()
+        .and(with_shared(shared))
+        .and_then(|headers: HeaderMap, shared: Arc<Shared>| async move {
+            admin_check(&shared.config(), &headers).map_err(warp::reject::custom)
+        })
+}
+
+/// The static admin token, or a JWT / API key with an admin role. Admin credentials come in
+/// headers only, never in the URL, where proxies log them.
+fn admin_check(config: &Config, headers: &HeaderMap) -> Result<Arc<str>, Denied> {
+    let unauthorized = |rejection: Rejection| Denied {
+        status: StatusCode::UNAUTHORIZED,
+        reason: rejection.code(),
+        message: rejection.message(),
+    };
+    let credential = presented(headers, None)
+        .map_err(unauthorized)?
+        .ok_or_else(|| unauthorized(Rejection::Missing))?;
+    if let Credential::Token(token) = &credential
+        && auth::is_admin_token(&config.admin, token)
+    {
+        return Ok(Arc::from("admin.token"));
+    }
+    let identity = Authenticator::new(&config.auth)
+        .verify(&credential)
+        .map_err(unauthorized)?;
+    if auth::is_admin(&config.admin, &identity) {
+        Ok(identity.user.unwrap_or_else(|| Arc::from("-")))
+    } else {
+        Err(Denied {
+            status: StatusCode::FORBIDDEN,
+            reason: "not_admin",
+            message: "this credential has none of the admin.roles".to_owned(),
+        })
+    }
+}
+
+/// Largest `/api/publish` body.
+const MAX_PUBLISH_BODY: u64 = 1024 * 1024;
+
+/// How long `/api/publish` waits for Redis before answering 503.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `POST /api/publish`: `{"channel": "...", "payload": <JSON or string>}` → PUBLISH, so the
+/// message is routed by every bridge like any other. A string payload is published as its
+/// text, anything else as its JSON.
+async fn publish(admin: Arc<str>, body: bytes::Bytes, shared: Arc<Shared>) -> Response {
+    let (channel, payload) = match publish_request(&body) {
+        Ok(request) => request,
+        Err(message) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": message})),
+    };
+    let url = shared.config().redis.url.clone();
+    let published =
+        tokio::time::timeout(PUBLISH_TIMEOUT, pubsub::publish(&url, &channel, &payload)).await;
+    match published {
+        Ok(Ok(receivers)) => {
+            tracing::info!(%admin, channel, bytes = payload.len(), receivers, "published through /api/publish");
+            json_reply(StatusCode::OK, &json!({"receivers": receivers}))
+        }
+        Ok(Err(err)) if err.is_io_error() || err.is_connection_refusal() || err.is_timeout() => {
+            tracing::warn!(error = %err, "/api/publish: redis unavailable");
+            json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "redis is unavailable"}),
+            )
+        }
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "/api/publish: redis refused the PUBLISH");
+            json_reply(
+                StatusCode::BAD_GATEWAY,
+                &json!({"error": format!("redis refused the PUBLISH: {err}")}),
+            )
+        }
+        Err(_) => {
+            tracing::warn!("/api/publish: redis did not answer in time");
+            json_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &json!({"error": "redis did not answer in time"}),
+            )
+        }
+    }
+}
+
+/// The channel and payload bytes of a publish body, or why it is not one.
+fn publish_request(body: &[u8]) -> Result<(String, Vec<u8>), String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("the body is not JSON: {e}"))?;
+    let serde_json::Value::Object(mut fields) = value else {
+        return Err("expected an object {\"channel\": ..., \"payload\": ...}".to_owned());
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|key| !["channel", "payload"].contains(&key.as_str()))
+    {
+        return Err(format!(
+            "unknown field `{unknown}` (expected channel and payload)"
+        ));
+    }
+    let channel = match fields.remove("channel") {
+        Some(serde_json::Value::String(channel)) if !channel.is_empty() => channel,
+        Some(_) => return Err("`channel` must be a non-empty string".to_owned()),
+        None => return Err("`channel` is required".to_owned()),
+    };
+    let payload = match fields.remove("payload") {
+        Some(serde_json::Value::String(text)) => text.into_bytes(),
+        Some(value) => value.to_string().into_bytes(),
+        None => return Err("`payload` is required (JSON or a string)".to_owned()),
+    };
+    Ok((channel, payload))
+}
+
 /// Checks the handshake, then answers 101 and hands the socket to a session.
 fn upgrade(
     shared: Arc<Shared>,
     headers: HeaderMap,
     on_upgrade: Option<OnUpgrade>,
     peer: PeerAddr,
+    query: Option<String>,
 ) -> Response {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let is_upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
@@ -280,7 +556,18 @@ fn upgrade(
             "origin not allowed",
         );
     }
-    let identity = Identity::anonymous();
+    let identity = match connection_identity(&config, &headers, query.as_deref()) {
+        Ok(identity) => identity,
+        Err(rejection) => {
+            tracing::debug!(
+                peer = %client_address(&config, peer, &headers),
+                reason = rejection.code(),
+                "upgrade refused: unauthorized"
+            );
+            shared.metrics.rejected(RejectReason::Unauthorized);
+            return unauthorized(&rejection);
+        }
+    };
     let Some(slot) = shared.take_slot(settings.max_connections) else {
         return reject(
             &shared,
@@ -303,7 +590,7 @@ fn upgrade(
         outbox,
     ));
     let peer = Peer {
-        address: peer.0.to_string(),
+        address: client_address(&config, peer, &headers),
     };
     let task_shared = shared.clone();
     shared.sessions.spawn(async move {

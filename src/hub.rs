@@ -148,19 +148,33 @@ impl Hub {
         }
     }
 
-    /// Subscribes (or replaces the filter of) `topics`; returns how many topics the
-    /// connection then has.
-    pub fn subscribe(&self, id: ConnId, topics: &[String], filter: Option<Arc<Filter>>) -> usize {
+    /// Subscribes `id` to those of `topics` that `admit` lets through (or replaces their
+    /// filter), then calls `answer` with them; returns how many topics the connection then
+    /// has. `admit` and `answer` run under the lock that [`Hub::retain_topics`] takes, so a
+    /// reload that drops a topic either comes first (and `admit`, reading the routing table
+    /// in force, refuses the topic) or comes after (and finds the subscription, its
+    /// `route_removed` notice queued after the answer): no subscription to a topic that no
+    /// route produces any more goes unnoticed.
+    pub fn subscribe(
+        &self,
+        id: ConnId,
+        topics: Vec<String>,
+        filter: Option<Arc<Filter>>,
+        mut admit: impl FnMut(&str) -> bool,
+        answer: impl FnOnce(&[String]),
+    ) -> usize {
         let mut indexes = self.write();
         let Indexes {
             connections,
             topics: by_topic,
             ..
         } = &mut *indexes;
+        let admitted: Vec<String> = topics.into_iter().filter(|topic| admit(topic)).collect();
+        answer(&admitted);
         let Some(entry) = connections.get_mut(&id) else {
             return 0;
         };
-        for topic in topics {
+        for topic in &admitted {
             let topic: Arc<str> = match entry.topics.get(topic.as_str()) {
                 Some(existing) => existing.clone(),
                 None => {
@@ -301,13 +315,37 @@ mod tests {
         ))
     }
 
+    fn topics(names: &[&str]) -> Vec<String> {
+        names.iter().map(|name| name.to_string()).collect()
+    }
+
+    #[test]
+    fn subscribe_keeps_and_answers_only_what_admit_lets_through() {
+        let hub = Hub::default();
+        hub.register(connection(1, None));
+        let mut answered = Vec::new();
+        let count = hub.subscribe(
+            1,
+            topics(&["yes", "no", "yes too"]),
+            None,
+            |topic| topic.starts_with("yes"),
+            |admitted| answered = admitted.to_vec(),
+        );
+        assert_eq!(count, 2);
+        assert_eq!(answered, ["yes", "yes too"]);
+        assert!(hub.read().subscribers("no").is_none());
+    }
+
     #[test]
     fn subscriptions_are_indexed_by_topic_and_removed_with_the_connection() {
         let hub = Hub::default();
         hub.register(connection(1, Some("alice")));
         hub.register(connection(2, None));
-        assert_eq!(hub.subscribe(1, &["a".into(), "b".into()], None), 2);
-        assert_eq!(hub.subscribe(2, &["a".into()], None), 1);
+        assert_eq!(
+            hub.subscribe(1, topics(&["a", "b"]), None, |_| true, |_| {}),
+            2
+        );
+        assert_eq!(hub.subscribe(2, topics(&["a"]), None, |_| true, |_| {}), 1);
         assert_eq!(hub.read().subscribers("a").unwrap().count(), 2);
         assert_eq!(hub.unsubscribe(1, &["a".into(), "zzz".into()]), ["a"]);
         assert_eq!(hub.read().subscribers("a").unwrap().count(), 1);
@@ -322,7 +360,7 @@ mod tests {
     fn retain_topics_reports_what_each_connection_lost() {
         let hub = Hub::default();
         hub.register(connection(1, None));
-        hub.subscribe(1, &["keep".into(), "drop".into()], None);
+        hub.subscribe(1, topics(&["keep", "drop"]), None, |_| true, |_| {});
         let lost = hub.retain_topics(|topic| topic == "keep");
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].1, ["drop"]);

@@ -309,8 +309,62 @@ impl Metrics {
         let sum = load(&self.delivery.sum_nanos) as f64 / 1e9;
         let _ = writeln!(out, "bridge_delivery_seconds_sum {sum}");
         let _ = writeln!(out, "bridge_delivery_seconds_count {count}");
+        header(
+            &mut out,
+            "bridge_build_info",
+            "gauge",
+            "Always 1; the version of the running binary is its label.",
+        );
+        let _ = writeln!(
+            out,
+            "bridge_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        process(&mut out);
         out
     }
+}
+
+/// The process's file-descriptor limit and resident memory, from `/proc/self` (left out where
+/// there is none): with one descriptor per client, `bridge_connections` close to
+/// `process_max_fds` means `LimitNOFILE` is what refuses the next clients.
+fn process(out: &mut String) {
+    let max_fds = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|limits| soft_limit(&limits, "Max open files"));
+    if let Some(max_fds) = max_fds {
+        header(
+            out,
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors (soft limit).",
+        );
+        let _ = writeln!(out, "process_max_fds {max_fds}");
+    }
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| status_kib(&status, "VmRSS:"));
+    if let Some(kib) = rss_kib {
+        header(
+            out,
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+        );
+        let _ = writeln!(out, "process_resident_memory_bytes {}", kib * 1024);
+    }
+}
+
+/// The soft limit on the `name` line of `/proc/self/limits`; `None` when unlimited.
+fn soft_limit(limits: &str, name: &str) -> Option<u64> {
+    let line = limits.lines().find(|line| line.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
+}
+
+/// The value of a `NAME:   1234 kB` line of `/proc/self/status`.
+fn status_kib(status: &str, name: &str) -> Option<u64> {
+    let line = status.lines().find(|line| line.starts_with(name))?;
+    line[name.len()..].split_whitespace().next()?.parse().ok()
 }
 
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -332,4 +386,51 @@ fn escape_label(value: &str) -> String {
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_files_are_read() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max processes             127448               127448               processes \n\
+                      Max open files            1048576              1048576              files     \n";
+        assert_eq!(soft_limit(limits, "Max open files"), Some(1_048_576));
+        assert_eq!(
+            soft_limit(
+                "Max open files            unlimited            unlimited            files\n",
+                "Max open files"
+            ),
+            None
+        );
+        let status = "Name:\tredis-ws-bridge\nVmPeak:\t  20000 kB\nVmRSS:\t   12345 kB\n";
+        assert_eq!(status_kib(status, "VmRSS:"), Some(12_345));
+    }
+
+    #[test]
+    fn every_counter_moves_and_labels_are_bounded() {
+        let metrics = Metrics::default();
+        let route = metrics.route(&Arc::from("jobs"));
+        route.messages.fetch_add(3, Ordering::Relaxed);
+        metrics.rejected(RejectReason::Capacity);
+        metrics.dropped(DropReason::QueueFull, 2);
+        metrics.reload(false);
+        metrics.observe_delivery(Duration::from_micros(300));
+        let text = metrics.render();
+        for line in [
+            "bridge_redis_messages_total{route=\"jobs\"} 3",
+            "bridge_connections_rejected_total{reason=\"capacity\"} 1",
+            "bridge_messages_dropped_total{reason=\"queue_full\"} 2",
+            "bridge_config_reloads_total{result=\"error\"} 1",
+            "bridge_delivery_seconds_bucket{le=\"0.00025\"} 0",
+            "bridge_delivery_seconds_bucket{le=\"0.0005\"} 1",
+            "bridge_delivery_seconds_bucket{le=\"+Inf\"} 1",
+            "bridge_delivery_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+        assert!(text.contains("process_max_fds "), "{text}");
+    }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use redis::aio::PubSubSink;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 
 use crate::dispatch::Dispatcher;
 use crate::router::Routing;
@@ -20,10 +21,17 @@ const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Channels under this prefix belong to the bridge (the switch markers of reloads): they are
+/// never dispatched, whatever pattern routes match them.
+pub const RESERVED_PREFIX: &str = "__redis-ws-bridge__:";
+
+/// How long a switch waits for its marker before switching anyway.
+const MARKER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// A request to the subscriber task.
 pub enum Control {
     /// Make `routing` the table in force: subscribe what it adds, switch, then unsubscribe
-    /// what it drops. Answered once the switch is made.
+    /// what it drops. Answered once the switch is made and Redis shows it.
     Apply {
         routing: Arc<Routing>,
         done: oneshot::Sender<()>,
@@ -64,11 +72,28 @@ struct Subscriptions {
     patterns: HashSet<String>,
 }
 
+/// A routing table waiting for its switch point. What it adds is subscribed, and a marker
+/// PUBLISHed after that comes back on the subscriber connection exactly after the last message
+/// published before the new subscriptions were in place. Messages before the marker are routed
+/// by the old table, those after it by the new one: each PUBLISH is routed entirely by one
+/// table, whichever of its subscriptions (a channel, a pattern, both) brought it, so a route
+/// that moves from a channel to a pattern (or back) neither loses nor repeats a message.
+struct Pending {
+    routing: Arc<Routing>,
+    done: oneshot::Sender<()>,
+    /// A channel of this process and switch only, subscribed for the switch.
+    marker: String,
+    /// Resolves with a reason to switch without the marker.
+    give_up: JoinHandle<String>,
+}
+
 async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
     let mut dispatcher = Dispatcher::new(shared.clone());
     let mut retry = FIRST_RETRY;
     let mut ever_connected = false;
     let mut last_error = String::new();
+    // Numbers the switch markers of this process.
+    let mut switches: u64 = 0;
     loop {
         let url = shared.config().redis.url.clone();
         let connected = tokio::select! {
@@ -92,7 +117,7 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
         };
         let mut subscribed = Subscriptions::default();
         let routing = shared.routing.load_full();
-        if let Err(err) = subscribe_difference(&mut sink, &mut subscribed, &routing).await {
+        if let Err(err) = subscribe_difference(&mut sink, &mut subscribed, &routing, None).await {
             tracing::warn!(error = %err, "redis subscribe failed");
             if !wait_retry(&shared, &mut requests, retry).await {
                 return;
@@ -109,41 +134,72 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
                 .fetch_add(1, Ordering::Relaxed);
         }
         ever_connected = true;
-        shared.redis_ready.store(true, Ordering::Release);
-        shared.metrics.redis_connected.store(1, Ordering::Relaxed);
+        shared.set_redis_ready(true);
         tracing::info!(
             redis = %redact(&url),
             channels = subscribed.channels.len(),
             patterns = subscribed.patterns.len(),
             "redis subscribed"
         );
+        let mut pending: Option<Pending> = None;
         let reason = loop {
+            // Reload requests before messages: a sustained flood must not hold a reload back.
             tokio::select! {
                 biased;
                 _ = shared.shutdown.cancelled() => return,
-                message = stream.next() => {
-                    let Some(message) = message else { break "connection closed" };
-                    let received_at = Instant::now();
-                    let pattern: Option<String> = message.get_pattern().ok().flatten();
-                    dispatcher.dispatch(message.get_channel_name(), pattern.as_deref(), message.get_payload_bytes(), received_at);
-                }
-                request = requests.recv() => {
-                    let Some(Control::Apply { routing, done }) = request else { return };
-                    let url_changed = routing.config.redis.url != url;
-                    let switched = switch(&shared, &mut sink, &mut subscribed, routing).await;
-                    let _ = done.send(());
-                    if let Err(err) = switched {
+                reason = gave_up(&mut pending) => {
+                    let Some(pending) = pending.take() else { continue };
+                    tracing::warn!(reason = %reason, "switching without a marker: messages published during this reload may be routed by either configuration");
+                    if let Err(err) = finish_switch(&shared, &mut sink, &mut subscribed, pending).await {
                         tracing::warn!(error = %err, "redis subscription change failed");
                         break "subscription change failed";
                     }
-                    if url_changed {
+                }
+                request = requests.recv(), if pending.is_none() => {
+                    let Some(Control::Apply { routing, done }) = request else { return };
+                    if routing.config.redis.url != url {
+                        // The next connection subscribes the new table from scratch.
+                        shared.routing.store(routing);
+                        let _ = done.send(());
                         break "redis.url changed";
                     }
+                    switches += 1;
+                    let marker = format!("{RESERVED_PREFIX}switch:{}:{switches}", shared.epoch);
+                    if let Err(err) = subscribe_difference(&mut sink, &mut subscribed, &routing, Some(&marker)).await {
+                        tracing::warn!(error = %err, "redis subscription change failed");
+                        // In force all the same: the next connection subscribes it.
+                        shared.routing.store(routing);
+                        let _ = done.send(());
+                        break "subscription change failed";
+                    }
+                    let give_up = tokio::spawn(publish_marker(url.clone(), marker.clone()));
+                    pending = Some(Pending { routing, done, marker, give_up });
+                }
+                message = stream.next() => {
+                    let Some(message) = message else { break "connection closed" };
+                    let channel = message.get_channel_name();
+                    if channel.starts_with(RESERVED_PREFIX) {
+                        if let Some(pending) = pending.take_if(|p| p.marker == channel)
+                            && let Err(err) = finish_switch(&shared, &mut sink, &mut subscribed, pending).await
+                        {
+                            tracing::warn!(error = %err, "redis subscription change failed");
+                            break "subscription change failed";
+                        }
+                        continue;
+                    }
+                    let received_at = Instant::now();
+                    let pattern: Option<String> = message.get_pattern().ok().flatten();
+                    dispatcher.dispatch(channel, pattern.as_deref(), message.get_payload_bytes(), received_at);
                 }
             }
         };
-        shared.redis_ready.store(false, Ordering::Release);
-        shared.metrics.redis_connected.store(0, Ordering::Relaxed);
+        if let Some(pending) = pending.take() {
+            // No connection to switch on: the next one subscribes what is in force.
+            pending.give_up.abort();
+            shared.routing.store(pending.routing);
+            let _ = pending.done.send(());
+        }
+        shared.set_redis_ready(false);
         tracing::warn!(reason, "redis connection lost; reconnecting");
     }
 }
@@ -186,18 +242,22 @@ async fn wait_retry(
     }
 }
 
-/// Subscribes what `routing` needs and `subscribed` lacks.
+/// Subscribes what `routing` needs and `subscribed` lacks, and a switch's `marker` channel
+/// with the new channels (it is not recorded in `subscribed`).
 async fn subscribe_difference(
     sink: &mut PubSubSink,
     subscribed: &mut Subscriptions,
     routing: &Routing,
+    marker: Option<&str>,
 ) -> redis::RedisResult<()> {
     let channels: Vec<&str> = routing
         .channels()
         .filter(|c| !subscribed.channels.contains(*c))
         .collect();
-    if !channels.is_empty() {
-        sink.subscribe(&channels).await?;
+    if !channels.is_empty() || marker.is_some() {
+        let mut command = channels.clone();
+        command.extend(marker);
+        sink.subscribe(&command).await?;
         subscribed
             .channels
             .extend(channels.iter().map(|c| c.to_string()));
@@ -215,15 +275,44 @@ async fn subscribe_difference(
     Ok(())
 }
 
-/// Subscribes the new, switches the routing table, unsubscribes the dropped. Runs between two
-/// messages, so each message is routed entirely by one table.
-async fn switch(
+/// Publishes a switch's marker (the subscriber connection cannot PUBLISH); resolves only with
+/// a reason to stop waiting for the marker to come back.
+async fn publish_marker(url: String, marker: String) -> String {
+    let deadline = tokio::time::Instant::now() + MARKER_TIMEOUT;
+    match tokio::time::timeout(MARKER_TIMEOUT, publish(&url, &marker, b"")).await {
+        Ok(Ok(0)) => return "the marker reached no subscriber".to_owned(),
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => return format!("cannot publish the marker: {err}"),
+        Err(_) => return "publishing the marker timed out".to_owned(),
+    }
+    tokio::time::sleep_until(deadline).await;
+    "the marker did not come back in time".to_owned()
+}
+
+/// The pending switch's reason to give up on its marker; pending forever without a switch.
+async fn gave_up(pending: &mut Option<Pending>) -> String {
+    match pending {
+        Some(pending) => (&mut pending.give_up)
+            .await
+            .unwrap_or_else(|err| format!("the marker task failed: {err}")),
+        None => std::future::pending().await,
+    }
+}
+
+/// Makes the pending table the one in force, then unsubscribes what it dropped and the marker.
+async fn finish_switch(
     shared: &Shared,
     sink: &mut PubSubSink,
     subscribed: &mut Subscriptions,
-    routing: Arc<Routing>,
+    pending: Pending,
 ) -> redis::RedisResult<()> {
-    subscribe_difference(sink, subscribed, &routing).await?;
+    let Pending {
+        routing,
+        done,
+        marker,
+        give_up,
+    } = pending;
+    give_up.abort();
     let channels: HashSet<&str> = routing.channels().collect();
     let patterns: HashSet<&str> = routing.patterns().collect();
     let dropped_channels: Vec<String> = subscribed
@@ -239,17 +328,30 @@ async fn switch(
         .cloned()
         .collect();
     shared.routing.store(routing);
-    if !dropped_channels.is_empty() {
-        sink.unsubscribe(&dropped_channels).await?;
-        for channel in &dropped_channels {
-            subscribed.channels.remove(channel);
-        }
+    let result = unsubscribe(sink, subscribed, dropped_channels, dropped_patterns, marker).await;
+    // Answered after the UNSUBSCRIBEs, so that a reload is reported once Redis shows the new
+    // subscriptions.
+    let _ = done.send(());
+    result
+}
+
+async fn unsubscribe(
+    sink: &mut PubSubSink,
+    subscribed: &mut Subscriptions,
+    mut channels: Vec<String>,
+    patterns: Vec<String>,
+    marker: String,
+) -> redis::RedisResult<()> {
+    for channel in &channels {
+        subscribed.channels.remove(channel);
     }
-    if !dropped_patterns.is_empty() {
-        sink.punsubscribe(&dropped_patterns).await?;
-        for pattern in &dropped_patterns {
+    channels.push(marker);
+    sink.unsubscribe(&channels).await?;
+    if !patterns.is_empty() {
+        for pattern in &patterns {
             subscribed.patterns.remove(pattern);
         }
+        sink.punsubscribe(&patterns).await?;
     }
     Ok(())
 }

@@ -1,5 +1,5 @@
-//! One task per WebSocket connection: the client's commands, the writes, pings, idle and
-//! close codes.
+//! One task per WebSocket connection: the client's commands (rate-limited), the writes,
+//! pings, idle, token expiry and refresh, and close codes.
 //!
 //! The writer is the session task itself; a second, smaller task reads. The writer drains the
 //! connection's outbox in batches (one flush, so few socket writes, when a backlog exists)
@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -20,15 +20,23 @@ use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{Authenticator, Identity, Rejection};
+use crate::config::{AuthMode, Rate, Welcome};
 use crate::hub::Connection;
 use crate::outbox::{Closing, Outgoing};
 use crate::protocol::{self, Command, ErrorCode, Reply, Request};
+use crate::router::Routing;
 use crate::state::{Shared, Slot};
+use crate::template::Scope;
 
 type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// How long a close frame may take to leave before the socket is dropped anyway.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A client that gets more than its burst of commands refused within this window is closed
+/// (1008 "rate limit"): past that, it is flooding, not bursting.
+const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
 /// The fixed facts of one connection, for its log lines.
 pub struct Peer {
@@ -62,18 +70,13 @@ pub async fn run(
             "connection open"
         );
     }
-    let routing = shared.routing.load();
-    let identity = connection.identity.load();
-    let welcome = Reply::Connected {
-        connection_id: &connection.public_id,
-        user: identity.user.as_deref(),
-        roles: &identity.roles,
-        topics: &routing.auto_topics(),
-        epoch: &shared.epoch,
-    }
-    .to_json();
+    let welcome = welcome(
+        &shared,
+        &shared.routing.load(),
+        &connection,
+        &connection.identity.load(),
+    );
     connection.outbox.push_reply(Message::text(welcome));
-    drop((routing, identity));
 
     let (sink, stream) = socket.split();
     let last_seen = Arc::new(AtomicU64::new(0));
@@ -84,6 +87,7 @@ pub async fn run(
         connection.clone(),
         last_seen.clone(),
         started,
+        RateLimit::new(settings.client_rate),
         reader_done.clone(),
     ));
     let ending = write(
@@ -116,6 +120,51 @@ pub async fn run(
     );
 }
 
+/// The first frame: the native `connected` frame, or the configured template rendered with
+/// the connection's id, claims and the time. A template whose placeholder has no value (an
+/// anonymous connection has no claims) falls back to the native frame, so that a client
+/// always learns its connection id.
+fn welcome(
+    shared: &Shared,
+    routing: &Routing,
+    connection: &Connection,
+    identity: &Identity,
+) -> String {
+    if let Welcome::Template(template) = &routing.config.websocket.welcome {
+        let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let scope = Scope {
+            claims: identity.authenticated.then_some(&identity.claims),
+            connection_id: Some(&connection.public_id),
+            now: Some(&now),
+            ..Scope::default()
+        };
+        match template.render_to_vec(&scope).map(String::from_utf8) {
+            Some(Ok(text)) => return text,
+            _ => tracing::debug!(
+                connection = %connection.public_id,
+                "welcome template has a placeholder without a value; sending the native frame"
+            ),
+        }
+    }
+    Reply::Connected {
+        connection_id: &connection.public_id,
+        user: identity.user.as_deref(),
+        roles: &identity.roles,
+        topics: &routing.auto_topics(),
+        epoch: &shared.epoch,
+    }
+    .to_json()
+}
+
+/// A token's expiry on tokio's clock. The leeway applied at verification does not extend
+/// it: a token accepted within the leeway expires at once.
+fn deadline(expires_at: SystemTime) -> tokio::time::Instant {
+    let left = expires_at
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
+
 struct Ending {
     frames_sent: u64,
     code: u16,
@@ -136,7 +185,19 @@ async fn write(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch: Vec<Outgoing> = Vec::new();
     let mut frames_sent = 0;
+    // The token expiry the timer is set for. The identity is re-read on every turn: a
+    // `refresh` replaces it and then queues its answer, which wakes this loop.
+    let mut armed: Option<SystemTime> = None;
+    let token_timer = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(token_timer);
     loop {
+        let expires_at = connection.identity.load().expires_at;
+        if expires_at != armed {
+            armed = expires_at;
+            if let Some(at) = expires_at {
+                token_timer.as_mut().reset(deadline(at));
+            }
+        }
         let closing = connection.outbox.drain(&mut batch);
         if !batch.is_empty() {
             let count = batch.len() as u64;
@@ -191,6 +252,16 @@ async fn write(
                 connection.outbox.close(1001, "server shutting down");
             }
             _ = connection.outbox.ready() => {}
+            _ = &mut token_timer, if armed.is_some() && !connection.outbox.is_closing() => {
+                reply_error(
+                    connection,
+                    None,
+                    ErrorCode::TokenExpired,
+                    "the token has expired; reconnect with a new one (send `refresh` before exp to stay connected)",
+                    None,
+                );
+                connection.outbox.close(1008, "token expired");
+            }
             _ = ping.tick() => {
                 let idle_ms = millis_since(started).saturating_sub(last_seen.load(Ordering::Relaxed));
                 if Duration::from_millis(idle_ms) >= idle_timeout {
@@ -217,12 +288,73 @@ fn millis_since(started: Instant) -> u64 {
     u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// The inbound command budget of one connection: a token bucket of `websocket.client_rate`,
+/// and the count of commands it refused in the current flood window.
+struct RateLimit {
+    rate: Rate,
+    tokens: f64,
+    refilled: Instant,
+    /// The error message of a refused command (the same for every one).
+    message: String,
+    /// When the current window of refusals began, and how many it has.
+    refusals: Option<(Instant, u32)>,
+}
+
+/// What to do with one inbound command.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Admit,
+    /// Answer `rate_limited`.
+    Refuse,
+    /// More than the burst refused within [`FLOOD_WINDOW`]: close with 1008.
+    Close,
+}
+
+impl RateLimit {
+    fn new(rate: Rate) -> RateLimit {
+        RateLimit {
+            rate,
+            tokens: f64::from(rate.burst),
+            refilled: Instant::now(),
+            message: format!(
+                "too many commands: at most {} at once, refilled at {}/s",
+                rate.burst, rate.per_second
+            ),
+            refusals: None,
+        }
+    }
+
+    fn check(&mut self, now: Instant) -> Verdict {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens =
+            (self.tokens + elapsed * self.rate.per_second).min(f64::from(self.rate.burst));
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            return Verdict::Admit;
+        }
+        let (since, count) = match self.refusals {
+            Some((since, count)) if now.saturating_duration_since(since) < FLOOD_WINDOW => {
+                (since, count + 1)
+            }
+            _ => (now, 1),
+        };
+        self.refusals = Some((since, count));
+        if count > self.rate.burst {
+            Verdict::Close
+        } else {
+            Verdict::Refuse
+        }
+    }
+}
+
 async fn read(
     shared: Arc<Shared>,
     mut stream: SplitStream<Socket>,
     connection: Arc<Connection>,
     last_seen: Arc<AtomicU64>,
     started: Instant,
+    mut limit: RateLimit,
     done: CancellationToken,
 ) {
     loop {
@@ -231,6 +363,25 @@ async fn read(
             frame = stream.next() => frame,
         };
         last_seen.store(millis_since(started), Ordering::Relaxed);
+        if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
+            match limit.check(Instant::now()) {
+                Verdict::Admit => {}
+                Verdict::Refuse => {
+                    reply_error(
+                        &connection,
+                        None,
+                        ErrorCode::RateLimited,
+                        &limit.message,
+                        None,
+                    );
+                    continue;
+                }
+                Verdict::Close => {
+                    connection.outbox.close(1008, "rate limit");
+                    return;
+                }
+            }
+        }
         match frame {
             None => break,
             Some(Ok(Message::Text(text))) => handle_text(&shared, &connection, text.as_str()),
@@ -275,33 +426,35 @@ fn handle_text(shared: &Shared, connection: &Connection, text: &str) {
     match command {
         Command::Ping => reply(connection, &Reply::Pong { id }),
         Command::Subscribe { topics, filter } => {
-            let routing = shared.routing.load();
             let identity = connection.identity.load();
-            let mut admitted = Vec::with_capacity(topics.len());
-            for topic in topics {
-                match routing.authorize_subscribe(&topic, &identity) {
-                    Ok(()) => admitted.push(topic),
-                    Err(code) => {
-                        let message = match code {
-                            ErrorCode::UnknownTopic => "no route produces this topic",
-                            _ => "not allowed to subscribe to this topic",
-                        };
-                        reply_error(connection, id, code, message, Some(&topic));
-                    }
+            // Checked against the routing table in force under the hub's lock, so that a
+            // reload dropping a topic meanwhile cannot miss the subscription (see
+            // `Hub::subscribe`).
+            let admit = |topic: &str| {
+                let checked = shared.routing.load().authorize_subscribe(topic, &identity);
+                if let Err(code) = checked {
+                    let message = match code {
+                        ErrorCode::UnknownTopic => "no route produces this topic",
+                        _ => "not allowed to subscribe to this topic",
+                    };
+                    reply_error(connection, id, code, message, Some(topic));
                 }
-            }
-            if !admitted.is_empty() {
-                shared
-                    .hub
-                    .subscribe(connection.id, &admitted, filter.map(Arc::new));
-                reply(
-                    connection,
-                    &Reply::Subscribed {
-                        id,
-                        topics: &admitted,
-                    },
-                );
-            }
+                checked.is_ok()
+            };
+            let answer = |admitted: &[String]| {
+                if !admitted.is_empty() {
+                    reply(
+                        connection,
+                        &Reply::Subscribed {
+                            id,
+                            topics: admitted,
+                        },
+                    );
+                }
+            };
+            shared
+                .hub
+                .subscribe(connection.id, topics, filter.map(Arc::new), admit, answer);
         }
         Command::Unsubscribe { topics } => {
             let removed = shared.hub.unsubscribe(connection.id, &topics);
@@ -314,14 +467,46 @@ fn handle_text(shared: &Shared, connection: &Connection, text: &str) {
                 },
             );
         }
-        Command::Refresh { .. } => reply_error(
-            connection,
-            id,
-            ErrorCode::BadRequest,
-            "this bridge does not authenticate connections",
-            None,
-        ),
+        Command::Refresh { token } => refresh(shared, connection, id, &token),
     }
+}
+
+/// Replaces the identity with a new token's, which must be for the same user; the
+/// connection's expiry moves with it. Any refusal leaves the connection as it was (and its
+/// old expiry in force).
+fn refresh(shared: &Shared, connection: &Connection, id: Option<&serde_json::Value>, token: &str) {
+    let config = shared.config();
+    if config.auth.mode == AuthMode::None {
+        let message = "this bridge does not authenticate connections";
+        reply_error(connection, id, ErrorCode::BadRequest, message, None);
+        return;
+    }
+    let Some(user) = connection.identity.load().user.clone() else {
+        let message = "an anonymous connection cannot be refreshed; reconnect with the token";
+        reply_error(connection, id, ErrorCode::Forbidden, message, None);
+        return;
+    };
+    let identity = match Authenticator::new(&config.auth).verify_token(token) {
+        Ok(identity) => identity,
+        Err(rejection) => {
+            let code = if rejection == Rejection::Expired {
+                ErrorCode::TokenExpired
+            } else {
+                ErrorCode::BadRequest
+            };
+            reply_error(connection, id, code, &rejection.message(), None);
+            return;
+        }
+    };
+    if identity.user.as_deref() != Some(&*user) {
+        let message = "the token is for another user; reconnect to change users";
+        reply_error(connection, id, ErrorCode::Forbidden, message, None);
+        return;
+    }
+    let expires_at = identity.expires_at_unix();
+    tracing::debug!(connection = %connection.public_id, user = %user, expires_at, "token refreshed");
+    shared.hub.set_identity(connection, identity);
+    reply(connection, &Reply::Refreshed { id, expires_at });
 }
 
 fn reply(connection: &Connection, reply: &Reply) {
@@ -344,4 +529,43 @@ fn reply_error(
             topic,
         },
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bucket_admits_the_burst_then_the_rate_and_closes_a_flood() {
+        let start = Instant::now();
+        let mut limit = RateLimit::new(Rate {
+            per_second: 10.0,
+            burst: 3,
+        });
+        limit.refilled = start;
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        for _ in 0..3 {
+            assert_eq!(limit.check(at(0)), Verdict::Admit);
+        }
+        assert_eq!(limit.check(at(0)), Verdict::Refuse);
+        // One token every 100 ms.
+        assert_eq!(limit.check(at(100)), Verdict::Admit);
+        assert_eq!(limit.check(at(100)), Verdict::Refuse);
+        assert_eq!(limit.check(at(150)), Verdict::Refuse);
+        // The fourth refusal within the window is more than the burst of 3.
+        assert_eq!(limit.check(at(160)), Verdict::Close);
+
+        // Refusals further apart than the window do not add up.
+        let mut limit = RateLimit::new(Rate {
+            per_second: 0.05,
+            burst: 1,
+        });
+        limit.refilled = start;
+        assert_eq!(limit.check(at(0)), Verdict::Admit);
+        assert_eq!(limit.check(at(1)), Verdict::Refuse);
+        assert_eq!(limit.check(at(10_100)), Verdict::Refuse);
+        assert_eq!(limit.check(at(10_200)), Verdict::Close);
+        // The bucket refills in 20 s.
+        assert_eq!(limit.check(at(20_000)), Verdict::Admit);
+    }
 }

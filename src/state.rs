@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -12,6 +13,7 @@ use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::router::Routing;
+use crate::systemd::Notifier;
 
 /// The outcome of the last load of the routing file, for `/ws/stats`.
 #[derive(Debug, Clone)]
@@ -26,8 +28,14 @@ pub struct Shared {
     pub routing: ArcSwap<Routing>,
     pub hub: Hub,
     pub metrics: Metrics,
-    /// True while Redis is connected and every channel and pattern is subscribed.
+    /// True while Redis is connected and every channel and pattern is subscribed. Set
+    /// through [`Shared::set_redis_ready`].
     pub redis_ready: AtomicBool,
+    /// The same fact for tasks that wait on it (the systemd notifier): `redis_ready` is the
+    /// cheap read for request handlers, this one wakes a task when it changes.
+    pub redis_changes: watch::Sender<bool>,
+    /// The service manager's notification socket (no-op outside systemd).
+    pub systemd: Notifier,
     /// Identifies this process run, so that clients can tell a restart (sequences restart).
     pub epoch: String,
     /// Cancelled once, when the process starts shutting down.
@@ -50,6 +58,8 @@ impl Shared {
             hub: Hub::default(),
             metrics,
             redis_ready: AtomicBool::new(false),
+            redis_changes: watch::Sender::new(false),
+            systemd: Notifier::from_env(),
             epoch: uuid::Uuid::new_v4().to_string(),
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
@@ -64,6 +74,17 @@ impl Shared {
 
     pub fn config(&self) -> Arc<Config> {
         self.routing.load().config.clone()
+    }
+
+    /// Records whether Redis is connected with every route subscribed: `/readyz`, the
+    /// `bridge_redis_connected` gauge and the systemd notifier all follow it.
+    pub fn set_redis_ready(&self, ready: bool) {
+        // The gauge first: whoever sees `/readyz` change also finds the gauge changed.
+        self.metrics
+            .redis_connected
+            .store(i64::from(ready), Ordering::Relaxed);
+        self.redis_ready.store(ready, Ordering::Release);
+        self.redis_changes.send_replace(ready);
     }
 
     pub fn next_connection_id(&self) -> u64 {

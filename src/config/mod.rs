@@ -4,28 +4,34 @@
 //! bound, nothing is spawned. Layout:
 //! - `yaml`: the raw layer — the YAML tree with positions, `${VAR}` interpolation, and the
 //!   readers that turn nodes into typed values while collecting errors;
-//! - `websocket`, `auth`, `route`: one section each, raw nodes → typed settings (templates
-//!   and audiences compiled here, so the hot path only renders);
+//! - `websocket`, `auth`, `route`, `proxies` (`trusted_proxies`): one section each, raw
+//!   nodes → typed settings (templates and audiences compiled here, so the hot path only
+//!   renders);
 //! - this file: the top level, the error types and [`Config::load`].
 //!
 //! Every problem that can be found is reported, each with the file, line, column and key
 //! path; a file with any problem gives no `Config`.
 
 mod auth;
+mod proxies;
 mod route;
 mod websocket;
 mod yaml;
 
 use std::ffi::OsString;
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use auth::{AuthMode, AuthSettings};
+pub use auth::{AdminSettings, ApiKey, AuthMode, AuthSettings, JwtSettings};
 pub use route::{Audience, Delivery, Format, Route, Source};
 pub use websocket::{Rate, SlowClient, WebSocketSettings, Welcome};
 
+use sha2::{Digest, Sha256};
+
+use crate::proxy::TrustedProxies;
 use yaml::{Ctx, fields};
 
 /// The validated routing file.
@@ -33,6 +39,10 @@ use yaml::{Ctx, fields};
 pub struct Config {
     /// The file it came from (for messages and reloads).
     pub source: PathBuf,
+    /// Every file it was built from (this one first, then key and token files), each with a
+    /// digest of the bytes that were read: a reload compares them with the files' current
+    /// bytes to tell a change from a touch, and watches their directories.
+    pub inputs: Vec<Input>,
     /// Where the HTTP/WebSocket server listens (`listen`, default 127.0.0.1:8080).
     pub listen: SocketAddr,
     /// The Redis connection.
@@ -41,8 +51,13 @@ pub struct Config {
     pub websocket: WebSocketSettings,
     /// How connections authenticate.
     pub auth: AuthSettings,
+    /// Who may use the admin endpoints (`admin`; absent: nobody).
+    pub admin: AdminSettings,
     /// How long a graceful shutdown may take (`shutdown_grace`, default 10s).
     pub shutdown_grace: Duration,
+    /// The reverse proxies whose `X-Forwarded-For` is believed (`trusted_proxies`,
+    /// default none).
+    pub trusted_proxies: TrustedProxies,
     /// The routes, in file order (at least one).
     pub routes: Vec<Route>,
 }
@@ -52,6 +67,22 @@ pub struct Config {
 pub struct RedisSettings {
     /// `redis://` or `rediss://` URL (may hold a password: do not log it).
     pub url: String,
+}
+
+/// A file a configuration was built from, and the SHA-256 of the bytes it was built from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Input {
+    pub path: PathBuf,
+    pub sha256: [u8; 32],
+}
+
+impl Input {
+    pub fn new(path: &Path, bytes: &[u8]) -> Input {
+        Input {
+            path: path.to_path_buf(),
+            sha256: Sha256::digest(bytes).into(),
+        }
+    }
 }
 
 const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
@@ -65,7 +96,9 @@ const TOP_KEYS: &[&str] = &[
     "redis",
     "websocket",
     "auth",
+    "admin",
     "shutdown_grace",
+    "trusted_proxies",
     "routes",
 ];
 const REDIS_KEYS: &[&str] = &["url"];
@@ -74,7 +107,16 @@ impl Config {
     /// Reads and validates the routing file at `path`; `${VAR}` in string values is
     /// replaced from the environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        match std::fs::read_to_string(path) {
+        Config::from_read(path, std::fs::read(path))
+    }
+
+    /// Validates the routing file at `path` from the outcome of reading it, so that a reload,
+    /// which compares the bytes with those in force first, loads exactly what it compared.
+    pub fn from_read(path: &Path, read: io::Result<Vec<u8>>) -> Result<Config, ConfigErrors> {
+        let text = read.and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+        });
+        match text {
             Ok(text) => Config::from_str(&text, path),
             Err(e) => Err(ConfigErrors(vec![ConfigError {
                 file: path.to_path_buf(),
@@ -116,7 +158,11 @@ impl Config {
         let config = compile(&mut ctx, &root, source);
         let mut errors = ctx.errors;
         match config {
-            Some(config) if errors.is_empty() => Ok(config),
+            Some(mut config) if errors.is_empty() => {
+                config.inputs.push(Input::new(source, text.as_bytes()));
+                config.inputs.append(&mut ctx.inputs);
+                Ok(config)
+            }
             _ => {
                 errors.sort_by_key(|e| (e.line.unwrap_or(u64::MAX), e.column.unwrap_or(u64::MAX)));
                 Err(ConfigErrors(errors))
@@ -140,10 +186,12 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
     };
     let websocket = websocket::compile(ctx, top.get("websocket"));
     let auth = auth::compile(ctx, top.get("auth"));
+    let admin = auth::compile_admin(ctx, top.get("admin"), auth.as_ref());
     let shutdown_grace = match top.get("shutdown_grace") {
         Some(node) => yaml::duration(ctx, node, "shutdown_grace"),
         None => Some(DEFAULT_SHUTDOWN_GRACE),
     };
+    let trusted_proxies = proxies::compile(ctx, top.get("trusted_proxies"));
     let routes = match top.get("routes") {
         Some(node) => route::compile_all(ctx, node),
         None => {
@@ -155,13 +203,19 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
             None
         }
     };
+    if let (Some(auth), Some(routes), Some(node)) = (&auth, &routes, top.get("routes")) {
+        auth::check_audiences(ctx, auth, node, routes);
+    }
     Some(Config {
         source: source.to_path_buf(),
+        inputs: Vec::new(),
         listen: listen?,
         redis: redis?,
         websocket: websocket?,
         auth: auth?,
+        admin: admin?,
         shutdown_grace: shutdown_grace?,
+        trusted_proxies: trusted_proxies?,
         routes: routes?,
     })
 }

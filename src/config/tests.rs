@@ -13,6 +13,9 @@ fn env(name: &str) -> Option<OsString> {
     match name {
         "REDIS_HOST" => Some("redis.internal".into()),
         "MAX_CONN" => Some("500".into()),
+        "JWT_SECRET" => Some("0123456789abcdef0123456789abcdef0123456789abcdef".into()),
+        "KEY_HASH" => Some("ab".repeat(32).into()),
+        "ADMIN_TOKEN" => Some("an-admin-token-for-tests".into()),
         _ => None,
     }
 }
@@ -106,11 +109,32 @@ fn minimal_file_gets_every_default() {
 
 #[test]
 fn example_file_loads() {
+    // Beside the file, the secret that scripts/run.sh generates on its first run.
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    if let Err(e) = std::fs::write(dir.path().join("jwt.secret"), "s".repeat(64)) {
+        panic!("write jwt.secret: {e}");
+    }
     let text = include_str!("../../bridge.example.yaml");
-    let config = match Config::from_str(text, Path::new("bridge.example.yaml")) {
+    let config = match Config::from_str(text, &dir.path().join("bridge.example.yaml")) {
         Ok(config) => config,
         Err(errors) => panic!("bridge.example.yaml must load:\n{errors}"),
     };
+    assert_eq!(config.auth.mode, AuthMode::Optional);
+    assert!(config.auth.jwt.is_some());
+    assert_eq!(config.admin.roles, ["admin", "superadmin"]);
+    // Without the generated secret, the example does not load: it has no usable default.
+    let Err(errors) = Config::from_str(text, Path::new("/nonexistent/bridge.example.yaml")) else {
+        panic!("the example must not load without its secret file");
+    };
+    assert!(
+        errors
+            .to_string()
+            .contains("auth.jwt.secret_file: cannot read"),
+        "{errors}"
+    );
     assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
     assert_eq!(config.redis.url, "redis://127.0.0.1:6379/0");
     assert!(config.routes.len() >= 3);
@@ -172,11 +196,56 @@ websocket:
   welcome: { type: hello, id: "{connection_id}", user: "{claims.sub|anonymous}", at: "{now}" }
 auth:
   mode: optional
+  jwt:
+    algorithms: [HS256, HS384]
+    secret: ${JWT_SECRET}
+    issuer: https://id.example.com
+    audience: [bridge]
+    leeway: 10s
+  user_claim: user_id
+  roles_claim: realm_access.roles
+  api_keys:
+    - { sha256: 62AF8704764FAF8EA82FC61CE9C4C3908B6CB97D463A634E9E587D7C885DB0EF, user: svc-reporting, roles: [service, reports] }
+    - { sha256: "${KEY_HASH}", user: svc-2, roles: service }
+admin:
+  roles: [admin, superadmin]
+  token: ${ADMIN_TOKEN}
 shutdown_grace: 3s
 routes:
   - name: jobs
     channel: jobs
 "#);
+    let auth = &config.auth;
+    let jwt = auth.jwt.as_ref().unwrap_or_else(|| panic!("jwt expected"));
+    assert_eq!(
+        jwt.algorithms,
+        [
+            jsonwebtoken::Algorithm::HS256,
+            jsonwebtoken::Algorithm::HS384
+        ]
+    );
+    assert_eq!(jwt.validation.leeway, 10);
+    assert!(jwt.validation.validate_nbf && jwt.validation.validate_exp);
+    assert!(jwt.validation.validate_aud);
+    let required: std::collections::BTreeSet<&str> = jwt
+        .validation
+        .required_spec_claims
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(required, ["aud", "exp", "iss"].into());
+    assert!(
+        !format!("{config:?}").contains("0123456789abcdef"),
+        "Debug shows no secret"
+    );
+    assert_eq!(auth.user_claim, "user_id");
+    assert_eq!(auth.roles_claim, "realm_access.roles");
+    assert_eq!(auth.api_keys.len(), 2);
+    assert_eq!(auth.api_keys[0].sha256[0], 0x62);
+    assert_eq!(&*auth.api_keys[0].user, "svc-reporting");
+    assert_eq!(auth.api_keys[1].roles, [std::sync::Arc::from("service")]);
+    assert_eq!(config.admin.roles, ["admin", "superadmin"]);
+    assert!(config.admin.token_sha256.is_some());
     assert_eq!(config.listen.to_string(), "[::1]:9000");
     assert_eq!(config.redis.url, "rediss://redis.internal:6380/1");
     assert_eq!(config.auth.mode, AuthMode::Optional);
@@ -218,6 +287,8 @@ routes:
     );
 }
 
+const KEY: &str = "  api_keys:\n    - { sha256: 62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef, user: svc }\n";
+
 #[test]
 fn auth_modes() {
     for (mode, expected) in [
@@ -225,16 +296,24 @@ fn auth_modes() {
         ("optional", AuthMode::Optional),
         ("none", AuthMode::None),
     ] {
-        let config = ok(&format!("auth:\n  mode: {mode}\n{MINIMAL}"));
+        let config = ok(&format!("auth:\n  mode: {mode}\n{KEY}{MINIMAL}"));
         assert_eq!(config.auth.mode, expected);
     }
+    assert_eq!(
+        ok(&format!("auth:\n  mode: none\n{MINIMAL}")).auth.mode,
+        AuthMode::None
+    );
     assert_eq!(
         one_error(&format!("auth:\n  mode: jwt\n{MINIMAL}")),
         "2:9 auth.mode: unknown mode `jwt` (expected required, optional or none)"
     );
     assert_eq!(
-        one_error(&format!("auth:\n  mode: none\n  jwt: {{}}\n{MINIMAL}")),
-        "3:3 auth.jwt: unknown key `jwt` (expected one of: mode)"
+        one_error(&format!("auth:\n  mode: required\n{MINIMAL}")),
+        "2:9 auth.mode: needs `jwt` or `api_keys`: without a way to verify a credential, no connection could authenticate"
+    );
+    assert_eq!(
+        one_error(&format!("auth:\n  mode: none\n  jwks: {{}}\n{MINIMAL}")),
+        "3:3 auth.jwks: unknown key `jwks` (did you mean `jwt`?)"
     );
     assert_eq!(
         one_error(&format!("auth: {{}}\n{MINIMAL}")),
@@ -523,6 +602,9 @@ fn every_problem_is_reported_in_file_order() {
 #[test]
 fn routes_with_templates_audiences_and_formats() {
     let config = ok(r#"
+auth:
+  mode: required
+  api_keys: [{ sha256: 62af8704764faf8ea82fc61ce9c4c3908b6cb97d463a634e9e587d7c885db0ef, user: svc }]
 routes:
   - name: botrix-jobs
     channel: botrix:jobs:updates
@@ -720,4 +802,218 @@ fn hostile_input_does_not_panic() {
             assert!(!errors.is_empty());
         }
     }
+}
+
+/// `auth:` with `mode: required` and the given `jwt:` body (indented by 4), then MINIMAL.
+fn with_jwt(jwt: &str) -> String {
+    let mut s = String::from("auth:\n  mode: required\n  jwt:\n");
+    for line in jwt.lines() {
+        s.push_str("    ");
+        s.push_str(line);
+        s.push('\n');
+    }
+    s.push_str(MINIMAL);
+    s
+}
+
+const KEYS_DIR: &str = "tests/fixtures/keys";
+
+#[test]
+fn jwt_keys_match_their_algorithms() {
+    for (algorithms, file) in [
+        ("[RS256, RS512, PS256]", "rsa.pub.pem"),
+        ("[ES256]", "ec256.pub.pem"),
+        ("[ES384]", "ec384.pub.pem"),
+        ("[EdDSA]", "ed25519.pub.pem"),
+    ] {
+        let config = ok(&with_jwt(&format!(
+            "algorithms: {algorithms}\npublic_key_file: {KEYS_DIR}/{file}"
+        )));
+        assert!(config.auth.jwt.is_some(), "{algorithms}");
+    }
+    let secret = "s".repeat(64);
+    for (text, expected) in [
+        (
+            "algorithms: [HS256, RS256]\nsecret: x".to_owned(),
+            "4:25 auth.jwt.algorithms[1]: `RS256` cannot be listed with `HS256`: one list takes algorithms of one key family (HS* use `secret`; RS*/PS* an RSA key; ES* an EC key; EdDSA an Ed25519 key), else a token could pick the family its forger can sign with",
+        ),
+        (
+            "algorithms: [none]\nsecret: x".to_owned(),
+            "4:18 auth.jwt.algorithms[0]: `none` is never accepted: an unsigned token would let anyone choose its identity",
+        ),
+        (
+            "algorithms: [ES512]\nsecret: x".to_owned(),
+            "4:18 auth.jwt.algorithms[0]: unknown algorithm `ES512` (expected HS256, HS384, HS512, RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384 or EdDSA)",
+        ),
+        (
+            "algorithms: [HS256, HS256]\nsecret: x".to_owned(),
+            "4:25 auth.jwt.algorithms[1]: `HS256` is listed twice",
+        ),
+        (
+            "secret: x".to_owned(),
+            "4:5 auth.jwt.algorithms: missing key `algorithms`, e.g. [HS256] or [RS256]",
+        ),
+        (
+            "algorithms: [HS256]".to_owned(),
+            "4:5 auth.jwt.secret: HS* algorithms need `secret` or `secret_file`",
+        ),
+        (
+            "algorithms: [HS256]\nsecret: too-short".to_owned(),
+            "5:13 auth.jwt.secret: the secret is 9 bytes; HS256 needs at least 32 (RFC 7518 §3.2), e.g. from `openssl rand -base64 48`",
+        ),
+        (
+            format!("algorithms: [HS256, HS512]\nsecret: {}", &secret[..40]),
+            "5:13 auth.jwt.secret: the secret is 40 bytes; HS256/HS512 needs at least 64 (RFC 7518 §3.2), e.g. from `openssl rand -base64 48`",
+        ),
+        (
+            format!("algorithms: [HS256]\nsecret: {secret}\nsecret_file: x"),
+            "6:18 auth.jwt.secret_file: set `secret` or `secret_file`, not both",
+        ),
+        (
+            format!("algorithms: [HS256]\nsecret: {secret}\npublic_key_file: x"),
+            "6:5 auth.jwt.public_key_file: is for RS*/PS*/ES*/EdDSA; HS* algorithms verify with `secret` or `secret_file`",
+        ),
+        (
+            format!("algorithms: [RS256]\nsecret: {secret}"),
+            "5:5 auth.jwt.secret: is for HS* algorithms; RS256 verifies with `public_key_file`",
+        ),
+        (
+            "algorithms: [RS256]".to_owned(),
+            "4:5 auth.jwt.public_key_file: RS256 needs `public_key_file` (a PEM public key)",
+        ),
+        (
+            format!("algorithms: [RS256]\npublic_key_file: {KEYS_DIR}/rsa.key.pem"),
+            "5:22 auth.jwt.public_key_file: holds a private key: give the bridge the public key only (`openssl pkey -in private.pem -pubout`)",
+        ),
+        (
+            format!("algorithms: [ES256, ES384]\npublic_key_file: {KEYS_DIR}/ec256.pub.pem"),
+            "5:22 auth.jwt.public_key_file: the key does not suit ES384",
+        ),
+        (
+            format!("algorithms: [EdDSA]\npublic_key_file: {KEYS_DIR}/ec256.pub.pem"),
+            "5:22 auth.jwt.public_key_file: expected an Ed25519 public key in PEM format: InvalidKeyFormat",
+        ),
+        (
+            format!("algorithms: [RS256]\npublic_key_file: {KEYS_DIR}/ed25519.pub.pem"),
+            "5:22 auth.jwt.public_key_file: expected an RSA public key in PEM format: InvalidKeyFormat",
+        ),
+        (
+            format!("algorithms: [HS256]\nsecret: {secret}\nissuer: ''"),
+            "6:13 auth.jwt.issuer: an empty value would match no token",
+        ),
+        (
+            format!("algorithms: [HS256]\nsecret: {secret}\nleeway: soon"),
+            "6:13 auth.jwt.leeway: invalid duration `soon`: expected number at 0 (examples: 30s, 250ms, 2m)",
+        ),
+    ] {
+        assert_eq!(one_error(&with_jwt(&text)), expected, "{text}");
+    }
+    let missing = one_error(&with_jwt(
+        "algorithms: [HS256]\nsecret_file: no/such.secret",
+    ));
+    assert!(
+        missing.starts_with("5:18 auth.jwt.secret_file: cannot read `no/such.secret`: "),
+        "{missing}"
+    );
+}
+
+#[test]
+fn key_files_are_read_relative_to_the_routing_file_at_each_load() {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let path = dir.path().join("bridge.yaml");
+    let text = with_jwt("algorithms: [HS256]\nsecret_file: jwt.secret");
+    let write = |name: &str, text: &str| {
+        if let Err(e) = std::fs::write(dir.path().join(name), text) {
+            panic!("write {name}: {e}");
+        }
+    };
+    write("bridge.yaml", &text);
+    write("jwt.secret", "short\n");
+    let Err(errors) = Config::load(&path) else {
+        panic!("a short secret must not load");
+    };
+    // The trailing newline is not part of the secret.
+    assert!(
+        errors.to_string().contains("the secret is 5 bytes"),
+        "{errors}"
+    );
+    write("jwt.secret", &format!("{}\r\n", "k".repeat(32)));
+    if let Err(errors) = Config::load(&path) {
+        panic!("a 32-byte secret file must load: {errors}");
+    }
+}
+
+#[test]
+fn api_key_and_admin_errors() {
+    let auth = |keys: &str| format!("auth:\n  mode: required\n  api_keys:\n{keys}{MINIMAL}");
+    let hash = "ab".repeat(32);
+    assert_eq!(
+        one_error(&auth("    - { sha256: secret-key-in-clear, user: u }\n")),
+        "4:17 auth.api_keys[0].sha256: expected 64 hex digits: the SHA-256 of the key (`printf %s KEY | sha256sum`), never the key itself"
+    );
+    assert_eq!(
+        one_error(&auth(&format!(
+            "    - {{ sha256: {hash}, user: u }}\n    - {{ sha256: {hash}, user: v }}\n"
+        ))),
+        "5:7 auth.api_keys[1]: the same key is listed twice"
+    );
+    assert_eq!(
+        one_error(&auth(&format!("    - {{ sha256: {hash} }}\n"))),
+        "4:7 auth.api_keys[0].user: missing key `user`"
+    );
+    assert_eq!(
+        one_error(&auth(&format!(
+            "    - {{ sha256: {hash}, user: u, role: x }}\n"
+        ))),
+        "4:92 auth.api_keys[0].role: unknown key `role` (did you mean `roles`?)"
+    );
+    assert_eq!(
+        one_error(&format!("admin:\n  roles: [admin]\n{MINIMAL}")),
+        "2:10 admin.roles: needs `auth.jwt` or `auth.api_keys` to verify who has these roles"
+    );
+    assert_eq!(
+        one_error(&format!("admin:\n  token: short\n{MINIMAL}")),
+        "2:10 admin.token: the token is 5 bytes; at least 16 are needed, else it can be guessed (e.g. `openssl rand -hex 32`)"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "admin:\n  token: a-long-enough-token\n  token_file: x\n{MINIMAL}"
+        )),
+        "3:15 admin.token_file: set `token` or `token_file`, not both"
+    );
+    assert_eq!(
+        one_error(&format!("admin:\n  tokens: x\n{MINIMAL}")),
+        "2:3 admin.tokens: unknown key `tokens` (did you mean `token`?)"
+    );
+    let config = ok(&format!("admin:\n  token: a-long-enough-token\n{MINIMAL}"));
+    assert!(config.admin.roles.is_empty() && config.admin.token_sha256.is_some());
+    let config = ok(MINIMAL);
+    assert!(config.admin.roles.is_empty() && config.admin.token_sha256.is_none());
+}
+
+#[test]
+fn audiences_need_authentication_to_admit_anyone() {
+    let route = |audience: &str| {
+        format!("routes:\n  - name: a\n    pattern: \"a:*\"\n    audience: {audience}\n")
+    };
+    assert_eq!(
+        one_error(&route("{user: \"{1}\"}")),
+        "4:15 routes[0].audience: `user={1}` admits only authenticated connections, but auth.mode is none (every connection is anonymous), so this route would reach nobody: set auth.mode to required or optional (with jwt or api_keys), or use `audience: all`"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "auth: {{ mode: none }}\n{}",
+            route("{all: [all, authenticated]}")
+        )),
+        "5:15 routes[0].audience: `all(all, authenticated)` admits only authenticated connections, but auth.mode is none (every connection is anonymous), so this route would reach nobody: set auth.mode to required or optional (with jwt or api_keys), or use `audience: all`"
+    );
+    // An audience that anonymous connections can pass is fine.
+    ok(&route("{any: [all, {roles: [admin]}]}"));
+    ok(&format!(
+        "auth:\n  mode: optional\n{KEY}{}",
+        route("authenticated")
+    ));
 }

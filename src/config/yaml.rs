@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_saphyr::{MessageFormatter as _, Spanned};
 
-use super::ConfigError;
+use super::{ConfigError, Input};
 
 /// A YAML node with its position (1-based line and column).
 pub(super) struct Node {
@@ -172,6 +172,8 @@ pub(super) struct Ctx<'a> {
     file: &'a Path,
     env: &'a dyn Fn(&str) -> Option<OsString>,
     pub(super) errors: Vec<ConfigError>,
+    /// The files read besides the routing file (see [`Ctx::read`]).
+    pub(super) inputs: Vec<Input>,
 }
 
 impl<'a> Ctx<'a> {
@@ -180,6 +182,25 @@ impl<'a> Ctx<'a> {
             file,
             env,
             errors: Vec::new(),
+            inputs: Vec::new(),
+        }
+    }
+
+    /// Reads a file the configuration is built from (a key or token file) and records its
+    /// digest, so that a reload notices when the file changes.
+    pub(super) fn read(&mut self, file: &Path) -> std::io::Result<Vec<u8>> {
+        let bytes = std::fs::read(file)?;
+        self.inputs.push(Input::new(file, &bytes));
+        Ok(bytes)
+    }
+
+    /// Where a relative path in the file (a key or secret file) is taken from: the routing
+    /// file's directory, so that a file and its secrets can move together, whatever the
+    /// daemon's working directory (`/` under systemd).
+    pub(super) fn resolve(&self, path: &str) -> std::path::PathBuf {
+        match self.file.parent() {
+            Some(dir) => dir.join(path),
+            None => Path::new(path).to_path_buf(),
         }
     }
 

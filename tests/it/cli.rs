@@ -93,9 +93,14 @@ fn check_accepts_the_example_file_and_prints_one_line_per_route() {
     let text = std::fs::read_to_string(&example).expect("bridge.example.yaml at the repo root");
     let names = route_names(&text);
     assert!(!names.is_empty(), "bridge.example.yaml has no routes");
+    // A copy beside the secret file that scripts/run.sh generates on its first run (the
+    // example's `auth.jwt.secret_file`; it is not in the repository).
     let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("bridge.example.yaml");
+    std::fs::write(&copy, &text).unwrap();
+    std::fs::write(tmp.path().join("jwt.secret"), "s".repeat(64)).unwrap();
     let exit = run_binary(
-        &["check".into(), "--config".into(), example.clone().into()],
+        &["check".into(), "--config".into(), copy.into()],
         &[],
         tmp.path(),
     );

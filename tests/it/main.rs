@@ -5,13 +5,28 @@
 //! - `routing`: routes, topics, formats, templates, audiences of delivery, filters, dedupe.
 //! - `protocol`: the client protocol: commands, errors, limits, pings, idle timeout.
 //! - `resilience`: slow clients, Redis outages, graceful shutdown.
+//! - `auth`: credentials refused before the upgrade, the audience leak matrix, subscribe
+//!   authorization, token expiry and refresh, the welcome template, the client rate limit,
+//!   credentials kept out of logs.
+//! - `admin`: `/ws/stats` and `/api/publish`: who may use them, what they answer.
+//! - `reload`: live reload: triggers, validation, the lossless switch, Redis subscriptions by
+//!   difference, `route_removed`, limits.
+//! - `ops`: systemd notifications, `/metrics` through the Prometheus parser, trusted proxies.
+//! - `nginx`: wss through a real nginx running the shipped site file.
+//! - `packaging`: the systemd unit (systemd-analyze) and the Debian package.
 //!
 //! Every test starts its own Redis and bridge on free ports, so they run in parallel.
 //! Absence is proven with a marker: publish what must not arrive, then a marker that must,
 //! and assert the next frame is the marker (one Redis connection delivers in order).
 
+mod admin;
+mod auth;
 mod cli;
+mod nginx;
+mod ops;
+mod packaging;
 mod protocol;
+mod reload;
 mod resilience;
 mod routing;
 mod support;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod tokens;
+
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -557,9 +559,16 @@ impl Bridge {
         http_get(self.addr, path, &[]).await
     }
 
-    /// GET `/ws/stats` as JSON.
+    /// GET `/ws/stats` as JSON, with the static admin token of [`config`] (the endpoint is
+    /// for administrators only).
     pub async fn stats(&self) -> Value {
-        let (status, body) = self.get("/ws/stats").await;
+        let bearer = format!("Bearer {ADMIN_TOKEN}");
+        let (status, body) = http_get(
+            self.addr,
+            "/ws/stats",
+            &[("Authorization", bearer.as_str())],
+        )
+        .await;
         assert_eq!(status, 200, "GET /ws/stats: {body}");
         serde_json::from_str(&body)
             .unwrap_or_else(|e| panic!("/ws/stats is not JSON ({e}): {body}"))
@@ -869,6 +878,47 @@ impl WsClient {
         }
     }
 
+    /// Connects over TLS (`wss://`) to `server` from the local address `from` (every
+    /// 127.x.y.z is this machine, so a proxy in front sees a client address of its own),
+    /// trusting the PEM certificate `ca`; `headers` go with the handshake.
+    pub async fn connect_tls(
+        url: &str,
+        server: SocketAddr,
+        from: std::net::IpAddr,
+        ca: &[u8],
+        headers: &[(&str, &str)],
+    ) -> WsClient {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the client address");
+        let stream = tokio::time::timeout(WAIT, socket.connect(server))
+            .await
+            .expect("timed out connecting")
+            .expect("connect");
+        let tls = native_tls::TlsConnector::builder()
+            .add_root_certificate(native_tls::Certificate::from_pem(ca).expect("PEM certificate"))
+            .build()
+            .expect("TLS connector");
+        let req = request(url, headers);
+        let (ws, _) = tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async_tls_with_config(
+                req,
+                stream,
+                None,
+                Some(tokio_tungstenite::Connector::NativeTls(tls)),
+            ),
+        )
+        .await
+        .expect("timed out in the TLS or WebSocket handshake")
+        .unwrap_or_else(|e| panic!("wss handshake failed: {:?}", connect_error(e)));
+        WsClient {
+            ws,
+            welcome: Value::Null,
+        }
+    }
+
     /// The next frame of any kind, or `None` when `timeout` passes first.
     pub async fn try_recv_raw(&mut self, timeout: Duration) -> Option<Frame> {
         let next = tokio::time::timeout(timeout, self.ws.next()).await.ok()?;
@@ -955,6 +1005,19 @@ impl WsClient {
 
     pub async fn send_binary(&mut self, b: &[u8]) {
         self.send(Message::binary(b.to_vec())).await;
+    }
+
+    /// Writes every text frame with one flush, as fast as the socket takes them; false when
+    /// the connection failed on the way (a server may close a flooding client meanwhile).
+    pub async fn send_burst(&mut self, texts: &[String]) -> bool {
+        let ws = &mut self.ws;
+        let burst = async {
+            for t in texts {
+                ws.feed(Message::text(t.as_str())).await?;
+            }
+            ws.flush().await
+        };
+        matches!(tokio::time::timeout(WAIT, burst).await, Ok(Ok(())))
     }
 
     /// The next frame must be a close frame with a code; returns (code, reason).
@@ -1121,10 +1184,23 @@ pub fn parse_server_opcodes(buf: &mut Vec<u8>) -> Vec<u8> {
 // Config
 // ---------------------------------------------------------------------------------------
 
+/// The static admin token that [`config`] sets (`admin.token`) and [`Bridge::stats`] sends.
+pub const ADMIN_TOKEN: &str = "support-admin-token-0123456789";
+
 /// A routing file: `listen: 127.0.0.1:0`, the test's Redis (`{redis_url}`), `websocket:`
-/// with `path: /ws` plus `websocket` (indented for you), `shutdown_grace: 5s`, and `routes`
-/// (a YAML list, indented for you).
+/// with `path: /ws` plus `websocket` (indented for you), `admin.token: ADMIN_TOKEN`,
+/// `shutdown_grace: 5s`, and `routes` (a YAML list, indented for you).
 pub fn config(websocket: &str, routes: &str) -> String {
+    config_with(
+        websocket,
+        &format!("admin:\n  token: {ADMIN_TOKEN}\n"),
+        routes,
+    )
+}
+
+/// [`config`] with `sections` (top-level YAML such as `auth:` and `admin:`, written as they
+/// are, not indented) in place of the default `admin` section.
+pub fn config_with(websocket: &str, sections: &str, routes: &str) -> String {
     let mut s =
         String::from("listen: 127.0.0.1:0\nredis:\n  url: {redis_url}\nwebsocket:\n  path: /ws\n");
     for line in dedent(websocket).lines() {
@@ -1132,6 +1208,7 @@ pub fn config(websocket: &str, routes: &str) -> String {
         s.push_str(line);
         s.push('\n');
     }
+    s.push_str(&dedent(sections));
     s.push_str("shutdown_grace: 5s\nroutes:\n");
     for line in dedent(routes).lines() {
         s.push_str("  ");

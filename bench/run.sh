@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# One command per benchmark scenario of BENCHMARKS.md:
+#
+#   bench/run.sh SCENARIO [--target bridge|node|python|nchan|all] [--runs N] [-- TOOL ARGS...]
+#
+# SCENARIO: smoke | idle | fanout | fanout-max | topics | topics-max | storm | reload | all
+#
+# Each run starts its own redis-server (127.0.0.1:16379) and the target server, pins the
+# server to CPU 0 and the load tool and redis-server to CPU 1 (taskset), runs
+# target/release/bridge-bench, stops what it started, and appends one JSON line per
+# measurement to bench/results/<date>.jsonl (or $OUT). `--target all` measures the bridge
+# and every installed peer one after the other in the same invocation; `--runs N` repeats
+# each measurement N times (bench/summarize.py reports medians and ratios to the bridge).
+# Extra arguments after `--` go to bridge-bench as they are (they override the scenario's).
+#
+# Environment: CLIENTS (override the scenario's client count), DURATION (per step, default
+# 10s), OUT (results file), BRIDGE_BIN / BENCH_BIN (binaries; default target/release/…),
+# NO_BUILD=1 (do not run cargo build --release first).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+[ $# -ge 1 ] || usage
+scenario="$1"; shift
+targets="bridge"
+runs=1
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --target) targets="$2"; shift 2 ;;
+    --runs) runs="$2"; shift 2 ;;
+    --) shift; extra=("$@"); break ;;
+    -h|--help) usage ;;
+    *) echo "unknown argument $1" >&2; usage ;;
+  esac
+done
+[ "$targets" = all ] && targets="bridge node python nchan"
+
+REDIS_PORT=16379
+REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+DURATION="${DURATION:-10s}"
+# Not a secret: a throwaway key shared by the tool and the servers under test.
+export BENCH_JWT_SECRET="${BENCH_JWT_SECRET:-bridge-bench-secret-0123456789abcdef0123456789}"
+mkdir -p bench/results
+OUT="${OUT:-bench/results/$(date -u +%Y%m%d-%H%M%S).jsonl}"
+BRIDGE_BIN="${BRIDGE_BIN:-$root/target/release/redis-ws-bridge}"
+BENCH_BIN="${BENCH_BIN:-$root/target/release/bridge-bench}"
+SERVER_CPU=0
+TOOL_CPU=1
+
+if [ "${NO_BUILD:-0}" != 1 ]; then
+  cargo build --release --quiet --bin redis-ws-bridge --bin bridge-bench
+fi
+
+started=()
+cleanup() {
+  for pid in "${started[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${started[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+
+wait_port() {
+  local port="$1"
+  for _ in $(seq 1 100); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "nothing listens on 127.0.0.1:$port" >&2
+  return 1
+}
+
+machine_line() {
+  local cpu mem kernel
+  cpu="$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)"
+  mem="$(awk '/MemTotal/ {print $2}' /proc/meminfo)"
+  kernel="$(uname -r)"
+  printf '{"tool":"bridge-bench","kind":"machine","time":"%s","nproc":%s,"mem_kib":%s,"kernel":"%s","cpu":"%s","loadavg":"%s","commit":"%s","command":"%s"}\n' \
+    "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$(nproc)" "$mem" "$kernel" "$cpu" \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet 2>/dev/null || echo +dirty)" \
+    "bench/run.sh $scenario --target $targets --runs $runs${extra[*]:+ -- ${extra[*]}}" >> "$OUT"
+}
+
+start_redis() {
+  if redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+    REDIS_PID="$(redis-cli -p "$REDIS_PORT" info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')"
+    return
+  fi
+  local dir
+  dir="$(mktemp -d /tmp/bench-redis.XXXXXX)"
+  taskset -c "$TOOL_CPU" redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$dir" \
+    --save "" --appendonly no --loglevel warning >"$dir/log" 2>&1 &
+  REDIS_PID=$!
+  started+=("$REDIS_PID")
+  wait_port "$REDIS_PORT"
+}
+
+# Starts the target; sets SERVER_PIDS, URL_BASE (ws://…), AUTH_QUERY, SUB_ARGS, PUB_ARGS.
+start_server() {
+  local target="$1" auth="$2"
+  local config="$root/bench/config/bridge.yaml"
+  [ "$auth" = jwt ] && config="$root/bench/config/bridge-jwt.yaml"
+  AUTH_QUERY=""
+  [ "$auth" = jwt ] && AUTH_QUERY="?token={token}"
+  SUB_ARGS=()
+  PUB_ARGS=(--publish "$REDIS_URL")
+  METRICS_ARGS=()
+  case "$target" in
+    bridge)
+      BENCH_LISTEN=127.0.0.1:18080 BENCH_REDIS_URL="$REDIS_URL/0" \
+        taskset -c "$SERVER_CPU" "$BRIDGE_BIN" run --config "${CONFIG_OVERRIDE:-$config}" --log-level warn &
+      SERVER_PIDS=$!
+      started+=("$SERVER_PIDS")
+      wait_port 18080
+      URL_BASE="ws://127.0.0.1:18080/ws"
+      METRICS_ARGS=(--metrics-url http://127.0.0.1:18080/metrics)
+      ;;
+    node)
+      [ -d bench/peers/node/node_modules ] || { echo "node peer not installed: bench/peers/install.sh node" >&2; return 1; }
+      local secret=""
+      [ "$auth" = jwt ] && secret="$BENCH_JWT_SECRET"
+      PORT=18081 REDIS_URL="$REDIS_URL" JWT_SECRET="$secret" \
+        taskset -c "$SERVER_CPU" node bench/peers/node/server.js >/dev/null &
+      SERVER_PIDS=$!
+      started+=("$SERVER_PIDS")
+      wait_port 18081
+      URL_BASE="ws://127.0.0.1:18081/ws"
+      ;;
+    python)
+      [ -x bench/peers/python/.venv/bin/python ] || { echo "python peer not installed: bench/peers/install.sh python" >&2; return 1; }
+      local secret=""
+      [ "$auth" = jwt ] && secret="$BENCH_JWT_SECRET"
+      PORT=18082 REDIS_URL="$REDIS_URL" JWT_SECRET="$secret" \
+        taskset -c "$SERVER_CPU" bench/peers/python/.venv/bin/python bench/peers/python/server.py >/dev/null &
+      SERVER_PIDS=$!
+      started+=("$SERVER_PIDS")
+      wait_port 18082
+      URL_BASE="ws://127.0.0.1:18082/ws"
+      ;;
+    nchan)
+      [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || { echo "nchan not installed: bench/peers/install.sh nchan" >&2; return 1; }
+      taskset -c "$SERVER_CPU" bench/peers/nchan/run.sh 18083 &
+      local master=$!
+      started+=("$master")
+      wait_port 18083
+      sleep 0.3
+      SERVER_PIDS="$master$(pgrep -P "$master" | sed 's/^/,/' | tr -d '\n')"
+      # Nchan subscribes by URL (multiplexed channels, comma-separated) and has no JWT.
+      URL_BASE="ws://127.0.0.1:18083/sub"
+      AUTH_QUERY=""
+      SUB_ARGS=(--subscribe none --ack none)
+      PUB_ARGS=(--publish "http://127.0.0.1:18083/pub?id={channel}")
+      ;;
+    *) echo "unknown target $target" >&2; return 1 ;;
+  esac
+}
+
+stop_server() {
+  local pid="${SERVER_PIDS%%,*}"
+  kill "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+  local kept=()
+  for p in "${started[@]}"; do [ "$p" != "$pid" ] && kept+=("$p"); done
+  started=("${kept[@]}")
+  sleep 1
+}
+
+# url TEMPLATE_QUERY: the target's URL with the scenario's query (Nchan: ?id=topics).
+url_for() {
+  if [ "$1" = nchan ]; then
+    echo "$URL_BASE?id={topics_csv}"
+  else
+    echo "$URL_BASE$AUTH_QUERY"
+  fi
+}
+
+bench() {
+  taskset -c "$TOOL_CPU" "$BENCH_BIN" "$@" --json-out "$OUT"
+}
+
+common() {
+  local target="$1" name="$2"
+  echo --label "$target" --scenario "$name" --server-pid "$SERVER_PIDS" --redis-pid "$REDIS_PID"
+}
+
+# run_one SCENARIO TARGET: one measurement.
+run_one() {
+  local name="$1" target="$2"
+  local auth=none
+  case "$name" in idle|storm) auth=jwt ;; esac
+  start_server "$target" "$auth"
+  local url
+  url="$(url_for "$target")"
+  # shellcheck disable=SC2046
+  case "$name" in
+    smoke)
+      bench publish $(common "$target" "$name") --url "$url" --clients "${CLIENTS:-200}" \
+        "${SUB_ARGS[@]}" "${PUB_ARGS[@]}" --rate 10,100 --duration 3s --settle 1s "${METRICS_ARGS[@]}" "${extra[@]}"
+      ;;
+    idle)
+      local n
+      for n in ${CLIENTS:-10000 19500}; do
+        local ids=(--topics "$n")
+        bench idle $(common "$target" "idle-$n") --url "$url" --clients "$n" \
+          "${ids[@]}" --subscribe none --ack none "${SUB_ARGS[@]}" --settle 5s --hold 10s "${extra[@]}"
+      done
+      ;;
+    fanout)
+      local n
+      for n in ${CLIENTS:-1000 10000}; do
+        bench publish $(common "$target" "fanout-$n") --url "$url" --clients "$n" "${SUB_ARGS[@]}" \
+          "${PUB_ARGS[@]}" --rate 10 --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
+      done
+      ;;
+    fanout-max)
+      local n rates
+      for n in ${CLIENTS:-1000 10000}; do
+        if [ "$n" -le 2000 ]; then rates=50,100,200,300,400,600,800,1000,1500; else rates=5,10,20,30,40,60,80,100,150; fi
+        bench publish $(common "$target" "fanout-max-$n") --url "$url" --clients "$n" "${SUB_ARGS[@]}" \
+          "${PUB_ARGS[@]}" --rate "$rates" --stop-on-fail --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
+      done
+      ;;
+    topics|topics-max)
+      local rates=10000
+      [ "$name" = topics-max ] && rates=5000,10000,20000,30000,40000,60000,80000
+      bench publish $(common "$target" "$name") --url "$url" --clients "${CLIENTS:-10000}" \
+        --topics 100000 --topics-per-client 10 "${SUB_ARGS[@]}" "${PUB_ARGS[@]}" --rate "$rates" \
+        --stop-on-fail --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
+      ;;
+    storm)
+      bench storm $(common "$target" "storm") --url "$url" --clients "${CLIENTS:-10000}" \
+        --topics "${CLIENTS:-10000}" --subscribe none --ack none --concurrency 256 "${extra[@]}"
+      ;;
+    reload)
+      if [ "$target" != bridge ]; then echo "reload: the bridge only" >&2; stop_server; return 0; fi
+      stop_server
+      local dir
+      dir="$(mktemp -d /tmp/bench-reload.XXXXXX)"
+      cp bench/config/bridge.yaml "$dir/bridge.yaml"
+      CONFIG_OVERRIDE="$dir/bridge.yaml" start_server bridge none
+      local n="${CLIENTS:-10000}"
+      bench publish $(common bridge "reload-baseline-$n") --url "$url" --clients "$n" \
+        "${PUB_ARGS[@]}" --rate 10 --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
+      bench publish $(common bridge "reload-file-$n") --url "$url" --clients "$n" \
+        "${PUB_ARGS[@]}" --rate 10 --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" \
+        --reload-file "$dir/bridge.yaml" --reload-every 100ms "${extra[@]}"
+      bench publish $(common bridge "reload-sighup-$n") --url "$url" --clients "$n" \
+        "${PUB_ARGS[@]}" --rate 10 --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" \
+        --reload-sighup --reload-every 100ms "${extra[@]}"
+      ;;
+    *) echo "unknown scenario $name" >&2; exit 2 ;;
+  esac
+  stop_server
+}
+
+echo "load average: $(cut -d' ' -f1-3 /proc/loadavg) (a busy machine makes the figures preliminary)" >&2
+machine_line
+start_redis
+scenarios="$scenario"
+[ "$scenario" = all ] && scenarios="idle fanout fanout-max topics storm reload"
+for name in $scenarios; do
+  for target in $targets; do
+    for _ in $(seq 1 "$runs"); do
+      echo "== $name / $target" >&2
+      run_one "$name" "$target" || echo "!! $name / $target failed" >&2
+    done
+  done
+done
+echo "results: $OUT  (summary: python3 bench/summarize.py $OUT)" >&2

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Builds the Debian package with dpkg-deb alone (no debhelper, no cargo-deb to install):
+#
+#   packaging/build-deb.sh                 release build, then target/debian/redis-ws-bridge_VERSION_ARCH.deb
+#   packaging/build-deb.sh --binary PATH   package this binary instead of building one
+#                          --out DIR       write the .deb into DIR
+#                          --compression gzip|xz|zstd   (default xz; the tests use gzip for speed)
+#
+# Prints the path of the .deb on stdout.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+binary=""
+out="$root/target/debian"
+compression=xz
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --binary) binary=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;;
+    --compression) compression=$2; shift 2 ;;
+    *) echo "build-deb.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+
+if [ -z "$binary" ]; then
+  cargo build --release --locked --manifest-path "$root/Cargo.toml" >&2
+  binary="$root/target/release/redis-ws-bridge"
+fi
+
+name=redis-ws-bridge
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)
+arch=$(dpkg --print-architecture)
+stage=$(mktemp -d)
+chmod 0755 "$stage"
+trap 'rm -rf "$stage"' EXIT
+
+install -D -m 0755 "$binary" "$stage/usr/bin/$name"
+strip --strip-unneeded "$stage/usr/bin/$name"
+install -D -m 0644 "$root/systemd/$name.service" "$stage/lib/systemd/system/$name.service"
+install -D -m 0644 "$root/bridge.example.yaml" "$stage/etc/$name/bridge.yaml"
+install -D -m 0600 "$root/packaging/debian/environment" "$stage/etc/$name/environment"
+doc="$stage/usr/share/doc/$name"
+install -D -m 0644 "$root/README.md" "$doc/README.md"
+install -D -m 0644 "$root/packaging/debian/copyright" "$doc/copyright"
+install -D -m 0644 "$root/bridge.example.yaml" "$doc/examples/bridge.example.yaml"
+install -D -m 0644 "$root/packaging/nginx/$name.conf" "$doc/examples/nginx/$name.conf"
+
+# The binary needs the glibc version of the newest symbol it links, and libgcc_s (unwinding).
+glibc=$(objdump -T "$stage/usr/bin/$name" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
+if [ -z "$glibc" ]; then
+  echo "build-deb.sh: cannot tell which glibc $binary needs" >&2
+  exit 1
+fi
+
+mkdir -p "$stage/DEBIAN"
+cat > "$stage/DEBIAN/control" <<CONTROL
+Package: $name
+Version: $version
+Architecture: $arch
+Maintainer: ${DEB_MAINTAINER:-redis-ws-bridge maintainers <redis-ws-bridge@localhost>}
+Installed-Size: $(du -sk --exclude=DEBIAN "$stage" | cut -f1)
+Depends: libc6 (>= $glibc), libgcc-s1, adduser
+Section: net
+Priority: optional
+Description: Redis pub/sub to WebSocket bridge
+ A standalone daemon that subscribes to Redis channels and patterns, routes every
+ message by one YAML file into topics, and delivers JSON frames to the WebSocket
+ clients that subscribed and that the route's audience admits (JWT or API keys).
+ Runs under systemd (Type=notify, reload on SIGHUP or file change) behind nginx,
+ with Prometheus metrics on /metrics.
+CONTROL
+printf '/etc/%s/bridge.yaml\n/etc/%s/environment\n' "$name" "$name" > "$stage/DEBIAN/conffiles"
+for script in postinst prerm postrm; do
+  install -m 0755 "$root/packaging/debian/$script" "$stage/DEBIAN/$script"
+done
+(cd "$stage" && find . -path ./DEBIAN -prune -o -type f -printf '%P\0' | sort -z | xargs -0 md5sum) > "$stage/DEBIAN/md5sums"
+
+mkdir -p "$out"
+deb="$out/${name}_${version}_${arch}.deb"
+dpkg-deb --root-owner-group -Z"$compression" --build "$stage" "$deb" >&2
+echo "$deb"

@@ -1,0 +1,260 @@
+//! What operators install: the systemd unit (checked by systemd's own analyzer) and the
+//! Debian package (built by packaging/build-deb.sh from the binary under test, inspected with
+//! dpkg-deb, then installed and purged in a throwaway root by packaging/check-deb-install.sh).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use crate::support::BIN;
+
+const UNIT: &str = "redis-ws-bridge.service";
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(command: &mut Command) -> Output {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?} ({e}); scripts/test.sh installs it"));
+    assert!(
+        output.status.success(),
+        "{command:?} failed ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
+}
+
+fn text(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn unit_text() -> String {
+    std::fs::read_to_string(repo().join("systemd").join(UNIT)).expect("read the unit")
+}
+
+/// The values of `key=` lines of the unit, in order.
+fn directive(unit: &str, key: &str) -> Vec<String> {
+    let prefix = format!("{key}=");
+    unit.lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_unit_passes_systemd_analyze_verify() {
+    let unit = unit_text();
+    let exec_start = "/usr/bin/redis-ws-bridge run --config /etc/redis-ws-bridge/bridge.yaml";
+    assert_eq!(directive(&unit, "ExecStart"), [exec_start]);
+    // verify wants the binary to exist: the same unit, pointing at the binary under test.
+    // (The package test verifies the installed unit unchanged, at /usr/bin.)
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join(UNIT);
+    std::fs::write(&copy, unit.replace("/usr/bin/redis-ws-bridge", BIN)).expect("write the unit");
+    let output = run(Command::new("systemd-analyze").arg("verify").arg(&copy));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.trim().is_empty(),
+        "systemd-analyze verify warns:\n{stderr}"
+    );
+
+    // What the issue and the README promise about it.
+    for (key, value) in [
+        ("Type", "notify"),
+        ("ExecReload", "/bin/kill -HUP $MAINPID"),
+        ("Restart", "on-failure"),
+        ("User", "redis-ws-bridge"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("RestrictAddressFamilies", "AF_INET AF_INET6 AF_UNIX"),
+        ("CapabilityBoundingSet", ""),
+        ("EnvironmentFile", "-/etc/redis-ws-bridge/environment"),
+    ] {
+        assert_eq!(directive(&unit, key), [value], "{key}=");
+    }
+    assert!(
+        directive(&unit, "SystemCallFilter").contains(&"@system-service".to_owned()),
+        "SystemCallFilter=@system-service"
+    );
+    let nofile: u64 = directive(&unit, "LimitNOFILE")[0]
+        .parse()
+        .expect("a number");
+    assert!(nofile > 100_000, "LimitNOFILE={nofile}");
+    assert!(!directive(&unit, "WatchdogSec").is_empty(), "WatchdogSec=");
+}
+
+#[test]
+fn systemd_analyze_security_rates_the_unit_ok_as_the_readme_says() {
+    let output = run(Command::new("systemd-analyze")
+        .args(["security", "--offline=true", "--no-pager"])
+        .arg(repo().join("systemd").join(UNIT)));
+    let report = text(&output);
+    // `→ Overall exposure level for redis-ws-bridge.service: 1.1 OK 🙂`
+    let overall = report
+        .lines()
+        .find_map(|l| l.split_once(&format!("Overall exposure level for {UNIT}: ")))
+        .map(|(_, rest)| rest.to_owned())
+        .unwrap_or_else(|| panic!("no overall exposure level in:\n{report}"));
+    let mut words = overall.split_whitespace();
+    let level: f64 = words.next().and_then(|w| w.parse().ok()).expect("a level");
+    let rating = words.next().expect("a rating");
+    assert!(
+        ["OK", "SAFE", "PERFECT"].contains(&rating),
+        "rated {level} {rating}:\n{report}"
+    );
+    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README");
+    let promise = format!("exposure level {level:.1} {rating}");
+    assert!(
+        readme.contains(&promise),
+        "README.md should record `{promise}` (systemd-analyze security)"
+    );
+}
+
+/// The package built from the binary under test, once per test run.
+fn package() -> &'static Path {
+    static DEB: OnceLock<PathBuf> = OnceLock::new();
+    DEB.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("debian");
+        let _ = std::fs::remove_dir_all(&out);
+        let output = run(Command::new(repo().join("packaging/build-deb.sh"))
+            .args(["--binary", BIN, "--compression", "gzip", "--out"])
+            .arg(&out));
+        PathBuf::from(text(&output).trim())
+    })
+}
+
+#[test]
+fn the_debian_package_holds_the_daemon_its_unit_its_config_and_scripts() {
+    let deb = package();
+    assert_eq!(
+        deb.file_name().and_then(|n| n.to_str()).map(str::to_owned),
+        Some(format!(
+            "redis-ws-bridge_{}_{}.deb",
+            env!("CARGO_PKG_VERSION"),
+            text(&run(Command::new("dpkg").arg("--print-architecture"))).trim()
+        ))
+    );
+    let field = |name: &str| {
+        text(&run(Command::new("dpkg-deb")
+            .arg("--field")
+            .arg(deb)
+            .arg(name)))
+        .trim()
+        .to_owned()
+    };
+    assert_eq!(field("Package"), "redis-ws-bridge");
+    assert_eq!(field("Version"), env!("CARGO_PKG_VERSION"));
+    let depends = field("Depends");
+    for needed in ["libc6 (>= 2.", "adduser"] {
+        assert!(depends.contains(needed), "Depends: {depends}");
+    }
+
+    // Files, with owners and modes.
+    let listing = text(&run(Command::new("dpkg-deb").arg("--contents").arg(deb)));
+    for (mode, path) in [
+        ("-rwxr-xr-x root/root", "./usr/bin/redis-ws-bridge"),
+        (
+            "-rw-r--r-- root/root",
+            "./lib/systemd/system/redis-ws-bridge.service",
+        ),
+        ("-rw-r--r-- root/root", "./etc/redis-ws-bridge/bridge.yaml"),
+        ("-rw------- root/root", "./etc/redis-ws-bridge/environment"),
+        (
+            "-rw-r--r-- root/root",
+            "./usr/share/doc/redis-ws-bridge/copyright",
+        ),
+        (
+            "-rw-r--r-- root/root",
+            "./usr/share/doc/redis-ws-bridge/examples/nginx/redis-ws-bridge.conf",
+        ),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(&format!(" {path}"))),
+            "{mode} {path} in:\n{listing}"
+        );
+    }
+
+    // Contents: the unit and the config are the repository's, the binary is the one built.
+    let root = tempfile::tempdir().expect("temp dir");
+    run(Command::new("dpkg-deb")
+        .arg("--extract")
+        .arg(deb)
+        .arg(root.path()));
+    run(Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(deb)
+        .arg(root.path().join("DEBIAN")));
+    let read = |path: &str| std::fs::read_to_string(root.path().join(path)).expect(path);
+    assert_eq!(
+        read("lib/systemd/system/redis-ws-bridge.service"),
+        unit_text()
+    );
+    assert_eq!(
+        read("etc/redis-ws-bridge/bridge.yaml"),
+        std::fs::read_to_string(repo().join("bridge.example.yaml")).expect("example")
+    );
+    let version = run(Command::new(root.path().join("usr/bin/redis-ws-bridge")).arg("--version"));
+    assert!(text(&version).contains(env!("CARGO_PKG_VERSION")));
+
+    // Control files: conffiles, and maintainer scripts that are valid sh and do their jobs.
+    assert_eq!(
+        read("DEBIAN/conffiles"),
+        "/etc/redis-ws-bridge/bridge.yaml\n/etc/redis-ws-bridge/environment\n"
+    );
+    for (script, must_do) in [
+        (
+            "postinst",
+            &[
+                "adduser --system --group",
+                "deb-systemd-helper enable",
+                "chmod 0640",
+                "systemctl --no-block",
+            ][..],
+        ),
+        ("prerm", &["deb-systemd-invoke stop"][..]),
+        (
+            "postrm",
+            &[
+                "deluser --system",
+                "delgroup --system",
+                "deb-systemd-helper purge",
+            ][..],
+        ),
+    ] {
+        let path = root.path().join("DEBIAN").join(script);
+        let body = read(&format!("DEBIAN/{script}"));
+        assert!(body.starts_with("#!/bin/sh\n"), "{script} shebang");
+        run(Command::new("sh").arg("-n").arg(&path));
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&path).expect("metadata").permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o755, "{script} mode");
+        for step in must_do {
+            assert!(body.contains(step), "{script} should `{step}`");
+        }
+    }
+}
+
+#[test]
+fn the_debian_package_installs_upgrades_and_purges_cleanly() {
+    // Needs root for its throwaway root (mount namespace, overlay, chroot); CI runs as root.
+    let uid = text(&run(Command::new("id").arg("-u")));
+    if uid.trim() != "0" {
+        eprintln!("skipped: installing the package in a throwaway root needs root");
+        return;
+    }
+    let output = run(Command::new(repo().join("packaging/check-deb-install.sh")).arg(package()));
+    let report = text(&output);
+    assert!(
+        report.contains("ok: dpkg -P:"),
+        "the install checks did not finish:\n{report}"
+    );
+}
