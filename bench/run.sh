@@ -44,6 +44,8 @@ DURATION="${DURATION:-10s}"
 export BENCH_JWT_SECRET="${BENCH_JWT_SECRET:-bridge-bench-secret-0123456789abcdef0123456789}"
 mkdir -p bench/results
 OUT="${OUT:-bench/results/$(date -u +%Y%m%d-%H%M%S).jsonl}"
+# The servers' own output (logs, tracebacks of dropped connections) goes here.
+LOG="${OUT%.jsonl}.servers.log"
 BRIDGE_BIN="${BRIDGE_BIN:-$root/target/release/redis-ws-bridge}"
 BENCH_BIN="${BENCH_BIN:-$root/target/release/bridge-bench}"
 SERVER_CPU=0
@@ -112,7 +114,7 @@ start_server() {
   case "$target" in
     bridge)
       BENCH_LISTEN=127.0.0.1:18080 BENCH_REDIS_URL="$REDIS_URL/0" \
-        taskset -c "$SERVER_CPU" "$BRIDGE_BIN" run --config "${CONFIG_OVERRIDE:-$config}" --log-level warn &
+        taskset -c "$SERVER_CPU" "$BRIDGE_BIN" run --config "${CONFIG_OVERRIDE:-$config}" --log-level warn >>"$LOG" 2>&1 &
       SERVER_PIDS=$!
       started+=("$SERVER_PIDS")
       wait_port 18080
@@ -124,7 +126,7 @@ start_server() {
       local secret=""
       [ "$auth" = jwt ] && secret="$BENCH_JWT_SECRET"
       PORT=18081 REDIS_URL="$REDIS_URL" JWT_SECRET="$secret" \
-        taskset -c "$SERVER_CPU" node bench/peers/node/server.js >/dev/null &
+        taskset -c "$SERVER_CPU" node bench/peers/node/server.js >>"$LOG" 2>&1 &
       SERVER_PIDS=$!
       started+=("$SERVER_PIDS")
       wait_port 18081
@@ -135,7 +137,7 @@ start_server() {
       local secret=""
       [ "$auth" = jwt ] && secret="$BENCH_JWT_SECRET"
       PORT=18082 REDIS_URL="$REDIS_URL" JWT_SECRET="$secret" \
-        taskset -c "$SERVER_CPU" bench/peers/python/.venv/bin/python bench/peers/python/server.py >/dev/null &
+        taskset -c "$SERVER_CPU" bench/peers/python/.venv/bin/python bench/peers/python/server.py >>"$LOG" 2>&1 &
       SERVER_PIDS=$!
       started+=("$SERVER_PIDS")
       wait_port 18082
@@ -143,7 +145,7 @@ start_server() {
       ;;
     nchan)
       [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || { echo "nchan not installed: bench/peers/install.sh nchan" >&2; return 1; }
-      taskset -c "$SERVER_CPU" bench/peers/nchan/run.sh 18083 &
+      taskset -c "$SERVER_CPU" bench/peers/nchan/run.sh 18083 >>"$LOG" 2>&1 &
       local master=$!
       started+=("$master")
       wait_port 18083
@@ -184,7 +186,7 @@ bench() {
 
 common() {
   local target="$1" name="$2"
-  echo --label "$target" --scenario "$name" --server-pid "$SERVER_PIDS" --redis-pid "$REDIS_PID"
+  echo --label "$target" --scenario "$name" --server-pid "$SERVER_PIDS" --server-core "$SERVER_CPU" --redis-pid "$REDIS_PID"
 }
 
 # run_one SCENARIO TARGET: one measurement.
@@ -219,7 +221,7 @@ run_one() {
     fanout-max)
       local n rates
       for n in ${CLIENTS:-1000 10000}; do
-        if [ "$n" -le 2000 ]; then rates=50,100,200,300,400,600,800,1000,1500; else rates=5,10,20,30,40,60,80,100,150; fi
+        if [ "$n" -le 2000 ]; then rates=50,100,200,300,400,600,800,1000,1500; else rates=2,4,6,8,10,12,15,20; fi
         bench publish $(common "$target" "fanout-max-$n") --url "$url" --clients "$n" "${SUB_ARGS[@]}" \
           "${PUB_ARGS[@]}" --rate "$rates" --stop-on-fail --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
       done
@@ -238,19 +240,22 @@ run_one() {
     reload)
       if [ "$target" != bridge ]; then echo "reload: the bridge only" >&2; stop_server; return 0; fi
       stop_server
-      local dir
-      dir="$(mktemp -d /tmp/bench-reload.XXXXXX)"
-      cp bench/config/bridge.yaml "$dir/bridge.yaml"
-      CONFIG_OVERRIDE="$dir/bridge.yaml" start_server bridge none
-      local n="${CLIENTS:-10000}"
-      bench publish $(common bridge "reload-baseline-$n") --url "$url" --clients "$n" \
-        "${PUB_ARGS[@]}" --rate 10 --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
-      bench publish $(common bridge "reload-file-$n") --url "$url" --clients "$n" \
-        "${PUB_ARGS[@]}" --rate 10 --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" \
-        --reload-file "$dir/bridge.yaml" --reload-every 100ms "${extra[@]}"
-      bench publish $(common bridge "reload-sighup-$n") --url "$url" --clients "$n" \
-        "${PUB_ARGS[@]}" --rate 10 --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" \
-        --reload-sighup --reload-every 100ms "${extra[@]}"
+      # The same fan-out three times on a fresh server each: without reloads, with the file
+      # rewritten (renamed over) every 100 ms, and with SIGHUP every 100 ms.
+      local n="${CLIENTS:-10000}" variant dir
+      for variant in baseline file sighup; do
+        dir="$(mktemp -d /tmp/bench-reload.XXXXXX)"
+        cp bench/config/bridge.yaml "$dir/bridge.yaml"
+        CONFIG_OVERRIDE="$dir/bridge.yaml" start_server bridge none
+        local reload_args=()
+        [ "$variant" = file ] && reload_args=(--reload-file "$dir/bridge.yaml" --reload-every 100ms)
+        [ "$variant" = sighup ] && reload_args=(--reload-sighup --reload-every 100ms)
+        bench publish $(common bridge "reload-$variant-$n") --url "$url" --clients "$n" \
+          "${PUB_ARGS[@]}" --rate 10 --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" \
+          "${reload_args[@]}" "${extra[@]}"
+        [ "$variant" = sighup ] || stop_server
+        rm -rf "$dir"
+      done
       ;;
     *) echo "unknown scenario $name" >&2; exit 2 ;;
   esac

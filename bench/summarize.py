@@ -95,6 +95,7 @@ def main(paths):
             "lost": sum(r.get("lost", 0) for r in runs),
             "dup": sum(r.get("duplicates", 0) for r in runs),
             "cpu_per_frame": median([get(r, "server", "cpu_us_per_frame") for r in runs]),
+            "core_per_frame": median([get(r, "server_core", "us_per_frame") for r in runs]),
             "server_busy": median([get(r, "server", "cpu_busy") for r in runs]),
             "tool_busy": median([get(r, "tool", "cpu_busy") for r in runs]),
             "rss_per_conn": median([get(r, "server", "rss_per_conn_kib") for r in runs]),
@@ -131,13 +132,15 @@ def main(paths):
                       f"{fmt(f['cpu_per_frame'])} |")
         else:
             print("| target | runs | ok | deliveries/s | p50 ms | p99 ms | p999 ms | max ms | lost | dup | "
-                  "server CPU µs/frame | × bridge | server busy | tool busy | reloads |")
-            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                  "server CPU µs/frame | × bridge | core µs/frame | × bridge | server busy | tool busy | reloads |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for target, n, f in rows:
                 print(f"| {target} | {n} | {'yes' if f['ok'] else 'no'} | {fmt(f['deliveries'])} | "
                       f"{fmt(f['p50'])} | {fmt(f['p99'])} | {fmt(f['p999'])} | {fmt(f['max'])} | "
                       f"{f['lost']} | {f['dup']} | {fmt(f['cpu_per_frame'])} | "
                       f"{ratio(f['cpu_per_frame'], base and base['cpu_per_frame'])} | "
+                      f"{fmt(f['core_per_frame'])} | "
+                      f"{ratio(f['core_per_frame'], base and base['core_per_frame'])} | "
                       f"{fmt(f['server_busy'])} | {fmt(f['tool_busy'])} | {fmt(f['reloads'], 0)} |")
         print()
 

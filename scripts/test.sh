@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh Debian 12 machine as well as on a developer's:
-# installs what is missing (redis-server, nginx, openssl, systemd-analyze, as root or through
-# sudo; prometheus-client into .venv), then formatting, lints and all tests (the Debian
+# installs what is missing (redis-server, nginx, openssl, systemd-analyze, node and npm, as root
+# or through sudo; prometheus-client and redis into .venv; node-redis into
+# tests/publishers/node), then formatting, lints and all tests (the Debian
 # package is built from the debug binary and installed in a throwaway root by the tests).
 # The tests start their own redis-server and nginx on free ports, so a system Redis or nginx
 # left running by their packages does not matter.
@@ -21,6 +22,9 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v adduser >/dev/null 2>&1 || [ -x /usr/sbin/adduser ] || missing+=(adduser)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+# The compatibility tests publish from a real Node worker (tests/publishers/node).
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "== installing ${missing[*]}" >&2
   as_root apt-get update -qq
@@ -29,13 +33,23 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 redis-server --version
 
-# The ops tests parse /metrics with the Prometheus client library's own parser.
-if ! .venv/bin/python -c 'import prometheus_client' >/dev/null 2>&1; then
-  echo "== creating .venv with prometheus-client" >&2
-  python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check 'prometheus-client>=0.20,<1'
+# The ops tests parse /metrics with the Prometheus client library's own parser; the
+# compatibility tests publish as the Python workers do, with redis-py.
+if ! .venv/bin/python -c 'import prometheus_client, redis' >/dev/null 2>&1; then
+  echo "== creating .venv with prometheus-client and redis" >&2
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check 'prometheus-client>=0.20,<1' 'redis>=5,<9'
 fi
 export BRIDGE_TEST_PYTHON="$PWD/.venv/bin/python"
+
+# ...and as mangamotion's Node worker does, with node-redis, at the versions of the
+# committed package-lock.json (again whenever that file changed since the last install).
+node_dir=tests/publishers/node
+if [ ! -d "$node_dir/node_modules/redis" ] ||
+  [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
+  echo "== npm ci in tests/publishers/node" >&2
+  npm ci --prefix "$node_dir" --no-audit --no-fund --loglevel=error
+fi
 
 echo "== cargo fmt --check" >&2
 cargo fmt --check

@@ -54,6 +54,9 @@ impl Dispatcher {
         let routing = self.shared.routing.load();
         let message = Incoming::new(channel, payload);
         for (route, counters) in routing.routes_for(channel, pattern) {
+            if !router::takes(route, &message) {
+                continue;
+            }
             counters.messages.fetch_add(1, Ordering::Relaxed);
             let Some(plan) = router::plan(route, pattern, &message) else {
                 counters.unroutable.fetch_add(1, Ordering::Relaxed);

@@ -13,7 +13,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::{HeaderMap, StatusCode};
 use hyper::body::Incoming as Body;
@@ -33,12 +33,14 @@ use crate::config::{AuthMode, Config};
 use crate::hub::Connection;
 use crate::metrics::RejectReason;
 use crate::outbox::Outbox;
+use crate::proxy::ClientAddr;
 use crate::pubsub;
 use crate::session::{self, Peer};
 use crate::state::Shared;
 
-/// A client that has not sent its request headers within this time is dropped (slow loris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The most a request's head may take; a larger one is refused (431) without growing the
+/// buffer further, so a request costs at most this much memory before it is checked.
+const MAX_REQUEST_HEAD: usize = 16 * 1024;
 
 /// Socket read buffer of a WebSocket connection; frames larger than this still arrive, the
 /// buffer grows for them.
@@ -54,12 +56,12 @@ struct PeerAddr(SocketAddr);
 
 /// The client's address for logs: the TCP peer, or what `X-Forwarded-For` says when the peer
 /// is one of `trusted_proxies` (nginx in front of the bridge).
-fn client_address(config: &Config, peer: PeerAddr, headers: &HeaderMap) -> String {
+fn client_address(config: &Config, peer: PeerAddr, headers: &HeaderMap) -> ClientAddr {
     let forwarded = headers
         .get_all("x-forwarded-for")
         .iter()
         .filter_map(|value| value.to_str().ok());
-    config.trusted_proxies.client(peer.0, forwarded).to_string()
+    config.trusted_proxies.client(peer.0, forwarded)
 }
 
 /// Serves HTTP on `listener` until shutdown.
@@ -83,6 +85,7 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         let _ = stream.set_nodelay(true);
         let service = service.clone();
         let shutdown = shared.shutdown.clone();
+        let handshake_timeout = shared.config().websocket.handshake_timeout;
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut request: http::Request<Body>| {
                 request.extensions_mut().insert(PeerAddr(peer));
@@ -90,7 +93,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(handshake_timeout)
+                .max_buf_size(MAX_REQUEST_HEAD)
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades();
             tokio::pin!(connection);
@@ -556,11 +560,24 @@ fn upgrade(
             "origin not allowed",
         );
     }
+    let client = client_address(&config, peer, &headers);
+    if let Some(rate) = settings.connect_rate_per_ip
+        && !shared
+            .connects_per_ip
+            .try_take(client.ip(), rate, Instant::now())
+    {
+        return reject(
+            &shared,
+            StatusCode::TOO_MANY_REQUESTS,
+            RejectReason::RateLimited,
+            "too many new connections from this address",
+        );
+    }
     let identity = match connection_identity(&config, &headers, query.as_deref()) {
         Ok(identity) => identity,
         Err(rejection) => {
             tracing::debug!(
-                peer = %client_address(&config, peer, &headers),
+                peer = %client,
                 reason = rejection.code(),
                 "upgrade refused: unauthorized"
             );
@@ -590,7 +607,7 @@ fn upgrade(
         outbox,
     ));
     let peer = Peer {
-        address: client_address(&config, peer, &headers),
+        address: client.to_string(),
     };
     let task_shared = shared.clone();
     shared.sessions.spawn(async move {

@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use arc_swap::ArcSwap;
+use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
 use crate::outbox::Outbox;
-use crate::protocol::Filter;
+use crate::protocol::{Filter, Reply};
 
 /// Process-unique, never reused, cheap to hash.
 pub type ConnId = u64;
@@ -155,13 +156,17 @@ impl Hub {
     /// in force, refuses the topic) or comes after (and finds the subscription, its
     /// `route_removed` notice queued after the answer): no subscription to a topic that no
     /// route produces any more goes unnoticed.
+    ///
+    /// A connection holds at most `limit` topics: admitted topics past it are not subscribed
+    /// and are handed to `answer` as the second list.
     pub fn subscribe(
         &self,
         id: ConnId,
         topics: Vec<String>,
         filter: Option<Arc<Filter>>,
+        limit: usize,
         mut admit: impl FnMut(&str) -> bool,
-        answer: impl FnOnce(&[String]),
+        answer: impl FnOnce(&[String], &[String]),
     ) -> usize {
         let mut indexes = self.write();
         let Indexes {
@@ -169,11 +174,26 @@ impl Hub {
             topics: by_topic,
             ..
         } = &mut *indexes;
-        let admitted: Vec<String> = topics.into_iter().filter(|topic| admit(topic)).collect();
-        answer(&admitted);
         let Some(entry) = connections.get_mut(&id) else {
             return 0;
         };
+        let mut room = limit.saturating_sub(entry.topics.len());
+        let mut admitted = Vec::new();
+        let mut over_limit = Vec::new();
+        for topic in topics {
+            if !admit(&topic) {
+                continue;
+            }
+            if entry.topics.contains(topic.as_str()) {
+                admitted.push(topic);
+            } else if room > 0 && !admitted.contains(&topic) {
+                room -= 1;
+                admitted.push(topic);
+            } else if !admitted.contains(&topic) {
+                over_limit.push(topic);
+            }
+        }
+        answer(&admitted, &over_limit);
         for topic in &admitted {
             let topic: Arc<str> = match entry.topics.get(topic.as_str()) {
                 Some(existing) => existing.clone(),
@@ -267,6 +287,27 @@ impl Hub {
         lost.into_values().collect()
     }
 
+    /// Queues a `gap` notice to every connection, naming the topics it is subscribed to:
+    /// messages published while Redis was unreachable are lost, and the client should
+    /// refetch what it shows. Returns how many connections were notified.
+    pub fn notify_gap(&self, since: &str) -> usize {
+        let indexes = self.read();
+        for entry in indexes.connections.values() {
+            let mut topics: Vec<&str> = entry.topics.iter().map(|topic| &**topic).collect();
+            topics.sort_unstable();
+            let notice = Reply::Gap {
+                reason: "redis_reconnected",
+                since,
+                topics: &topics,
+            };
+            entry
+                .connection
+                .outbox
+                .push_reply(Message::text(notice.to_json()));
+        }
+        indexes.connections.len()
+    }
+
     /// Users with at least one connection, and the number of connections each.
     pub fn users(&self) -> Vec<(Arc<str>, usize)> {
         self.read()
@@ -328,12 +369,35 @@ mod tests {
             1,
             topics(&["yes", "no", "yes too"]),
             None,
+            10,
             |topic| topic.starts_with("yes"),
-            |admitted| answered = admitted.to_vec(),
+            |admitted, _| answered = admitted.to_vec(),
         );
         assert_eq!(count, 2);
         assert_eq!(answered, ["yes", "yes too"]);
         assert!(hub.read().subscribers("no").is_none());
+    }
+
+    #[test]
+    fn subscribe_stops_at_the_limit_but_keeps_existing_topics() {
+        let hub = Hub::default();
+        hub.register(connection(1, None));
+        hub.subscribe(1, topics(&["a", "b"]), None, 3, |_| true, |_, _| {});
+        let mut answer = (Vec::new(), Vec::new());
+        let count = hub.subscribe(
+            1,
+            topics(&["a", "c", "c", "d", "e"]),
+            None,
+            3,
+            |_| true,
+            |admitted, over| {
+                answer = (admitted.to_vec(), over.to_vec());
+            },
+        );
+        assert_eq!(count, 3);
+        assert_eq!(answer.0, ["a", "c"]);
+        assert_eq!(answer.1, ["d", "e"]);
+        assert!(hub.read().subscribers("d").is_none());
     }
 
     #[test]
@@ -342,10 +406,13 @@ mod tests {
         hub.register(connection(1, Some("alice")));
         hub.register(connection(2, None));
         assert_eq!(
-            hub.subscribe(1, topics(&["a", "b"]), None, |_| true, |_| {}),
+            hub.subscribe(1, topics(&["a", "b"]), None, 10, |_| true, |_, _| {}),
             2
         );
-        assert_eq!(hub.subscribe(2, topics(&["a"]), None, |_| true, |_| {}), 1);
+        assert_eq!(
+            hub.subscribe(2, topics(&["a"]), None, 10, |_| true, |_, _| {}),
+            1
+        );
         assert_eq!(hub.read().subscribers("a").unwrap().count(), 2);
         assert_eq!(hub.unsubscribe(1, &["a".into(), "zzz".into()]), ["a"]);
         assert_eq!(hub.read().subscribers("a").unwrap().count(), 1);
@@ -360,7 +427,7 @@ mod tests {
     fn retain_topics_reports_what_each_connection_lost() {
         let hub = Hub::default();
         hub.register(connection(1, None));
-        hub.subscribe(1, topics(&["keep", "drop"]), None, |_| true, |_| {});
+        hub.subscribe(1, topics(&["keep", "drop"]), None, 10, |_| true, |_, _| {});
         let lost = hub.retain_topics(|topic| topic == "keep");
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].1, ["drop"]);

@@ -25,6 +25,7 @@ pub mod outbox;
 pub mod protocol;
 pub mod proxy;
 pub mod pubsub;
+pub mod rate;
 pub mod reload;
 pub mod router;
 pub mod session;

@@ -29,14 +29,17 @@ pub enum RejectReason {
     Origin,
     Capacity,
     BadRequest,
+    /// `connect_rate_per_ip` exceeded.
+    RateLimited,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 4] = [
+    const ALL: [RejectReason; 5] = [
         Self::Unauthorized,
         Self::Origin,
         Self::Capacity,
         Self::BadRequest,
+        Self::RateLimited,
     ];
 
     fn label(self) -> &'static str {
@@ -45,6 +48,7 @@ impl RejectReason {
             Self::Origin => "origin",
             Self::Capacity => "capacity",
             Self::BadRequest => "bad_request",
+            Self::RateLimited => "rate_limited",
         }
     }
 }
@@ -114,6 +118,8 @@ pub struct Metrics {
     pub redis_connected: AtomicI64,
     /// Subscriber connections re-established after a loss.
     pub redis_reconnects: AtomicU64,
+    /// Subscriber connections replaced because the heartbeat stopped coming back.
+    pub redis_stalls: AtomicU64,
     /// Reload outcomes: `[ok, error]`.
     reloads: [AtomicU64; 2],
     delivery: Histogram,
@@ -273,6 +279,12 @@ impl Metrics {
             "bridge_redis_reconnects_total",
             "Redis subscriber connections re-established.",
             load(&self.redis_reconnects),
+        );
+        counter(
+            &mut out,
+            "bridge_redis_stalls_total",
+            "Subscriber connections replaced because the heartbeat did not come back in time.",
+            load(&self.redis_stalls),
         );
         header(
             &mut out,

@@ -173,6 +173,7 @@ pub enum ErrorCode {
     Forbidden,
     RateLimited,
     TokenExpired,
+    TooManySubscriptions,
 }
 
 /// The frames the server sends of its own accord or in answer to a command.
@@ -206,6 +207,12 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
         expires_at: Option<u64>,
+    },
+    /// Messages may have been lost (Redis was unreachable): refetch state.
+    Gap {
+        reason: &'a str,
+        since: &'a str,
+        topics: &'a [&'a str],
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]

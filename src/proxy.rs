@@ -92,6 +92,15 @@ pub enum ClientAddr {
     Forwarded(IpAddr),
 }
 
+impl ClientAddr {
+    pub fn ip(&self) -> IpAddr {
+        match self {
+            ClientAddr::Direct(addr) => addr.ip().to_canonical(),
+            ClientAddr::Forwarded(ip) => *ip,
+        }
+    }
+}
+
 impl fmt::Display for ClientAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

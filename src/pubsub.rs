@@ -6,10 +6,12 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
+use redis::IntoConnectionInfo;
 use redis::aio::PubSubSink;
+use redis::io::tcp::{TcpSettings, socket2};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -20,9 +22,14 @@ use crate::state::Shared;
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const MAX_RETRY: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Idle time before TCP keepalive probes start on a Redis connection.
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long written data may stay unacknowledged before the kernel drops the connection.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Channels under this prefix belong to the bridge (the switch markers of reloads): they are
-/// never dispatched, whatever pattern routes match them.
+/// Channels under this prefix belong to the bridge (the switch markers of reloads and the
+/// watchdog's heartbeats): they are never dispatched, whatever pattern routes match them.
 pub const RESERVED_PREFIX: &str = "__redis-ws-bridge__:";
 
 /// How long a switch waits for its marker before switching anyway.
@@ -94,6 +101,8 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
     let mut last_error = String::new();
     // Numbers the switch markers of this process.
     let mut switches: u64 = 0;
+    // When the last subscriber connection was lost, for the gap notices.
+    let mut lost_at = String::new();
     loop {
         let url = shared.config().redis.url.clone();
         let connected = tokio::select! {
@@ -117,7 +126,15 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
         };
         let mut subscribed = Subscriptions::default();
         let routing = shared.routing.load_full();
-        if let Err(err) = subscribe_difference(&mut sink, &mut subscribed, &routing, None).await {
+        let heartbeat_channel = format!("{RESERVED_PREFIX}heartbeat:{}", shared.epoch);
+        if let Err(err) = subscribe_difference(
+            &mut sink,
+            &mut subscribed,
+            &routing,
+            Some(&heartbeat_channel),
+        )
+        .await
+        {
             tracing::warn!(error = %err, "redis subscribe failed");
             if !wait_retry(&shared, &mut requests, retry).await {
                 return;
@@ -133,14 +150,28 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
                 .redis_reconnects
                 .fetch_add(1, Ordering::Relaxed);
         }
+        let recovered = ever_connected;
         ever_connected = true;
         shared.set_redis_ready(true);
+        if recovered {
+            // Whatever was published meanwhile is lost: clients are told to refetch.
+            let notified = shared.hub.notify_gap(&lost_at);
+            tracing::info!(connections = notified, "gap notices sent");
+        }
         tracing::info!(
             redis = %redact(&url),
             channels = subscribed.channels.len(),
             patterns = subscribed.patterns.len(),
             "redis subscribed"
         );
+        let settings = routing.config.redis.clone();
+        let heartbeats = tokio::spawn(send_heartbeats(
+            url.clone(),
+            heartbeat_channel.clone(),
+            settings.heartbeat_interval,
+        ));
+        let mut last_heartbeat = Instant::now();
+        let mut watchdog = tokio::time::interval(settings.heartbeat_interval);
         let mut pending: Option<Pending> = None;
         let reason = loop {
             // Reload requests before messages: a sustained flood must not hold a reload back.
@@ -175,9 +206,25 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
                     let give_up = tokio::spawn(publish_marker(url.clone(), marker.clone()));
                     pending = Some(Pending { routing, done, marker, give_up });
                 }
+                _ = watchdog.tick() => {
+                    let silent = last_heartbeat.elapsed();
+                    if silent > settings.heartbeat_timeout {
+                        shared.metrics.redis_stalls.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(
+                            silent_ms = silent.as_millis() as u64,
+                            timeout = ?settings.heartbeat_timeout,
+                            "redis subscription stalled: the heartbeat did not come back; replacing the connection"
+                        );
+                        break "subscription stalled";
+                    }
+                }
                 message = stream.next() => {
                     let Some(message) = message else { break "connection closed" };
                     let channel = message.get_channel_name();
+                    if channel == heartbeat_channel {
+                        last_heartbeat = Instant::now();
+                        continue;
+                    }
                     if channel.starts_with(RESERVED_PREFIX) {
                         if let Some(pending) = pending.take_if(|p| p.marker == channel)
                             && let Err(err) = finish_switch(&shared, &mut sink, &mut subscribed, pending).await
@@ -199,13 +246,29 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
             shared.routing.store(pending.routing);
             let _ = pending.done.send(());
         }
+        heartbeats.abort();
+        lost_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         shared.set_redis_ready(false);
         tracing::warn!(reason, "redis connection lost; reconnecting");
     }
 }
 
+/// A client whose TCP connections probe an idle peer and give up on unacknowledged writes, so
+/// that a half-open connection (a vanished host, a NAT or proxy that forgot it) ends on its
+/// own; the heartbeat catches what TCP cannot see.
+fn client(url: &str) -> redis::RedisResult<redis::Client> {
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(3);
+    let tcp = TcpSettings::default()
+        .set_keepalive(keepalive)
+        .set_user_timeout(TCP_USER_TIMEOUT);
+    redis::Client::open(url.into_connection_info()?.set_tcp_settings(tcp))
+}
+
 async fn connect(url: &str) -> redis::RedisResult<redis::aio::PubSub> {
-    let client = redis::Client::open(url)?;
+    let client = client(url)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
         Ok(result) => result,
         Err(_) => Err(redis::RedisError::from(std::io::Error::new(
@@ -289,6 +352,33 @@ async fn publish_marker(url: String, marker: String) -> String {
     "the marker did not come back in time".to_owned()
 }
 
+/// PUBLISHes a heartbeat on `channel` every `interval` from a connection of its own (a
+/// subscribed connection cannot publish), until aborted. A failure is not reported here: the
+/// missing heartbeat is what the subscriber notices.
+async fn send_heartbeats(url: String, channel: String, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval);
+    let mut connection: Option<redis::aio::MultiplexedConnection> = None;
+    loop {
+        ticks.tick().await;
+        if connection.is_none() {
+            let connect = async { client(&url)?.get_multiplexed_async_connection().await };
+            connection = tokio::time::timeout(interval, connect)
+                .await
+                .ok()
+                .and_then(Result::ok);
+        }
+        let Some(publisher) = connection.as_mut() else {
+            continue;
+        };
+        let mut command = redis::cmd("PUBLISH");
+        command.arg(&channel).arg("");
+        let sent = command.query_async::<i64>(publisher);
+        if !matches!(tokio::time::timeout(interval, sent).await, Ok(Ok(_))) {
+            connection = None;
+        }
+    }
+}
+
 /// The pending switch's reason to give up on its marker; pending forever without a switch.
 async fn gave_up(pending: &mut Option<Pending>) -> String {
     match pending {
@@ -358,7 +448,7 @@ async fn unsubscribe(
 
 /// PUBLISHes on a short-lived connection; returns Redis's count of receivers.
 pub async fn publish(url: &str, channel: &str, payload: &[u8]) -> redis::RedisResult<i64> {
-    let client = redis::Client::open(url)?;
+    let client = client(url)?;
     let mut connection = client.get_multiplexed_async_connection().await?;
     redis::cmd("PUBLISH")
         .arg(channel)

@@ -14,7 +14,7 @@ use crate::config::{Config, Delivery, Format, Route, Source};
 use crate::glob;
 use crate::metrics::{Metrics, RouteCounters};
 use crate::protocol::ErrorCode;
-use crate::template::Scope;
+use crate::template::{PathSegment, Placeholder, Scope};
 
 /// One message from Redis, with its payload parsed at most once and only on demand.
 pub struct Incoming<'a> {
@@ -141,32 +141,16 @@ impl Routing {
             .filter(|r| r.delivery == Delivery::Subscribe)
         {
             for template in &route.topics {
-                let Some(found) = template.match_topic(topic) else {
+                let Some(told) = Told::by(route, template, topic) else {
                     continue;
                 };
                 known = true;
-                let captures: Vec<&str> = found
-                    .captures
-                    .iter()
-                    .take(route.capture_count())
-                    .map(|c| c.as_deref().unwrap_or(""))
-                    .collect();
-                let channel = found
-                    .bound
-                    .iter()
-                    .find(|(placeholder, _)| {
-                        matches!(placeholder, crate::template::Placeholder::Channel)
-                    })
-                    .map_or("", |(_, text)| text.as_str());
+                let captures: Vec<&str> = told.captures.iter().map(String::as_str).collect();
                 let scope = Scope {
-                    channel,
+                    channel: &told.channel,
                     captures: &captures,
-                    payload: None,
-                    claims: None,
-                    topic: None,
-                    seq: None,
-                    now: None,
-                    connection_id: None,
+                    payload: told.payload.as_ref(),
+                    ..Scope::default()
                 };
                 if audience::may_admit(&route.audience, &scope, identity) {
                     return Ok(());
@@ -186,7 +170,12 @@ impl Routing {
             .routes
             .iter()
             .filter(|r| r.delivery == Delivery::Subscribe)
-            .any(|route| route.topics.iter().any(|t| t.match_topic(topic).is_some()))
+            .any(|route| {
+                route
+                    .topics
+                    .iter()
+                    .any(|template| Told::by(route, template, topic).is_some())
+            })
     }
 
     /// The literal topics of `auto` routes, announced in the `connected` frame.
@@ -208,7 +197,102 @@ impl Routing {
     }
 }
 
+/// What a topic tells of the messages a route sends on it, learnt by matching the topic
+/// against one of the route's topic templates: the pattern's captures, the channel, and the
+/// payload fields the template places in the topic (`job:{payload.id}` on `job:7` says
+/// every such message has `id` 7). A subscribe checks the audience with it.
+struct Told {
+    captures: Vec<String>,
+    channel: String,
+    /// The fields the topic fixes, as JSON strings; `None` when it fixes none.
+    payload: Option<Value>,
+}
+
+impl Told {
+    /// `None` when `template` cannot produce `topic` for `route`: the text does not match,
+    /// or the payload fields it fixes fail the route's `match`.
+    fn by(route: &Route, template: &crate::template::Template, topic: &str) -> Option<Told> {
+        let found = template.match_topic(topic)?;
+        let mut channel = String::new();
+        let mut payload = serde_json::Map::new();
+        for (placeholder, text) in &found.bound {
+            match placeholder {
+                Placeholder::Channel => channel.clone_from(text),
+                Placeholder::Payload(path) if !path.is_empty() => {
+                    if !route.matcher.may_admit(path, text) {
+                        return None;
+                    }
+                    // The same field placed twice in a topic must read the same both times.
+                    place(&mut payload, path, text)?;
+                }
+                _ => {}
+            }
+        }
+        let captures = found
+            .captures
+            .into_iter()
+            .take(route.capture_count())
+            .map(Option::unwrap_or_default)
+            .collect();
+        Some(Told {
+            captures,
+            channel,
+            payload: (!payload.is_empty()).then_some(Value::Object(payload)),
+        })
+    }
+}
+
+/// Sets the string `text` at `path` in `root`. `Some(true)` when set (or already there),
+/// `None` when the path already holds another text (no message can have both), and
+/// `Some(false)` when another field is in the way (`a` and `a.b` both placed): that one is
+/// then left out, which only makes the subscribe check less strict.
+fn place(
+    root: &mut serde_json::Map<String, Value>,
+    path: &[PathSegment],
+    text: &str,
+) -> Option<bool> {
+    let (last, parents) = path.split_last()?;
+    let mut node = root;
+    for segment in parents {
+        let entry = node
+            .entry(segment_key(segment))
+            .or_insert_with(|| Value::Object(serde_json::Map::new()));
+        match entry {
+            Value::Object(map) => node = map,
+            _ => return Some(false),
+        }
+    }
+    match node.get(&segment_key(last)) {
+        Some(Value::String(existing)) if existing == text => Some(true),
+        Some(Value::String(_)) => None,
+        Some(_) => Some(false),
+        None => {
+            node.insert(segment_key(last), Value::String(text.to_owned()));
+            Some(true)
+        }
+    }
+}
+
+/// An object key for a path segment (`lookup` reads an index segment as a key on objects).
+fn segment_key(segment: &PathSegment) -> String {
+    match segment {
+        PathSegment::Key(key) => key.clone(),
+        PathSegment::Index(index) => index.to_string(),
+    }
+}
+
+/// Whether `route` takes `message` at all: its `match`, when it has one, holds for the
+/// payload. A message it does not take is not counted for it, as one from another channel.
+pub fn takes(route: &Route, message: &Incoming) -> bool {
+    route.matcher.is_empty() || route.matcher.admits(message.json())
+}
+
 /// Topics and audience of `route` for `message`; `None` when a placeholder has no value.
+///
+/// A topic whose own placeholders have no value is left out and the others are kept
+/// (`[executions, "workflows:{payload.data.workflow_id}"]` still delivers on `executions`
+/// when the message names no workflow); the message is unroutable for the route only when
+/// no topic, or the audience, resolves.
 pub fn plan<'m>(
     route: &Route,
     pattern: Option<&str>,
@@ -235,10 +319,15 @@ pub fn plan<'m>(
     };
     let mut topics = Vec::with_capacity(route.topics.len());
     for template in &route.topics {
-        let topic = template.render(&scope)?;
+        let Some(topic) = template.render(&scope) else {
+            continue;
+        };
         if !topics.contains(&topic) {
             topics.push(topic);
         }
+    }
+    if topics.is_empty() {
+        return None;
     }
     let audience = audience::resolve(&route.audience, &scope)?;
     Some(Plan {
@@ -302,5 +391,141 @@ pub fn render_frame(
                 .ok()
                 .map(|text| Message::Text(text.into()))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn routing(routes: &str) -> Routing {
+        let text = format!(
+            "auth:\n  mode: optional\n  jwt:\n    algorithms: [HS256]\n    secret: \"{}\"\nroutes:\n{routes}",
+            "s".repeat(32)
+        );
+        let config = Config::from_str(&text, std::path::Path::new("t.yaml"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Routing::new(Arc::new(config), &Metrics::default())
+    }
+
+    fn user(id: &str) -> Identity {
+        Identity {
+            user: Some(Arc::from(id)),
+            roles: Vec::new(),
+            claims: json!({"sub": id}),
+            authenticated: true,
+            expires_at: None,
+        }
+    }
+
+    /// The topics `route` (the only one) plans for `payload` on `channel`.
+    fn topics(routing: &Routing, channel: &str, payload: &str) -> Option<Vec<String>> {
+        let route = &routing.config.routes[0];
+        let message = Incoming::new(channel, payload.as_bytes());
+        if !takes(route, &message) {
+            return None;
+        }
+        plan(route, None, &message).map(|plan| plan.topics)
+    }
+
+    #[test]
+    fn match_takes_only_messages_whose_fields_match_a_pattern() {
+        let routing = routing(
+            "  - name: admin-events\n    channel: events\n    match: { type: [user.created, \"health.*\"], data.level: [1, \"true\"] }\n",
+        );
+        let route = &routing.config.routes[0];
+        let takes_payload =
+            |payload: &str| takes(route, &Incoming::new("events", payload.as_bytes()));
+        assert!(takes_payload(
+            r#"{"type":"user.created","data":{"level":1}}"#
+        ));
+        assert!(takes_payload(
+            r#"{"type":"health.status.changed","data":{"level":true}}"#
+        ));
+        assert!(!takes_payload(
+            r#"{"type":"user.updated","data":{"level":1}}"#
+        ));
+        assert!(!takes_payload(
+            r#"{"type":"user.created","data":{"level":2}}"#
+        ));
+        assert!(!takes_payload(r#"{"type":"user.created"}"#));
+        assert!(!takes_payload(
+            r#"{"type":["user.created"],"data":{"level":1}}"#
+        ));
+        assert!(!takes_payload("user.created"));
+        assert!(
+            route
+                .describe()
+                .contains("match(type=[user.created,health.*], data.level=[1,true])")
+        );
+    }
+
+    #[test]
+    fn a_topic_without_a_value_is_left_out_of_a_list() {
+        let routing = routing(
+            "  - name: fan\n    channel: c\n    topic: [\"{payload.channel}\", \"executions:{payload.data.execution_id}\", \"workflows:{payload.data.workflow_id}\"]\n",
+        );
+        assert_eq!(
+            topics(
+                &routing,
+                "c",
+                r#"{"channel":"executions","data":{"execution_id":"e1","workflow_id":"w1"}}"#
+            ),
+            Some(vec![
+                "executions".into(),
+                "executions:e1".into(),
+                "workflows:w1".into()
+            ])
+        );
+        // A step event names its execution's topic and has no workflow: one topic, once.
+        assert_eq!(
+            topics(
+                &routing,
+                "c",
+                r#"{"channel":"executions:e1","data":{"execution_id":"e1"}}"#
+            ),
+            Some(vec!["executions:e1".into()])
+        );
+        // No topic resolves: the route skips the message.
+        assert_eq!(topics(&routing, "c", r#"{"data":{}}"#), None);
+    }
+
+    #[test]
+    fn a_subscribe_learns_payload_fields_from_the_topic() {
+        let routing = routing(
+            "  - name: public\n    channel: c\n    match: { channel: [executions, \"executions:*\", approvals] }\n    topic: \"{payload.channel}\"\n    audience: authenticated\n  - name: own\n    channel: c\n    match: { channel: \"user:*\" }\n    topic: \"user:{payload.user_id}\"\n    audience: { user: \"{payload.user_id}\" }\n",
+        );
+        let alice = user("alice");
+        assert_eq!(routing.authorize_subscribe("executions", &alice), Ok(()));
+        assert_eq!(routing.authorize_subscribe("executions:e9", &alice), Ok(()));
+        assert_eq!(routing.authorize_subscribe("user:alice", &alice), Ok(()));
+        // `user:bob` is Bob's: the `own` route's audience is Bob whatever the message.
+        assert_eq!(
+            routing.authorize_subscribe("user:bob", &alice),
+            Err(ErrorCode::Forbidden)
+        );
+        // The public route's `match` keeps it from producing other topics.
+        assert_eq!(
+            routing.authorize_subscribe("workflows:w1", &alice),
+            Err(ErrorCode::UnknownTopic)
+        );
+        assert!(routing.produces("approvals") && !routing.produces("elsewhere"));
+        assert_eq!(
+            routing.authorize_subscribe("approvals", &Identity::anonymous()),
+            Err(ErrorCode::Forbidden)
+        );
+    }
+
+    #[test]
+    fn a_field_placed_twice_in_a_topic_must_agree() {
+        let routing = routing(
+            "  - name: pair\n    channel: c\n    topic: \"{payload.a}-{payload.a}\"\n    audience: { user: \"{payload.a}\" }\n",
+        );
+        assert_eq!(routing.authorize_subscribe("x-x", &user("x")), Ok(()));
+        assert_eq!(
+            routing.authorize_subscribe("x-x", &user("y")),
+            Err(ErrorCode::Forbidden)
+        );
     }
 }

@@ -25,6 +25,7 @@ use crate::config::{AuthMode, Rate, Welcome};
 use crate::hub::Connection;
 use crate::outbox::{Closing, Outgoing};
 use crate::protocol::{self, Command, ErrorCode, Reply, Request};
+use crate::rate::TokenBucket;
 use crate::router::Routing;
 use crate::state::{Shared, Slot};
 use crate::template::Scope;
@@ -33,6 +34,12 @@ type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// How long a close frame may take to leave before the socket is dropped anyway.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long, after our close frame, the client has to answer it with its own; what it sends
+/// meanwhile is read and discarded. Closing the socket on unread input would make the kernel
+/// reset the connection, which can destroy what was just sent (the close frame and the
+/// errors before it) before the client reads it: a flooding client would never learn why.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// A client that gets more than its burst of commands refused within this window is closed
 /// (1008 "rate limit"): past that, it is flooding, not bursting.
@@ -54,6 +61,15 @@ pub async fn run(
     let started = Instant::now();
     let config = shared.config();
     let settings = &config.websocket;
+    // The welcome is queued before the connection is in the hub: once there, the dispatcher
+    // may queue frames to it, and the welcome must come first.
+    let welcome = welcome(
+        &shared,
+        &shared.routing.load(),
+        &connection,
+        &connection.identity.load(),
+    );
+    connection.outbox.push_reply(Message::text(welcome));
     shared.hub.register(connection.clone());
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
     shared
@@ -70,24 +86,17 @@ pub async fn run(
             "connection open"
         );
     }
-    let welcome = welcome(
-        &shared,
-        &shared.routing.load(),
-        &connection,
-        &connection.identity.load(),
-    );
-    connection.outbox.push_reply(Message::text(welcome));
 
     let (sink, stream) = socket.split();
     let last_seen = Arc::new(AtomicU64::new(0));
     let reader_done = CancellationToken::new();
-    let reader = tokio::spawn(read(
+    let mut reader = tokio::spawn(read(
         shared.clone(),
         stream,
         connection.clone(),
         last_seen.clone(),
         started,
-        RateLimit::new(settings.client_rate),
+        RateLimit::new(settings.client_rate, Instant::now()),
         reader_done.clone(),
     ));
     let ending = write(
@@ -100,8 +109,16 @@ pub async fn run(
         settings.idle_timeout,
     )
     .await;
-    reader_done.cancel();
-    let _ = reader.await;
+    // The closing handshake: the reader ends at the client's close frame (or the end of the
+    // stream), discarding whatever comes before it.
+    let answered = ending.close_sent
+        && tokio::time::timeout(CLOSE_LINGER, &mut reader)
+            .await
+            .is_ok();
+    if !answered {
+        reader_done.cancel();
+        let _ = reader.await;
+    }
 
     shared.hub.unregister(connection.id);
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
@@ -169,6 +186,8 @@ struct Ending {
     frames_sent: u64,
     code: u16,
     reason: &'static str,
+    /// Whether our close frame left: the client may then answer it.
+    close_sent: bool,
 }
 
 async fn write(
@@ -225,6 +244,7 @@ async fn write(
                         frames_sent,
                         code,
                         reason,
+                        close_sent: false,
                     };
                 }
             }
@@ -234,13 +254,14 @@ async fn write(
                 code: CloseCode::from(code),
                 reason: reason.into(),
             };
-            let _ =
+            let sent =
                 tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame))))
                     .await;
             return Ending {
                 frames_sent,
                 code,
                 reason,
+                close_sent: matches!(sent, Ok(Ok(()))),
             };
         }
         tokio::select! {
@@ -291,9 +312,8 @@ fn millis_since(started: Instant) -> u64 {
 /// The inbound command budget of one connection: a token bucket of `websocket.client_rate`,
 /// and the count of commands it refused in the current flood window.
 struct RateLimit {
-    rate: Rate,
-    tokens: f64,
-    refilled: Instant,
+    bucket: TokenBucket,
+    burst: u32,
     /// The error message of a refused command (the same for every one).
     message: String,
     /// When the current window of refusals began, and how many it has.
@@ -311,11 +331,10 @@ enum Verdict {
 }
 
 impl RateLimit {
-    fn new(rate: Rate) -> RateLimit {
+    fn new(rate: Rate, now: Instant) -> RateLimit {
         RateLimit {
-            rate,
-            tokens: f64::from(rate.burst),
-            refilled: Instant::now(),
+            bucket: TokenBucket::new(rate, now),
+            burst: rate.burst,
             message: format!(
                 "too many commands: at most {} at once, refilled at {}/s",
                 rate.burst, rate.per_second
@@ -325,12 +344,7 @@ impl RateLimit {
     }
 
     fn check(&mut self, now: Instant) -> Verdict {
-        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
-        self.tokens =
-            (self.tokens + elapsed * self.rate.per_second).min(f64::from(self.rate.burst));
-        self.refilled = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        if self.bucket.try_take(now) {
             return Verdict::Admit;
         }
         let (since, count) = match self.refusals {
@@ -340,7 +354,7 @@ impl RateLimit {
             _ => (now, 1),
         };
         self.refusals = Some((since, count));
-        if count > self.rate.burst {
+        if count > self.burst {
             Verdict::Close
         } else {
             Verdict::Refuse
@@ -364,6 +378,11 @@ async fn read(
         };
         last_seen.store(millis_since(started), Ordering::Relaxed);
         if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
+            if connection.outbox.is_closing() {
+                // Closing: commands are read (so that the socket is not closed on unread
+                // input) and discarded until the client's close frame.
+                continue;
+            }
             match limit.check(Instant::now()) {
                 Verdict::Admit => {}
                 Verdict::Refuse => {
@@ -378,7 +397,7 @@ async fn read(
                 }
                 Verdict::Close => {
                     connection.outbox.close(1008, "rate limit");
-                    return;
+                    continue;
                 }
             }
         }
@@ -427,6 +446,7 @@ fn handle_text(shared: &Shared, connection: &Connection, text: &str) {
         Command::Ping => reply(connection, &Reply::Pong { id }),
         Command::Subscribe { topics, filter } => {
             let identity = connection.identity.load();
+            let max_subscriptions = shared.config().websocket.max_subscriptions;
             // Checked against the routing table in force under the hub's lock, so that a
             // reload dropping a topic meanwhile cannot miss the subscription (see
             // `Hub::subscribe`).
@@ -441,7 +461,21 @@ fn handle_text(shared: &Shared, connection: &Connection, text: &str) {
                 }
                 checked.is_ok()
             };
-            let answer = |admitted: &[String]| {
+            let answer = |admitted: &[String], over_limit: &[String]| {
+                // One error for the whole command: a flood must not be amplified.
+                if let Some(first) = over_limit.first() {
+                    let message = format!(
+                        "{} topic(s) over websocket.max_subscriptions ({max_subscriptions}), from this one on; unsubscribe first",
+                        over_limit.len()
+                    );
+                    reply_error(
+                        connection,
+                        id,
+                        ErrorCode::TooManySubscriptions,
+                        &message,
+                        Some(first),
+                    );
+                }
                 if !admitted.is_empty() {
                     reply(
                         connection,
@@ -452,9 +486,14 @@ fn handle_text(shared: &Shared, connection: &Connection, text: &str) {
                     );
                 }
             };
-            shared
-                .hub
-                .subscribe(connection.id, topics, filter.map(Arc::new), admit, answer);
+            shared.hub.subscribe(
+                connection.id,
+                topics,
+                filter.map(Arc::new),
+                max_subscriptions,
+                admit,
+                answer,
+            );
         }
         Command::Unsubscribe { topics } => {
             let removed = shared.hub.unsubscribe(connection.id, &topics);
@@ -538,11 +577,13 @@ mod tests {
     #[test]
     fn the_bucket_admits_the_burst_then_the_rate_and_closes_a_flood() {
         let start = Instant::now();
-        let mut limit = RateLimit::new(Rate {
-            per_second: 10.0,
-            burst: 3,
-        });
-        limit.refilled = start;
+        let mut limit = RateLimit::new(
+            Rate {
+                per_second: 10.0,
+                burst: 3,
+            },
+            start,
+        );
         let at = |ms: u64| start + Duration::from_millis(ms);
         for _ in 0..3 {
             assert_eq!(limit.check(at(0)), Verdict::Admit);
@@ -556,11 +597,13 @@ mod tests {
         assert_eq!(limit.check(at(160)), Verdict::Close);
 
         // Refusals further apart than the window do not add up.
-        let mut limit = RateLimit::new(Rate {
-            per_second: 0.05,
-            burst: 1,
-        });
-        limit.refilled = start;
+        let mut limit = RateLimit::new(
+            Rate {
+                per_second: 0.05,
+                burst: 1,
+            },
+            start,
+        );
         assert_eq!(limit.check(at(0)), Verdict::Admit);
         assert_eq!(limit.check(at(1)), Verdict::Refuse);
         assert_eq!(limit.check(at(10_100)), Verdict::Refuse);

@@ -1,5 +1,6 @@
 //! What the tasks of one process share.
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -12,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::rate::KeyedBuckets;
 use crate::router::Routing;
 use crate::systemd::Notifier;
 
@@ -47,6 +49,8 @@ pub struct Shared {
     /// `max_connections` is enforced against.
     slots: AtomicUsize,
     pub config_status: Mutex<ConfigStatus>,
+    /// New connections per client address, for `websocket.connect_rate_per_ip`.
+    pub connects_per_ip: KeyedBuckets<IpAddr>,
 }
 
 impl Shared {
@@ -69,6 +73,7 @@ impl Shared {
                 loaded_at: SystemTime::now(),
                 last_reload_error: None,
             }),
+            connects_per_ip: KeyedBuckets::default(),
         })
     }
 

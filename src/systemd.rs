@@ -113,7 +113,10 @@ pub async fn run(shared: Arc<Shared>) {
                 }
                 let subscribed = *redis.borrow_and_update();
                 if !subscribed {
-                    notifier.send(&[NotifyState::Status("redis unavailable: reconnecting; connections stay open")]);
+                    // Before the first READY=1 the "starting" status still says it all.
+                    if notifier.ready.load(Ordering::Acquire) {
+                        notifier.send(&[NotifyState::Status("redis unavailable: reconnecting; connections stay open")]);
+                    }
                 } else if notifier.ready.swap(true, Ordering::AcqRel) {
                     notifier.send(&[NotifyState::Status("serving: redis subscribed")]);
                 } else {

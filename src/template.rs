@@ -250,7 +250,7 @@ fn resolve<'a>(placeholder: &Placeholder, scope: &Scope<'a>) -> Option<Resolved<
 }
 
 /// Follows `path` into `root`; `None` when a step is missing or the value found is `null`.
-fn lookup<'a>(root: &'a Value, path: &[PathSegment]) -> Option<&'a Value> {
+pub(crate) fn lookup<'a>(root: &'a Value, path: &[PathSegment]) -> Option<&'a Value> {
     let mut value = root;
     for segment in path {
         value = match (segment, value) {

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use auth::{AdminSettings, ApiKey, AuthMode, AuthSettings, JwtSettings};
-pub use route::{Audience, Delivery, Format, Route, Source};
+pub use route::{Audience, Delivery, Format, PayloadMatch, Route, Source};
 pub use websocket::{Rate, SlowClient, WebSocketSettings, Welcome};
 
 use sha2::{Digest, Sha256};
@@ -67,6 +67,22 @@ pub struct Config {
 pub struct RedisSettings {
     /// `redis://` or `rediss://` URL (may hold a password: do not log it).
     pub url: String,
+    /// How often the subscription watchdog publishes a heartbeat to itself
+    /// (`heartbeat_interval`, default 5s).
+    pub heartbeat_interval: Duration,
+    /// How long without any heartbeat back before the subscriber connection counts as
+    /// stalled and is replaced (`heartbeat_timeout`, default 15s).
+    pub heartbeat_timeout: Duration,
+}
+
+impl Default for RedisSettings {
+    fn default() -> RedisSettings {
+        RedisSettings {
+            url: DEFAULT_REDIS_URL.to_owned(),
+            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
+            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+        }
+    }
 }
 
 /// A file a configuration was built from, and the SHA-256 of the bytes it was built from.
@@ -101,7 +117,9 @@ const TOP_KEYS: &[&str] = &[
     "trusted_proxies",
     "routes",
 ];
-const REDIS_KEYS: &[&str] = &["url"];
+const REDIS_KEYS: &[&str] = &["url", "heartbeat_interval", "heartbeat_timeout"];
+const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Config {
     /// Reads and validates the routing file at `path`; `${VAR}` in string values is
@@ -180,9 +198,7 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
     };
     let redis = match top.get("redis") {
         Some(node) => redis(ctx, node),
-        None => Some(RedisSettings {
-            url: DEFAULT_REDIS_URL.to_owned(),
-        }),
+        None => Some(RedisSettings::default()),
     };
     let websocket = websocket::compile(ctx, top.get("websocket"));
     let auth = auth::compile(ctx, top.get("auth"));
@@ -236,11 +252,50 @@ fn socket_addr(ctx: &mut Ctx, node: &yaml::Node, path: &str) -> Option<SocketAdd
 
 fn redis(ctx: &mut Ctx, node: &yaml::Node) -> Option<RedisSettings> {
     let section = fields(ctx, node, "redis", REDIS_KEYS)?;
-    let Some(url_node) = section.get("url") else {
-        return Some(RedisSettings {
-            url: DEFAULT_REDIS_URL.to_owned(),
-        });
+    let url = match section.get("url") {
+        None => Some(DEFAULT_REDIS_URL.to_owned()),
+        Some(url_node) => redis_url(ctx, url_node),
     };
+    let positive = |ctx: &mut Ctx, key: &str, default: Duration| match section.get(key) {
+        None => Some(default),
+        Some(node) => {
+            let path = format!("redis.{key}");
+            match yaml::duration(ctx, node, &path)? {
+                Duration::ZERO => {
+                    ctx.error(node, &path, "must be longer than 0s");
+                    None
+                }
+                value => Some(value),
+            }
+        }
+    };
+    let heartbeat_interval = positive(ctx, "heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL);
+    let heartbeat_timeout = positive(ctx, "heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT);
+    if let (Some(interval), Some(timeout)) = (heartbeat_interval, heartbeat_timeout)
+        && timeout <= interval
+    {
+        let node = section
+            .get("heartbeat_timeout")
+            .or_else(|| section.get("heartbeat_interval"))
+            .unwrap_or(node);
+        ctx.error(
+            node,
+            "redis.heartbeat_timeout",
+            format!(
+                "must be longer than heartbeat_interval ({}), else every interval counts as a stall",
+                humantime::format_duration(interval)
+            ),
+        );
+        return None;
+    }
+    Some(RedisSettings {
+        url: url?,
+        heartbeat_interval: heartbeat_interval?,
+        heartbeat_timeout: heartbeat_timeout?,
+    })
+}
+
+fn redis_url(ctx: &mut Ctx, url_node: &yaml::Node) -> Option<String> {
     let url = yaml::string(ctx, url_node, "redis.url")?;
     let rest = url
         .strip_prefix("redis://")
@@ -259,7 +314,7 @@ fn redis(ctx: &mut Ctx, node: &yaml::Node) -> Option<RedisSettings> {
             ctx.error(url_node, "redis.url", "has no host after the scheme");
             None
         }
-        Some(_) => Some(RedisSettings { url }),
+        Some(_) => Some(url),
     }
 }
 

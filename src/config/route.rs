@@ -16,6 +16,10 @@ pub struct Route {
     pub name: Arc<str>,
     /// The channel (SUBSCRIBE) or pattern (PSUBSCRIBE) it listens to.
     pub source: Source,
+    /// Payload conditions a message must meet for the route to take it (`match`; empty:
+    /// every message of the source). Several routes can then share one channel and each
+    /// take its own kind of message, e.g. by the payload's event type.
+    pub matcher: PayloadMatch,
     /// The topics each message is published on (at least one).
     pub topics: Vec<Template>,
     /// Whether clients must subscribe to get its frames.
@@ -36,6 +40,73 @@ pub enum Source {
     Channel(String),
     /// A Redis glob pattern (PSUBSCRIBE).
     Pattern(String),
+}
+
+/// The `match` of a route: for each payload dot path, the Redis glob patterns (`*`, `?`,
+/// `[...]`, `\` escapes, as in `pattern`) one of which its value must match. A string, number
+/// or boolean value is matched as its text (`42`, `true`); a missing field, `null`, an object,
+/// an array or a payload that is not JSON matches nothing.
+#[derive(Clone, Debug, Default)]
+pub struct PayloadMatch {
+    /// Every condition must hold (logical and); within one, any pattern (logical or).
+    conditions: Vec<(Vec<PathSegment>, Vec<String>)>,
+}
+
+impl PayloadMatch {
+    /// True when the route has no `match`: it takes every message.
+    pub fn is_empty(&self) -> bool {
+        self.conditions.is_empty()
+    }
+
+    /// Whether a message's payload (`None` when it is not JSON) meets every condition.
+    pub fn admits(&self, payload: Option<&serde_json::Value>) -> bool {
+        if self.conditions.is_empty() {
+            return true;
+        }
+        let Some(payload) = payload else { return false };
+        self.conditions.iter().all(|(path, patterns)| {
+            crate::template::lookup(payload, path)
+                .and_then(scalar_text)
+                .is_some_and(|text| any_glob(patterns, &text))
+        })
+    }
+
+    /// Whether a message whose field at `path` has the text `text` can meet the condition
+    /// on that path (true when there is none). A subscribe uses it with what a topic tells
+    /// of the payload (`{payload.channel}` matched against the topic gives the channel).
+    pub fn may_admit(&self, path: &[PathSegment], text: &str) -> bool {
+        self.conditions
+            .iter()
+            .filter(|(condition, _)| condition.as_slice() == path)
+            .all(|(_, patterns)| any_glob(patterns, text))
+    }
+
+    /// `type=[user.created,user.deleted], data.kind=[gpu*]`, for `check`.
+    fn describe(&self) -> String {
+        self.conditions
+            .iter()
+            .map(|(path, patterns)| format!("{}=[{}]", path_text(path), patterns.join(",")))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The text a scalar JSON value is matched as: a string's own text, a number's or a
+/// boolean's JSON text (as templates render them); `None` for anything else.
+fn scalar_text(value: &serde_json::Value) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    match value {
+        serde_json::Value::String(text) => Some(Cow::Borrowed(text)),
+        serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        serde_json::Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        _ => None,
+    }
+}
+
+fn any_glob(patterns: &[String], text: &str) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| crate::glob::captures(pattern, text).is_some())
 }
 
 /// Who gets a route's frames without asking.
@@ -81,7 +152,7 @@ pub enum Format {
 }
 
 const KEYS: &[&str] = &[
-    "name", "channel", "pattern", "topic", "delivery", "audience", "format", "type",
+    "name", "channel", "pattern", "match", "topic", "delivery", "audience", "format", "type",
 ];
 const AUDIENCE_KEYS: &[&str] = &["user", "roles", "claims", "any", "all"];
 
@@ -89,7 +160,8 @@ impl Route {
     /// Whether some template of the route (topics, type, audience, format) reads the
     /// payload, so the payload must be parsed as JSON for it.
     pub fn needs_payload(&self) -> bool {
-        self.topics.iter().any(Template::needs_payload)
+        !self.matcher.is_empty()
+            || self.topics.iter().any(Template::needs_payload)
             || self.event_type.needs_payload()
             || self.audience.needs_payload()
             || matches!(&self.format, Format::Template(template) if template.needs_payload())
@@ -115,6 +187,9 @@ impl Route {
             Source::Pattern(pattern) => {
                 let _ = write!(out, "pattern={pattern}");
             }
+        }
+        if !self.matcher.is_empty() {
+            let _ = write!(out, " match({})", self.matcher.describe());
         }
         let topics: Vec<&str> = self.topics.iter().map(Template::source).collect();
         let delivery = match self.delivery {
@@ -269,6 +344,10 @@ fn compile(
         ..message_scope
     };
 
+    let matcher = match route.get("match") {
+        Some(node) => payload_match(ctx, node, &key("match")),
+        None => Some(PayloadMatch::default()),
+    };
     let topics = match route.get("topic") {
         Some(topic) => topics(ctx, topic, &key("topic"), &message_scope),
         None => name.as_deref().map(|name| vec![Template::literal(name)]),
@@ -298,6 +377,7 @@ fn compile(
     Some(Route {
         name: Arc::from(name?),
         source: source?,
+        matcher: matcher?,
         topics: topics?,
         delivery: delivery?,
         audience: audience?,
@@ -336,6 +416,14 @@ fn channel_source(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Source> {
     if channel.contains('*') {
         let message = format!(
             "`channel` is an exact channel name: for the glob `{channel}` write `pattern: \"{channel}\"`"
+        );
+        ctx.error(node, path, message);
+        return None;
+    }
+    if channel.starts_with(crate::pubsub::RESERVED_PREFIX) {
+        let message = format!(
+            "channels starting with `{}` are the bridge's own (reload markers, heartbeats) and never delivered",
+            crate::pubsub::RESERVED_PREFIX
         );
         ctx.error(node, path, message);
         return None;
@@ -386,6 +474,43 @@ fn topics(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Option<V
         }
     }
     ok.then_some(out)
+}
+
+/// Reads `match`: a mapping of payload dot paths to a glob pattern or a list of them.
+fn payload_match(ctx: &mut Ctx, node: &Node, path: &str) -> Option<PayloadMatch> {
+    let entries = match &node.kind {
+        Kind::Map(entries) if !entries.is_empty() => entries,
+        Kind::Invalid => return None,
+        _ => {
+            let message = "expected a mapping of payload paths to patterns, e.g. {type: [user.created, \"user.*\"]}";
+            ctx.error(node, path, message);
+            return None;
+        }
+    };
+    let mut conditions = Vec::with_capacity(entries.len());
+    let mut ok = true;
+    for entry in entries {
+        let key = join(path, &entry.key);
+        let field = match parse_path(&entry.key) {
+            Ok(field) => Some(field),
+            Err(e) => {
+                ctx.error_at(entry.line, entry.column, &key, e.to_string());
+                None
+            }
+        };
+        let patterns = match yaml::string_list(ctx, &entry.value, &key) {
+            Some(patterns) if patterns.is_empty() => {
+                ctx.error(&entry.value, &key, "expected at least one pattern");
+                None
+            }
+            other => other,
+        };
+        match (field, patterns) {
+            (Some(field), Some(patterns)) => conditions.push((field, patterns)),
+            _ => ok = false,
+        }
+    }
+    ok.then_some(PayloadMatch { conditions })
 }
 
 fn delivery_of(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Delivery> {

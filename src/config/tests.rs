@@ -359,11 +359,11 @@ fn unknown_key_inside_a_route_and_sections() {
     );
     assert_eq!(
         one_error(&format!("websocket:\n  bogus: 1\n{MINIMAL}")),
-        "2:3 websocket.bogus: unknown key `bogus` (expected one of: path, allowed_origins, max_connections, max_frame_bytes, send_queue, slow_client, ping_interval, idle_timeout, client_rate, welcome)"
+        "2:3 websocket.bogus: unknown key `bogus` (expected one of: path, allowed_origins, max_connections, max_frame_bytes, max_subscriptions, send_queue, slow_client, ping_interval, idle_timeout, client_rate, connect_rate_per_ip, handshake_timeout, welcome)"
     );
     assert_eq!(
         one_error(&format!("redis:\n  host: x\n{MINIMAL}")),
-        "2:3 redis.host: unknown key `host` (expected one of: url)"
+        "2:3 redis.host: unknown key `host` (expected one of: url, heartbeat_interval, heartbeat_timeout)"
     );
     assert_eq!(
         one_error("routes:\n  - name: a\n    channel: x\n    audience: {users: \"{payload.u}\"}\n"),
@@ -1016,4 +1016,28 @@ fn audiences_need_authentication_to_admit_anyone() {
         "auth:\n  mode: optional\n{KEY}{}",
         route("authenticated")
     ));
+}
+
+#[test]
+fn route_match_errors() {
+    let route = |body: &str| one_error(&format!("routes:\n  - name: a\n    channel: x\n{body}"));
+    assert_eq!(
+        route("    match: [type]\n"),
+        "4:12 routes[0].match: expected a mapping of payload paths to patterns, e.g. {type: [user.created, \"user.*\"]}"
+    );
+    assert_eq!(
+        route("    match: {type: []}\n"),
+        "4:19 routes[0].match.type: expected at least one pattern"
+    );
+    assert_eq!(
+        route("    match: {\"a..b\": x}\n"),
+        "4:13 routes[0].match.a..b: empty segment in the path `a..b`"
+    );
+    assert_eq!(
+        route("    match: {type: {a: b}}\n"),
+        "4:19 routes[0].match.type: expected a string, found a mapping"
+    );
+    let config = ok("routes:\n  - name: a\n    channel: x\n    match: {type: user.*, data.n: 3}\n");
+    assert!(config.routes[0].needs_payload());
+    assert!(!config.routes[0].matcher.is_empty());
 }

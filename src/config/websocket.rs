@@ -16,6 +16,9 @@ pub struct WebSocketSettings {
     pub max_connections: usize,
     /// Largest inbound client frame; above it the connection closes with 1009 (default 65536).
     pub max_frame_bytes: usize,
+    /// Topics one connection may be subscribed to at once (default 1000, at least 1): a
+    /// flood of subscribes cannot grow the hub without bound.
+    pub max_subscriptions: usize,
     /// Outbound frames buffered per client (default 256).
     pub send_queue: usize,
     /// What happens when a client's send queue is full.
@@ -27,6 +30,12 @@ pub struct WebSocketSettings {
     pub idle_timeout: Duration,
     /// Inbound commands allowed per connection (default 20/s).
     pub client_rate: Rate,
+    /// New connections per client address (`connect_rate_per_ip`, e.g. `10/s`; absent: no
+    /// limit). The address is the forwarded one behind `trusted_proxies`.
+    pub connect_rate_per_ip: Option<Rate>,
+    /// How long a client may take to send its HTTP request headers (`handshake_timeout`,
+    /// default 10s): slow-loris connections are dropped after it.
+    pub handshake_timeout: Duration,
     /// The first frame sent to a new connection.
     pub welcome: Welcome,
 }
@@ -63,11 +72,14 @@ const KEYS: &[&str] = &[
     "allowed_origins",
     "max_connections",
     "max_frame_bytes",
+    "max_subscriptions",
     "send_queue",
     "slow_client",
     "ping_interval",
     "idle_timeout",
     "client_rate",
+    "connect_rate_per_ip",
+    "handshake_timeout",
     "welcome",
 ];
 
@@ -119,6 +131,7 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
     };
     let max_connections = size("max_connections", 10_000, 1);
     let max_frame_bytes = size("max_frame_bytes", 65_536, 128);
+    let max_subscriptions = size("max_subscriptions", 1000, 1);
     let send_queue = size("send_queue", 256, 1);
     let slow_client = match section.get("slow_client") {
         Some(node) => slow_client(ctx, node, &key("slow_client")),
@@ -159,6 +172,20 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
             burst: 20,
         }),
     };
+    let connect_rate_per_ip = match section.get("connect_rate_per_ip") {
+        Some(node) => rate(ctx, node, &key("connect_rate_per_ip")).map(Some),
+        None => Some(None),
+    };
+    let handshake_timeout = match section.get("handshake_timeout") {
+        Some(node) => match yaml::duration(ctx, node, &key("handshake_timeout")) {
+            Some(d) if d.is_zero() => {
+                ctx.error(node, &key("handshake_timeout"), "must be longer than 0s");
+                None
+            }
+            other => other,
+        },
+        None => Some(Duration::from_secs(10)),
+    };
     let welcome = match section.get("welcome") {
         Some(node) => welcome(ctx, node, &key("welcome")),
         None => Some(Welcome::Native),
@@ -168,11 +195,14 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
         allowed_origins: allowed_origins?,
         max_connections: max_connections?,
         max_frame_bytes: max_frame_bytes?,
+        max_subscriptions: max_subscriptions?,
         send_queue: send_queue?,
         slow_client: slow_client?,
         ping_interval: ping_interval?,
         idle_timeout: idle_timeout?,
         client_rate: client_rate?,
+        connect_rate_per_ip: connect_rate_per_ip?,
+        handshake_timeout: handshake_timeout?,
         welcome: welcome?,
     })
 }

@@ -14,14 +14,23 @@
 //! - `ops`: systemd notifications, `/metrics` through the Prometheus parser, trusted proxies.
 //! - `nginx`: wss through a real nginx running the shipped site file.
 //! - `packaging`: the systemd unit (systemd-analyze) and the Debian package.
+//! - `watchdog`: a black-holed subscription detected and replaced, Redis restarted again and
+//!   again, `gap` notices.
+//! - `abuse`: slow loris, oversized heads, garbage, bad keys, subscribe and command floods,
+//!   the per-address connection rate, and memory (RSS) bounded under floods.
+//! - `compat`: the five existing backends of COMPAT.md, each run from its `examples/` file
+//!   with its workers' payloads sent by a real Python (redis-py) or Node (node-redis)
+//!   publisher.
 //!
 //! Every test starts its own Redis and bridge on free ports, so they run in parallel.
 //! Absence is proven with a marker: publish what must not arrive, then a marker that must,
 //! and assert the next frame is the marker (one Redis connection delivers in order).
 
+mod abuse;
 mod admin;
 mod auth;
 mod cli;
+mod compat;
 mod nginx;
 mod ops;
 mod packaging;
@@ -30,3 +39,4 @@ mod reload;
 mod resilience;
 mod routing;
 mod support;
+mod watchdog;

@@ -108,9 +108,16 @@ async fn ready_only_once_subscribed_then_reloading_ready_and_stopping() {
     let (status, _) = notify.expect("STATUS=starting: subscribing to redis").await;
     assert!(!status.contains("READY=1"), "{status}");
     assert_eq!(bridge.get("/readyz").await.0, 503);
+    let early = notify.drain();
     assert!(
-        !has_line(&notify.drain(), "READY=1"),
-        "READY=1 before Redis answered"
+        !has_line(&early, "READY=1"),
+        "READY=1 before Redis answered: {early:?}"
+    );
+    assert!(
+        early
+            .iter()
+            .all(|m| !m.contains("STATUS=redis unavailable")),
+        "the starting status stays until the first READY=1: {early:?}"
     );
 
     // Redis comes: READY=1, and by then the bridge is subscribed.
@@ -128,6 +135,15 @@ async fn ready_only_once_subscribed_then_reloading_ready_and_stopping() {
         "READY=1 came before the subscription"
     );
     wait_message(&bridge, "redis subscribed").await;
+
+    // A later outage is told in the status line only: the unit stays active.
+    redis.kill();
+    notify
+        .expect("STATUS=redis unavailable: reconnecting; connections stay open")
+        .await;
+    redis.restart();
+    let (back, _) = notify.expect("STATUS=serving: redis subscribed").await;
+    assert!(!back.contains("READY=1"), "{back}");
 
     // SIGHUP: RELOADING=1 with the MONOTONIC_USEC that Type=notify-reload wants, then READY=1.
     bridge.signal("HUP");

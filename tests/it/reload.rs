@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use crate::support::tokens::{auth_section, now, sign, token};
 use crate::support::{
     ADMIN_TOKEN, Bridge, ConnectError, Publisher, RedisServer, WAIT, WsClient, assert_envelope,
-    config, config_with, log_field, start, wait_until_async,
+    config, config_with, log_field, start, wait_until, wait_until_async,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -101,6 +101,31 @@ async fn wait_metric(bridge: &Bridge, series: &str, at_least: u64) -> u64 {
     })
     .await;
     metric(bridge, series).await
+}
+
+/// Whether the log shows a completed reload after the `hangups`-th SIGHUP.
+fn sighup_reload_completed(bridge: &Bridge, hangups: usize) -> bool {
+    let messages: Vec<String> = bridge
+        .log_values()
+        .iter()
+        .filter_map(|line| {
+            log_field(line, "message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .collect();
+    let Some(signal_at) = messages
+        .iter()
+        .enumerate()
+        .filter(|(_, message)| message.starts_with("SIGHUP"))
+        .nth(hangups - 1)
+        .map(|(index, _)| index)
+    else {
+        return false;
+    };
+    messages[signal_at..]
+        .iter()
+        .any(|message| message == "reloaded")
 }
 
 /// The bridge's routing file for `routes` on this Redis.
@@ -213,6 +238,8 @@ async fn a_hundred_saves_under_a_continuous_stream_lose_and_repeat_nothing() {
         Save::ConfigMapSwap,
         Save::Hangup,
     ];
+    let mut applied = 0u64;
+    let mut hangups = 0usize;
     for g in 1..=100 {
         let how = ways[g % ways.len()];
         save(
@@ -221,11 +248,31 @@ async fn a_hundred_saves_under_a_continuous_stream_lose_and_repeat_nothing() {
             &routing_file(&redis.url(), websocket, &generation(g)),
             g,
         );
-        let reloads = wait_metric(&bridge, RELOADS_OK, g as u64).await;
-        assert_eq!(
-            reloads, g as u64,
-            "save {g} ({how:?}) was not exactly one reload"
-        );
+        if let Save::Hangup = how {
+            // The file watcher may apply the write before the signal arrives (a loaded
+            // machine delays the signal past the debounce); the signal then reloads once
+            // more, as SIGHUP always does. Either way the save is done once the reload the
+            // signal asked for has completed.
+            hangups += 1;
+            wait_until(WAIT, "the SIGHUP reload completed", || {
+                sighup_reload_completed(&bridge, hangups)
+            })
+            .await;
+            let reloads = metric(&bridge, RELOADS_OK).await;
+            assert!(
+                reloads == applied + 1 || reloads == applied + 2,
+                "save {g} ({how:?}) made {} reloads",
+                reloads - applied
+            );
+            applied = reloads;
+        } else {
+            applied += 1;
+            let reloads = wait_metric(&bridge, RELOADS_OK, applied).await;
+            assert_eq!(
+                reloads, applied,
+                "save {g} ({how:?}) was not exactly one reload"
+            );
+        }
     }
     stop.store(true, Ordering::Relaxed);
     let last = publisher.await.expect("publisher");
@@ -252,7 +299,7 @@ async fn a_hundred_saves_under_a_continuous_stream_lose_and_repeat_nothing() {
         // Never closed: still answering.
         client.assert_pong(2).await;
     }
-    assert_eq!(metric(&bridge, RELOADS_OK).await, 100);
+    assert_eq!(metric(&bridge, RELOADS_OK).await, applied);
     assert_eq!(metric(&bridge, RELOADS_ERROR).await, 0);
     assert_eq!(
         metric(&bridge, "bridge_redis_reconnects_total").await,
@@ -612,8 +659,9 @@ async fn redis_subscriptions_change_by_difference_on_the_same_connection() {
     let monitor = client.get_async_monitor().await.expect("MONITOR");
     let mut monitor = Box::pin(monitor.into_on_message::<String>());
 
+    // Channels: the routes' two and the watchdog's heartbeat channel.
     let (id, addr, sub, psub) = subscriber_connection(&mut con).await;
-    assert_eq!((sub, psub), (2, 2));
+    assert_eq!((sub, psub), (3, 2));
 
     save(
         &bridge,
@@ -629,7 +677,7 @@ async fn redis_subscriptions_change_by_difference_on_the_same_connection() {
     assert_eq!(numpat(&mut con).await, 2);
     assert_eq!(
         subscriber_connection(&mut con).await,
-        (id.clone(), addr.clone(), 2, 2),
+        (id.clone(), addr.clone(), 3, 2),
         "same connection, the marker gone"
     );
     // Only the difference was sent: the new subscriptions with the switch marker, then the
@@ -683,7 +731,7 @@ async fn redis_subscriptions_change_by_difference_on_the_same_connection() {
         [1, 1, 0]
     );
     assert_eq!(numpat(&mut con).await, 2);
-    assert_eq!(subscriber_connection(&mut con).await, (id, addr, 2, 2));
+    assert_eq!(subscriber_connection(&mut con).await, (id, addr, 3, 2));
     assert_eq!(metric(&bridge, "bridge_redis_reconnects_total").await, 0);
 }
 

@@ -215,6 +215,13 @@ async fn redis_killed_and_restarted_mid_stream() {
     redis.restart();
     bridge.wait_readyz(200, Duration::from_secs(30)).await;
     assert_eq!(bridge.stats().await["redis"]["connected"], true);
+    // Each client is told that messages may have been lost, naming its subscriptions.
+    for (c, topics) in [(&mut auto, json!([])), (&mut sub, json!(["job:1"]))] {
+        let gap = c.next_json().await;
+        assert_eq!(gap["type"], "gap", "{gap}");
+        assert_eq!(gap["reason"], "redis_reconnected", "{gap}");
+        assert_eq!(gap["topics"], topics, "{gap}");
+    }
     auto.assert_pong(2).await;
 
     // Delivery resumes on the same connections, subscriptions and seq counters.

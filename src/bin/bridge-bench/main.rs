@@ -42,7 +42,10 @@ const CLIENTS_PER_PROCESS: usize = 18_000;
 #[command(
     name = "bridge-bench",
     version,
-    about = "Load tool for redis-ws-bridge and its peers (see BENCHMARKS.md)"
+    about = "Load tool for redis-ws-bridge and its peers (see BENCHMARKS.md)",
+    // A later occurrence of an option replaces an earlier one, so that bench/run.sh's
+    // extra arguments override a scenario's.
+    args_override_self = true
 )]
 struct Cli {
     #[command(subcommand)]
@@ -145,8 +148,13 @@ pub struct ClientArgs {
 struct MeasureArgs {
     /// The server's process id(s), comma-separated (nginx: master and workers): CPU and RSS
     /// are summed over them.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', action = clap::ArgAction::Set)]
     server_pid: Vec<u32>,
+    /// The CPU core the server is pinned to: its whole busy time (softirq included, which
+    /// the kernel may hand to ksoftirqd and so not charge to the server) and steal are
+    /// reported too.
+    #[arg(long)]
+    server_core: Option<u32>,
     /// redis-server's process id, to report its CPU next to the server's.
     #[arg(long)]
     redis_pid: Option<u32>,
@@ -178,7 +186,7 @@ struct PublishArgs {
     channel: Option<String>,
     /// Messages per second, or a comma-separated list of steps (each step is measured on
     /// the same connections, one JSON line each).
-    #[arg(long, value_delimiter = ',', default_value = "100")]
+    #[arg(long, value_delimiter = ',', default_value = "100", action = clap::ArgAction::Set)]
     rate: Vec<f64>,
     /// How long each step publishes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -452,6 +460,7 @@ impl Workers {
 #[derive(Clone, Copy, Default)]
 struct Cpu {
     server: Option<f64>,
+    core: Option<stats::CoreTimes>,
     redis: Option<f64>,
     tool: f64,
     at_ns: u64,
@@ -470,6 +479,7 @@ fn cpu_now(measure: &MeasureArgs, workers: &[u32]) -> Cpu {
             sum_over(&measure.server_pid, cpu_seconds)
         },
         redis: measure.redis_pid.and_then(cpu_seconds),
+        core: measure.server_core.and_then(stats::core_times),
         tool,
         at_ns: now_ns(),
     }
@@ -1107,6 +1117,19 @@ fn step_result(
             "rss_per_conn_kib": rss_open.zip(rss_before).map(|(a, b)| round((a as f64 - b as f64) / n, 2)),
         }),
     );
+    if let (Some(end), Some(start)) = (cpu_end.core, cpu_start.core) {
+        let busy = end.busy - start.busy;
+        line.insert(
+            "server_core".into(),
+            json!({
+                "busy_s": round(busy, 3),
+                "us_per_frame": per_frame(busy),
+                "busy": round(busy / measured_s.max(1e-9), 3),
+                "softirq_s": round(end.softirq - start.softirq, 3),
+                "steal_s": round(end.steal - start.steal, 3),
+            }),
+        );
+    }
     line.insert("redis_cpu_s".into(), json!(redis_cpu.map(|c| round(c, 3))));
     line.insert(
         "tool".into(),
@@ -1126,7 +1149,7 @@ fn step_result(
     eprintln!(
         "[{}] step {step}: {rate} msg/s → {achieved:.0}/s published, {delivered}/{} delivered \
          ({:.0}/s), lost {lost}, dup {}, p50 {:.2} ms p99 {:.2} ms p999 {:.2} ms max {:.2} ms, \
-         server {} µs/frame (busy {}), tool {:.2} µs/frame (busy {tool_busy:.2}){}{}",
+         server {} µs/frame (busy {}), core {} µs/frame, tool {:.2} µs/frame (busy {tool_busy:.2}){}{}",
         measure.label,
         report.expected,
         deliveries_per_s,
@@ -1137,6 +1160,13 @@ fn step_result(
         ms(report.latency.max),
         server_cpu.map_or("?".into(), |c| format!("{:.2}", per_frame(c))),
         server_cpu.map_or("?".into(), |c| format!("{:.2}", c / measured_s.max(1e-9))),
+        cpu_end
+            .core
+            .zip(cpu_start.core)
+            .map_or("?".into(), |(e, s)| format!(
+                "{:.2}",
+                per_frame(e.busy - s.busy)
+            )),
         per_frame(tool_cpu),
         reloads.map_or(String::new(), |r| format!(", {r} reloads")),
         if line.get("ok") == Some(&json!(true)) {

@@ -45,12 +45,9 @@ impl Publisher {
             let address: SocketAddr = authority
                 .parse()
                 .map_err(|_| format!("{target}: the HTTP publisher must be http://IP:PORT/…"))?;
-            let stream = TcpStream::connect(address)
-                .await
-                .map_err(|e| format!("{target}: {e}"))?;
-            stream.set_nodelay(true).map_err(|e| e.to_string())?;
             Ok(Publisher::Http(HttpPublisher {
-                stream,
+                stream: HttpPublisher::connect(address).await?,
+                address,
                 host: authority.to_owned(),
                 path: if path.is_empty() { "/" } else { path }.to_owned(),
                 buffer: Vec::new(),
@@ -86,6 +83,7 @@ impl Publisher {
 /// A pipelined HTTP/1.1 publisher: one write for the batch, then its answers in order.
 pub struct HttpPublisher {
     stream: TcpStream,
+    address: SocketAddr,
     host: String,
     /// The path and query, with `{channel}` replaced per message.
     path: String,
@@ -93,7 +91,47 @@ pub struct HttpPublisher {
 }
 
 impl HttpPublisher {
+    async fn connect(address: SocketAddr) -> Result<TcpStream, String> {
+        let stream = TcpStream::connect(address)
+            .await
+            .map_err(|e| format!("http publisher {address}: {e}"))?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        Ok(stream)
+    }
+
     async fn publish(&mut self, batch: &[Outgoing]) -> Result<(), String> {
+        let mut failed = 0;
+        let mut done = 0;
+        let mut reconnects = 0;
+        while done < batch.len() {
+            match self.send(&batch[done..]).await {
+                Ok((answered, refused)) => {
+                    done += answered;
+                    failed += refused;
+                }
+                Err((answered, refused, err)) => {
+                    // nginx closes a keep-alive connection after `keepalive_requests`: open
+                    // a new one and send what was not answered again.
+                    done += answered;
+                    failed += refused;
+                    reconnects += 1;
+                    if reconnects > 3 {
+                        return Err(err);
+                    }
+                    self.buffer.clear();
+                    self.stream = HttpPublisher::connect(self.address).await?;
+                }
+            }
+        }
+        if failed > 0 {
+            return Err(format!("{failed} publish request(s) refused"));
+        }
+        Ok(())
+    }
+
+    /// Writes the requests, then reads their answers: (answered, refused) or, when the
+    /// connection fails, the same counts so far and the error.
+    async fn send(&mut self, batch: &[Outgoing]) -> Result<(usize, usize), (usize, usize, String)> {
         let mut requests = Vec::with_capacity(batch.len() * 200);
         for message in batch {
             let path = self.path.replace("{channel}", &message.channel);
@@ -108,21 +146,18 @@ impl HttpPublisher {
             );
             requests.extend_from_slice(&message.payload);
         }
-        self.stream
-            .write_all(&requests)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut failed = 0;
-        for _ in batch {
-            let status = self.read_response().await?;
-            if !(200..300).contains(&status) {
-                failed += 1;
+        if let Err(err) = self.stream.write_all(&requests).await {
+            return Err((0, 0, err.to_string()));
+        }
+        let mut refused = 0;
+        for answered in 0..batch.len() {
+            match self.read_response().await {
+                Ok(status) if (200..300).contains(&status) => {}
+                Ok(_) => refused += 1,
+                Err(err) => return Err((answered, refused, err)),
             }
         }
-        if failed > 0 {
-            return Err(format!("{failed} publish request(s) refused"));
-        }
-        Ok(())
+        Ok((batch.len(), refused))
     }
 
     /// Reads one response (headers and a Content-Length or chunked body); returns its status.

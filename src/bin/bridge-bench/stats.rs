@@ -161,6 +161,37 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / clock_ticks())
 }
 
+/// Time a CPU core spent busy and stolen by the hypervisor, in seconds, from `/proc/stat`:
+/// everything done on the server's core (softirq work run by ksoftirqd included, which
+/// the server process's own counters miss under load).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CoreTimes {
+    pub busy: f64,
+    pub softirq: f64,
+    pub steal: f64,
+}
+
+pub fn core_times(core: u32) -> Option<CoreTimes> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|line| line.split_whitespace().next() == Some(name.as_str()))?;
+    let ticks: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let field = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+    let hz = clock_ticks();
+    Some(CoreTimes {
+        busy: (field(0) + field(1) + field(2) + field(5) + field(6)) / hz,
+        softirq: field(6) / hz,
+        steal: field(7) / hz,
+    })
+}
+
 /// Resident set size in KiB (`VmRSS` of `/proc/PID/status`); None when it is gone.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;

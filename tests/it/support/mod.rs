@@ -574,6 +574,28 @@ impl Bridge {
             .unwrap_or_else(|e| panic!("/ws/stats is not JSON ({e}): {body}"))
     }
 
+    /// The value of one exact series of `/metrics` (`name` or `name{label="…"}`); `None`
+    /// when the bridge does not export it.
+    pub async fn metric(&self, series: &str) -> Option<u64> {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body.lines().find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+    }
+
+    /// The daemon's resident set size in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("read /proc/PID/status of the bridge");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in /proc/PID/status:\n{status}"))
+    }
+
     /// The value of `field` for route `name` in `/ws/stats` (0 when absent).
     pub async fn route_stat(&self, name: &str, field: &str) -> u64 {
         route_stat(&self.stats().await, name, field)
@@ -875,6 +897,37 @@ impl WsClient {
         WsClient {
             ws,
             welcome: Value::Null,
+        }
+    }
+
+    /// Connects from the local address `from` (every 127.x.y.z is this machine: a client
+    /// address of its own, e.g. for per-address limits); the upgrade may be refused.
+    pub async fn try_connect_from(
+        url: &str,
+        server: SocketAddr,
+        from: std::net::IpAddr,
+    ) -> Result<WsClient, ConnectError> {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind(SocketAddr::new(from, 0))
+            .expect("bind the client address");
+        let stream = tokio::time::timeout(WAIT, socket.connect(server))
+            .await
+            .map_err(|_| ConnectError::Other("timed out connecting".into()))?
+            .map_err(|e| ConnectError::Other(e.to_string()))?;
+        let req = request(url, &[]);
+        match tokio::time::timeout(
+            WAIT,
+            tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
+        )
+        .await
+        {
+            Err(_) => Err(ConnectError::Other("timed out".into())),
+            Ok(Ok((ws, _))) => Ok(WsClient {
+                ws,
+                welcome: Value::Null,
+            }),
+            Ok(Err(e)) => Err(connect_error(e)),
         }
     }
 
