@@ -200,8 +200,8 @@ async fn read_politely(mut client: WsClient, epoch: Instant, counter: Arc<Atomic
 // Raw HTTP
 // ---------------------------------------------------------------------------------------
 
-/// What the server answered a raw request: the status when there was a response, and
-/// whether the server closed the connection.
+/// What the server answered a raw request: its status line's code (`None` when the server
+/// closed the connection without an answer), head and body.
 #[derive(Debug)]
 struct Answer {
     status: Option<u16>,
@@ -1018,9 +1018,10 @@ async fn memory_stays_bounded_under_a_flood_of_commands_from_one_client() {
         .expect("flood task");
     peak = peak.max(bridge.rss_kib());
     let growth = peak.saturating_sub(baseline);
-    // What the bridge may hold for the flooder: the commands it reads before the close
-    // (a burst of 20 admitted, 20 refused, plus a few refilled: about 45 × 9 KiB) and the
-    // answers to the admitted ones (20 × 9 KiB), under 1 MiB; plus 8 MiB for the allocator.
+    // What the bridge may hold for the flooder: one command at a time (a 4 KiB read buffer
+    // grown to one 9 KiB frame; after the close what still comes is read and dropped frame by
+    // frame), the answers to the admitted ones (burst + refill, under 100 × 9 KiB), under
+    // 1 MiB; plus 8 MiB for the allocator.
     let bound = 9 * MIB;
     eprintln!(
         "command flood: {sent}/{COMMANDS} commands written, {subscribed} answered, {limited} rate_limited, closed {close:?} after {:?}; RSS {baseline} KiB → peak {peak} KiB (+{growth} KiB, bound {bound} KiB)",
@@ -1034,7 +1035,6 @@ async fn memory_stays_bounded_under_a_flood_of_commands_from_one_client() {
         (BURST..=BURST + refilled).contains(&subscribed),
         "{subscribed} commands answered in {elapsed:?}"
     );
-    assert!(sent < COMMANDS, "the bridge read all {sent} commands");
     assert!(
         growth < bound,
         "RSS grew by {growth} KiB (bound {bound} KiB) under a command flood"
