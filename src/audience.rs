@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::auth::Identity;
 use crate::config::Audience;
-use crate::template::{PathSegment, Scope};
+use crate::template::{PathSegment, Placeholder, Scope, Template};
 
 /// An audience with every template filled in from one message.
 #[derive(Debug, Clone, PartialEq)]
@@ -83,21 +83,44 @@ impl Resolved {
 }
 
 /// Whether an audience can admit `identity` for some message, knowing only what `scope`
-/// holds (a subscribe, before any message): a part that needs what the scope lacks counts as
-/// possibly true, and is checked again on every message.
-pub fn may_admit(audience: &Audience, scope: &Scope, identity: &Identity) -> bool {
+/// holds (a subscribe, before any message) and, of its placeholders, those that `known` says
+/// the scope determines. A part that reads any other placeholder depends on the message: it
+/// counts as possibly true and is checked again on every message. (Resolving it anyway would
+/// be wrong both ways: a fallback such as `{payload.owner|nobody}` would stand in for the real
+/// value, and a capture the topic does not fix would read as empty.)
+pub fn may_admit(
+    audience: &Audience,
+    scope: &Scope,
+    identity: &Identity,
+    known: &dyn Fn(&Placeholder) -> bool,
+) -> bool {
     match audience {
-        Audience::Any(items) => items.iter().any(|item| may_admit(item, scope, identity)),
-        Audience::Every(items) => items.iter().all(|item| may_admit(item, scope, identity)),
-        leaf => match resolve(leaf, scope) {
-            Some(resolved) => resolved.admits(identity),
-            None => match leaf {
-                // Unresolved here means "depends on the message", but an anonymous connection
-                // can never match a user or a claim.
-                Audience::User(_) | Audience::Claims(_) => identity.authenticated,
-                _ => true,
-            },
-        },
+        Audience::Any(items) => items
+            .iter()
+            .any(|item| may_admit(item, scope, identity, known)),
+        Audience::Every(items) => items
+            .iter()
+            .all(|item| may_admit(item, scope, identity, known)),
+        leaf => {
+            let determined =
+                leaf_templates(leaf).all(|template| template.placeholders().all(known));
+            match resolve(leaf, scope).filter(|_| determined) {
+                Some(resolved) => resolved.admits(identity),
+                None => match leaf {
+                    // An anonymous connection can never match a user or a claim.
+                    Audience::User(_) | Audience::Claims(_) => identity.authenticated,
+                    _ => true,
+                },
+            }
+        }
+    }
+}
+
+fn leaf_templates(leaf: &Audience) -> Box<dyn Iterator<Item = &Template> + '_> {
+    match leaf {
+        Audience::User(template) => Box::new(std::iter::once(template)),
+        Audience::Claims(claims) => Box::new(claims.iter().map(|(_, template)| template)),
+        _ => Box::new(std::iter::empty()),
     }
 }
 

@@ -152,7 +152,9 @@ impl Routing {
                     payload: told.payload.as_ref(),
                     ..Scope::default()
                 };
-                if audience::may_admit(&route.audience, &scope, identity) {
+                if audience::may_admit(&route.audience, &scope, identity, &|placeholder| {
+                    told.determines(placeholder)
+                }) {
                     return Ok(());
                 }
             }
@@ -202,10 +204,14 @@ impl Routing {
 /// payload fields the template places in the topic (`job:{payload.id}` on `job:7` says
 /// every such message has `id` 7). A subscribe checks the audience with it.
 struct Told {
+    /// The pattern's captures; those the topic does not fix are empty and not `known`.
     captures: Vec<String>,
+    known_captures: Vec<bool>,
     channel: String,
+    channel_known: bool,
     /// The fields the topic fixes, as JSON strings; `None` when it fixes none.
     payload: Option<Value>,
+    payload_paths: Vec<Vec<PathSegment>>,
 }
 
 impl Told {
@@ -214,31 +220,54 @@ impl Told {
     fn by(route: &Route, template: &crate::template::Template, topic: &str) -> Option<Told> {
         let found = template.match_topic(topic)?;
         let mut channel = String::new();
+        let mut channel_known = false;
         let mut payload = serde_json::Map::new();
+        let mut payload_paths = Vec::new();
         for (placeholder, text) in &found.bound {
             match placeholder {
-                Placeholder::Channel => channel.clone_from(text),
+                Placeholder::Channel => {
+                    channel.clone_from(text);
+                    channel_known = true;
+                }
                 Placeholder::Payload(path) if !path.is_empty() => {
                     if !route.matcher.may_admit(path, text) {
                         return None;
                     }
                     // The same field placed twice in a topic must read the same both times.
-                    place(&mut payload, path, text)?;
+                    if place(&mut payload, path, text)? {
+                        payload_paths.push(path.clone());
+                    }
                 }
                 _ => {}
             }
         }
-        let captures = found
+        let (captures, known_captures) = found
             .captures
             .into_iter()
             .take(route.capture_count())
-            .map(Option::unwrap_or_default)
-            .collect();
+            .map(|capture| {
+                let known = capture.is_some();
+                (capture.unwrap_or_default(), known)
+            })
+            .unzip();
         Some(Told {
             captures,
+            known_captures,
             channel,
+            channel_known,
             payload: (!payload.is_empty()).then_some(Value::Object(payload)),
+            payload_paths,
         })
+    }
+
+    /// Whether the topic fixes what `placeholder` reads for every message on it.
+    fn determines(&self, placeholder: &Placeholder) -> bool {
+        match placeholder {
+            Placeholder::Capture(n) => self.known_captures.get(n - 1).copied().unwrap_or(false),
+            Placeholder::Channel => self.channel_known,
+            Placeholder::Payload(path) => self.payload_paths.contains(path),
+            _ => false,
+        }
     }
 }
 
@@ -525,6 +554,33 @@ mod tests {
         assert_eq!(routing.authorize_subscribe("x-x", &user("x")), Ok(()));
         assert_eq!(
             routing.authorize_subscribe("x-x", &user("y")),
+            Err(ErrorCode::Forbidden)
+        );
+    }
+
+    #[test]
+    fn subscribe_checks_leave_to_each_message_what_the_topic_does_not_fix() {
+        // A fallback must not stand in for a payload field the topic does not fix.
+        let table = routing(
+            "  - name: doc\n    pattern: \"doc:*\"\n    topic: \"doc:{1}\"\n    audience: {user: \"{payload.owner|nobody}\"}\n",
+        );
+        assert_eq!(table.authorize_subscribe("doc:1", &user("alice")), Ok(()));
+        assert_eq!(
+            table.authorize_subscribe("doc:1", &Identity::anonymous()),
+            Err(ErrorCode::Forbidden)
+        );
+        // A capture the topic does not fix is not the empty string.
+        let table = routing(
+            "  - name: ws\n    pattern: \"ws:*:user:*\"\n    topic: \"ws:{1}\"\n    audience: {user: \"{2}\"}\n",
+        );
+        assert_eq!(table.authorize_subscribe("ws:w1", &user("alice")), Ok(()));
+        // What the topic does fix is still checked at once.
+        let table = routing(
+            "  - name: u\n    pattern: \"u:*\"\n    topic: \"u:{1}\"\n    audience: {user: \"{1}\"}\n",
+        );
+        assert_eq!(table.authorize_subscribe("u:alice", &user("alice")), Ok(()));
+        assert_eq!(
+            table.authorize_subscribe("u:alice", &user("bob")),
             Err(ErrorCode::Forbidden)
         );
     }

@@ -337,7 +337,8 @@ impl Template {
             .any(|placeholder| matches!(placeholder, Placeholder::Claims(_)))
     }
 
-    fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
+    /// Every placeholder the template reads, alternatives included.
+    pub fn placeholders(&self) -> impl Iterator<Item = &Placeholder> {
         self.parts
             .iter()
             .filter_map(|part| match part {

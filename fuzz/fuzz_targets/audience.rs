@@ -22,7 +22,7 @@ use redis_ws_bridge::audience::{self, Resolved};
 use redis_ws_bridge::auth::Identity;
 use redis_ws_bridge::config::{Audience, Config};
 use redis_ws_bridge::glob;
-use redis_ws_bridge::template::Scope;
+use redis_ws_bridge::template::{Placeholder, Scope};
 use serde_json::{Value, json};
 
 const PATTERN: &str = "fuzz:*:*";
@@ -111,14 +111,21 @@ fuzz_target!(|data: &[u8]| {
         payload: None,
         ..scope
     };
+    let without_payload =
+        |placeholder: &Placeholder| !matches!(placeholder, Placeholder::Payload(_));
     for id in &identities {
-        let _ = audience::may_admit(audience, &before, id);
+        let maybe = audience::may_admit(audience, &before, id, &without_payload);
         let Some(resolved) = &resolved else { continue };
         let admitted = resolved.admits(id);
         assert_eq!(
-            audience::may_admit(audience, &scope, id),
+            audience::may_admit(audience, &scope, id, &|_| true),
             admitted,
             "may_admit with the whole message differs from admits: {resolved:?}"
+        );
+        // A subscribe check must never refuse someone a message would admit.
+        assert!(
+            !admitted || maybe,
+            "admitted by the message but refused before it: {resolved:?}"
         );
         if admitted && let Some(user) = resolved.single_user() {
             assert_eq!(
