@@ -204,23 +204,30 @@ run_one() {
         "${SUB_ARGS[@]}" "${PUB_ARGS[@]}" --rate 10,100 --duration 3s --settle 1s "${METRICS_ARGS[@]}" "${extra[@]}"
       ;;
     idle)
-      local n
+      local n first=1
       for n in ${CLIENTS:-10000 19500}; do
+        # A fresh server per size: RSS per connection is measured from its start.
+        [ "$first" = 1 ] || { stop_server; start_server "$target" "$auth"; }
+        first=0
         local ids=(--topics "$n")
         bench idle $(common "$target" "idle-$n") --url "$url" --clients "$n" \
           "${ids[@]}" --subscribe none --ack none "${SUB_ARGS[@]}" --settle 5s --hold 10s "${extra[@]}"
       done
       ;;
     fanout)
-      local n
+      local n first=1
       for n in ${CLIENTS:-1000 10000}; do
+        [ "$first" = 1 ] || { stop_server; start_server "$target" "$auth"; }
+        first=0
         bench publish $(common "$target" "fanout-$n") --url "$url" --clients "$n" "${SUB_ARGS[@]}" \
           "${PUB_ARGS[@]}" --rate 10 --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
       done
       ;;
     fanout-max)
-      local n rates
+      local n rates first=1
       for n in ${CLIENTS:-1000 10000}; do
+        [ "$first" = 1 ] || { stop_server; start_server "$target" "$auth"; }
+        first=0
         if [ "$n" -le 2000 ]; then rates=50,100,200,300,400,600,800,1000,1500; else rates=2,4,6,8,10,12,15,20; fi
         bench publish $(common "$target" "fanout-max-$n") --url "$url" --clients "$n" "${SUB_ARGS[@]}" \
           "${PUB_ARGS[@]}" --rate "$rates" --stop-on-fail --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
