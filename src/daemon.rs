@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
@@ -21,12 +21,25 @@ pub enum StartError {
     Signals(std::io::Error),
 }
 
+/// Pending connections the kernel queues before `accept`: a reconnect storm (every client of a
+/// restarted bridge at once) overflows a short queue into SYN retransmissions, seconds each.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let addr = config.listen;
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| StartError::Listen { addr, source })?;
+    let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| StartError::Listen { addr, source })?;

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::audience::Resolved;
 use crate::config::{Delivery, Route};
 use crate::hub::{Connection, Indexes};
 use crate::metrics::DropReason;
@@ -178,7 +179,10 @@ impl FanOut<'_, '_> {
         route: &Route,
         topic: &str,
     ) -> bool {
-        if !self.plan.audience.admits(&connection.identity.load()) {
+        // `all` needs no identity: skip the load on the most common fan-out.
+        if !matches!(self.plan.audience, Resolved::All)
+            && !self.plan.audience.admits(&connection.identity.load())
+        {
             return true;
         }
         if let Some(filter) = filter
