@@ -15,17 +15,18 @@ mod mangamotion;
 mod shadower_analytics;
 mod user_hub;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
 use crate::support::tokens::{SECRET, SERVICE_KEY, sha256_hex};
 use crate::support::{
     ADMIN_TOKEN, Bridge, ConnectError, RedisServer, WAIT, WsClient, assert_rfc3339_ms_utc,
+    wait_output,
 };
 
 /// The examples, with the number of routes `check` must report for each.
@@ -312,36 +313,8 @@ fn run_publisher_blocking(program: &Path, script: &Path, url: &str, input: &str)
     let mut stdin = child.stdin.take().expect("stdin pipe");
     stdin.write_all(input.as_bytes()).expect("write messages");
     drop(stdin);
-    let mut stdout = child.stdout.take().expect("stdout pipe");
-    let mut stderr = child.stderr.take().expect("stderr pipe");
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + PUBLISHER_WAIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{} did not finish within {PUBLISHER_WAIT:?}; stderr:\n{}",
-                script.display(),
-                err.join().unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let stdout = out.join().unwrap_or_default();
-    let stderr = err.join().unwrap_or_default();
+    let what = script.display().to_string();
+    let (status, stdout, stderr) = wait_output(child, PUBLISHER_WAIT, &what);
     assert!(
         status.success(),
         "{} failed ({status}); stderr:\n{stderr}",

@@ -688,20 +688,36 @@ pub fn run_binary(args: &[std::ffi::OsString], env: &[(&str, &str)], cwd: &Path)
     for (k, v) in env {
         cmd.env(k, v);
     }
-    let mut child = cmd.spawn().expect("spawn redis-ws-bridge");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = out.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = err.read_to_end(&mut s);
-        String::from_utf8_lossy(&s).into_owned()
-    });
-    let deadline = Instant::now() + START_WAIT;
+    let child = cmd.spawn().expect("spawn redis-ws-bridge");
+    let (status, stdout, stderr) =
+        wait_output(child, START_WAIT, &format!("redis-ws-bridge {args:?}"));
+    Exit {
+        code: status.code(),
+        stdout,
+        stderr,
+        config: PathBuf::new(),
+    }
+}
+
+/// Waits for a child spawned with piped stdout and stderr, reading both meanwhile (so a full
+/// pipe cannot block it); kills it and fails the test, showing its stderr, past `timeout`.
+pub fn wait_output(
+    mut child: Child,
+    timeout: Duration,
+    what: &str,
+) -> (ExitStatus, String, String) {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+    let out = drain(child.stdout.take());
+    let err = drain(child.stderr.take());
+    let deadline = Instant::now() + timeout;
     let status = loop {
         if let Some(status) = child.try_wait().expect("try_wait") {
             break status;
@@ -709,19 +725,16 @@ pub fn run_binary(args: &[std::ffi::OsString], env: &[(&str, &str)], cwd: &Path)
         if Instant::now() >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            let stderr = err_t.join().unwrap_or_default();
-            panic!(
-                "redis-ws-bridge {args:?} did not exit within {START_WAIT:?}; stderr:\n{stderr}"
-            );
+            let stderr = err.join().unwrap_or_default();
+            panic!("{what} did not finish within {timeout:?}; stderr:\n{stderr}");
         }
         std::thread::sleep(POLL);
     };
-    Exit {
-        code: status.code(),
-        stdout: out_t.join().unwrap_or_default(),
-        stderr: err_t.join().unwrap_or_default(),
-        config: PathBuf::new(),
-    }
+    (
+        status,
+        out.join().unwrap_or_default(),
+        err.join().unwrap_or_default(),
+    )
 }
 
 // ---------------------------------------------------------------------------------------
