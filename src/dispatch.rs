@@ -2,14 +2,16 @@
 //! rendered once and queued to every admitted recipient.
 //!
 //! One dispatcher runs, inside the Redis task, so messages leave in the order Redis sent them
-//! and per-topic sequence numbers need no lock.
+//! and per-topic sequence numbers need no lock. It queues the frames of every message Redis
+//! has already delivered, then flushes each connection it touched once: a connection with
+//! several frames waiting gets them in one write, and nothing waits for a batch to fill.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use tokio_tungstenite::tungstenite::Message;
+use bytes::Bytes;
 
 use crate::audience::Resolved;
 use crate::config::{Delivery, Route};
@@ -28,6 +30,10 @@ pub struct Dispatcher {
     shared: Arc<Shared>,
     seqs: HashMap<Box<str>, u64>,
     next_dispatch: u64,
+    /// Connections with frames queued since the last flush.
+    unflushed: Vec<Arc<Connection>>,
+    /// Frames queued since the last flush.
+    queued: usize,
 }
 
 impl Dispatcher {
@@ -36,6 +42,22 @@ impl Dispatcher {
             shared,
             seqs: HashMap::new(),
             next_dispatch: 0,
+            unflushed: Vec::new(),
+            queued: 0,
+        }
+    }
+
+    /// Frames queued since the last flush: the caller flushes past a bound, so that the first
+    /// recipients of a batch do not wait long for the last message's routing.
+    pub fn pending(&self) -> usize {
+        self.queued
+    }
+
+    /// Writes what the dispatches since the last flush queued.
+    pub fn flush(&mut self) {
+        self.queued = 0;
+        for connection in self.unflushed.drain(..) {
+            connection.outbox.flush(&self.shared.metrics);
         }
     }
 
@@ -76,6 +98,7 @@ impl Dispatcher {
                     delivered: 0,
                     received_at,
                     shared: &self.shared,
+                    unflushed: &mut self.unflushed,
                 };
                 let outcome = match route.delivery {
                     Delivery::Auto => fan_out.auto(&hub, &mut self.seqs, route, topic),
@@ -84,6 +107,7 @@ impl Dispatcher {
                 counters
                     .delivered
                     .fetch_add(fan_out.delivered, Ordering::Relaxed);
+                self.queued += fan_out.delivered as usize;
                 if outcome == Rendered::Unresolvable {
                     counters.unroutable.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(route = %route.name, channel, topic, "unroutable message: a format placeholder has no value");
@@ -105,10 +129,11 @@ struct FanOut<'a, 'm> {
     message: &'a Incoming<'m>,
     plan: &'a Plan<'m>,
     /// Rendered on the first admitted recipient, so topics nobody receives cost nothing.
-    frame: Option<Option<Message>>,
+    frame: Option<Option<Bytes>>,
     delivered: u64,
     received_at: Instant,
     shared: &'a Shared,
+    unflushed: &'a mut Vec<Arc<Connection>>,
 }
 
 impl FanOut<'_, '_> {
@@ -214,7 +239,12 @@ impl FanOut<'_, '_> {
             .outbox
             .push_frame(frame.clone(), self.received_at)
         {
-            Pushed::Queued => self.delivered += 1,
+            Pushed::Queued { flush } => {
+                self.delivered += 1;
+                if flush {
+                    self.unflushed.push(connection.clone());
+                }
+            }
             Pushed::DroppedOldest => {
                 self.delivered += 1;
                 metrics.dropped(DropReason::QueueFull, 1);
@@ -224,7 +254,6 @@ impl FanOut<'_, '_> {
                 metrics
                     .slow_client_disconnects
                     .fetch_add(1, Ordering::Relaxed);
-                connection.kill.cancel();
             }
             Pushed::Closed => metrics.dropped(DropReason::Closing, 1),
         }

@@ -1,8 +1,9 @@
 //! The HTTP side: the accept loop, the endpoints, and the WebSocket upgrade.
 //!
 //! The upgrade is done by hand rather than with warp's `ws()` filter, because that one gives
-//! every connection tungstenite's default 128 KiB read buffer; here the buffers are sized for
-//! hundreds of thousands of mostly idle connections. Rejections (400/401/403/503) are real
+//! every connection tungstenite's default 128 KiB read buffer: after the 101 the session takes
+//! the bare TCP socket back from hyper and speaks WebSocket itself (`wsframe`), holding no
+//! buffer at all while the connection is idle. Rejections (400/401/403/503) are real
 //! HTTP answers given before any upgrade: the credential is verified here, so a session only
 //! ever starts with an identity.
 //!
@@ -20,10 +21,7 @@ use hyper::body::Incoming as Body;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio::net::{TcpListener, TcpStream};
 use tower_service::Service as _;
 use warp::Filter;
 use warp::reply::{Reply, Response};
@@ -41,14 +39,6 @@ use crate::state::Shared;
 /// The most a request's head may take; a larger one is refused (431) without growing the
 /// buffer further, so a request costs at most this much memory before it is checked.
 const MAX_REQUEST_HEAD: usize = 16 * 1024;
-
-/// Socket read buffer of a WebSocket connection; frames larger than this still arrive, the
-/// buffer grows for them.
-const READ_BUFFER: usize = 4096;
-
-/// Frames are gathered up to this many bytes before a socket write, so that a backlog leaves
-/// in few syscalls; a lone frame is still written at once by the flush that follows it.
-const WRITE_BUFFER: usize = 8192;
 
 /// The peer of the TCP connection a request came on.
 #[derive(Debug, Clone, Copy)]
@@ -593,19 +583,12 @@ fn upgrade(
             "too many connections",
         );
     };
-    let accept = derive_accept_key(key.as_bytes());
-    let mut ws_config = WebSocketConfig::default();
-    ws_config.read_buffer_size = READ_BUFFER;
-    ws_config.write_buffer_size = WRITE_BUFFER;
-    ws_config.max_message_size = Some(settings.max_frame_bytes);
-    ws_config.max_frame_size = Some(settings.max_frame_bytes);
-    let outbox = Outbox::new(settings.send_queue, settings.slow_client);
-    let connection = Arc::new(Connection::new(
-        shared.next_connection_id(),
-        uuid::Uuid::new_v4().to_string(),
-        identity,
-        outbox,
-    ));
+    let accept = accept_key(key);
+    let (send_queue, slow_client, max_frame_bytes) = (
+        settings.send_queue,
+        settings.slow_client,
+        settings.max_frame_bytes,
+    );
     let peer = Peer {
         address: client.to_string(),
     };
@@ -618,10 +601,26 @@ fn upgrade(
                 return;
             }
         };
-        let socket =
-            WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(ws_config))
-                .await;
-        session::run(task_shared, socket, connection, peer, slot).await;
+        // `serve` gives hyper the bare socket, so this is what comes back.
+        let Ok(parts) = upgraded.downcast::<TokioIo<TcpStream>>() else {
+            tracing::error!("upgraded connection is not a TCP socket");
+            return;
+        };
+        let outbox = Outbox::new(parts.io.into_inner(), send_queue, slow_client);
+        let connection = Arc::new(Connection::new(
+            task_shared.next_connection_id(),
+            uuid::Uuid::new_v4().to_string(),
+            identity,
+            outbox,
+        ));
+        let start = session::Start {
+            connection,
+            peer,
+            slot,
+            max_frame_bytes,
+            early_input: parts.read_buf,
+        };
+        session::run(task_shared, start).await;
     });
     let mut response = Response::new(Default::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
@@ -640,6 +639,16 @@ fn upgrade(
     response
 }
 
+/// `Sec-WebSocket-Accept`: the base64 of SHA-1(key + the protocol's GUID), RFC 6455 §4.2.2.
+fn accept_key(key: &str) -> String {
+    use base64::Engine as _;
+    use sha1::{Digest, Sha1};
+    let mut sha1 = Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
+
 /// A key is the base64 of 16 bytes: 22 significant characters and `==`.
 fn is_valid_key(key: &str) -> bool {
     let bytes = key.as_bytes();
@@ -652,7 +661,15 @@ fn is_valid_key(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::is_valid_key;
+    use super::{accept_key, is_valid_key};
+
+    #[test]
+    fn derives_the_accept_key_of_the_rfc_example() {
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
 
     #[test]
     fn accepts_only_well_formed_keys() {

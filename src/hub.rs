@@ -10,10 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use arc_swap::ArcSwap;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_util::sync::CancellationToken;
 
 use crate::auth::Identity;
+use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::protocol::{Filter, Reply};
 
@@ -28,9 +27,8 @@ pub struct Connection {
     pub public_id: String,
     /// Replaced as a whole by a token refresh, so fan-out never sees half an identity.
     pub identity: ArcSwap<Identity>,
+    /// The socket and what waits to be written to it.
     pub outbox: Outbox,
-    /// Cancelled to drop the socket at once, even while a write to it is blocked.
-    pub kill: CancellationToken,
     /// The id of the last dispatch that queued a frame here: one message reaches a connection
     /// at most once however many of its subscriptions match. Only the single dispatcher
     /// writes it.
@@ -44,7 +42,6 @@ impl Connection {
             public_id,
             identity: ArcSwap::from_pointee(identity),
             outbox,
-            kill: CancellationToken::new(),
             last_dispatch: AtomicU64::new(0),
         }
     }
@@ -290,7 +287,7 @@ impl Hub {
     /// Queues a `gap` notice to every connection, naming the topics it is subscribed to:
     /// messages published while Redis was unreachable are lost, and the client should
     /// refetch what it shows. Returns how many connections were notified.
-    pub fn notify_gap(&self, since: &str) -> usize {
+    pub fn notify_gap(&self, since: &str, metrics: &Metrics) -> usize {
         let indexes = self.read();
         for entry in indexes.connections.values() {
             let mut topics: Vec<&str> = entry.topics.iter().map(|topic| &**topic).collect();
@@ -300,10 +297,7 @@ impl Hub {
                 since,
                 topics: &topics,
             };
-            entry
-                .connection
-                .outbox
-                .push_reply(Message::text(notice.to_json()));
+            entry.connection.outbox.send(notice.to_frame(), metrics);
         }
         indexes.connections.len()
     }
@@ -345,14 +339,20 @@ mod tests {
     use super::*;
     use crate::config::SlowClient;
 
-    fn connection(id: ConnId, user: Option<&str>) -> Arc<Connection> {
+    /// A connection whose socket is connected to a listener nobody accepts on: the hub never
+    /// writes, but an outbox needs a socket.
+    async fn connection(id: ConnId, user: Option<&str>) -> Arc<Connection> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
         let mut identity = Identity::anonymous();
         identity.user = user.map(Arc::from);
         Arc::new(Connection::new(
             id,
             id.to_string(),
             identity,
-            Outbox::new(4, SlowClient::Disconnect),
+            Outbox::new(socket, 4, SlowClient::Disconnect),
         ))
     }
 
@@ -360,10 +360,10 @@ mod tests {
         names.iter().map(|name| name.to_string()).collect()
     }
 
-    #[test]
-    fn subscribe_keeps_and_answers_only_what_admit_lets_through() {
+    #[tokio::test]
+    async fn subscribe_keeps_and_answers_only_what_admit_lets_through() {
         let hub = Hub::default();
-        hub.register(connection(1, None));
+        hub.register(connection(1, None).await);
         let mut answered = Vec::new();
         let count = hub.subscribe(
             1,
@@ -378,10 +378,10 @@ mod tests {
         assert!(hub.read().subscribers("no").is_none());
     }
 
-    #[test]
-    fn subscribe_stops_at_the_limit_but_keeps_existing_topics() {
+    #[tokio::test]
+    async fn subscribe_stops_at_the_limit_but_keeps_existing_topics() {
         let hub = Hub::default();
-        hub.register(connection(1, None));
+        hub.register(connection(1, None).await);
         hub.subscribe(1, topics(&["a", "b"]), None, 3, |_| true, |_, _| {});
         let mut answer = (Vec::new(), Vec::new());
         let count = hub.subscribe(
@@ -400,11 +400,11 @@ mod tests {
         assert!(hub.read().subscribers("d").is_none());
     }
 
-    #[test]
-    fn subscriptions_are_indexed_by_topic_and_removed_with_the_connection() {
+    #[tokio::test]
+    async fn subscriptions_are_indexed_by_topic_and_removed_with_the_connection() {
         let hub = Hub::default();
-        hub.register(connection(1, Some("alice")));
-        hub.register(connection(2, None));
+        hub.register(connection(1, Some("alice")).await);
+        hub.register(connection(2, None).await);
         assert_eq!(
             hub.subscribe(1, topics(&["a", "b"]), None, 10, |_| true, |_, _| {}),
             2
@@ -423,10 +423,10 @@ mod tests {
         assert_eq!(hub.read().topics().count(), 1);
     }
 
-    #[test]
-    fn retain_topics_reports_what_each_connection_lost() {
+    #[tokio::test]
+    async fn retain_topics_reports_what_each_connection_lost() {
         let hub = Hub::default();
-        hub.register(connection(1, None));
+        hub.register(connection(1, None).await);
         hub.subscribe(1, topics(&["keep", "drop"]), None, 10, |_| true, |_, _| {});
         let lost = hub.retain_topics(|topic| topic == "keep");
         assert_eq!(lost.len(), 1);
@@ -434,9 +434,9 @@ mod tests {
         assert_eq!(hub.subscription_count(1), 1);
     }
 
-    #[test]
-    fn claim_dedupes_one_dispatch() {
-        let c = connection(1, None);
+    #[tokio::test]
+    async fn claim_dedupes_one_dispatch() {
+        let c = connection(1, None).await;
         assert!(c.claim(7));
         assert!(!c.claim(7));
         assert!(c.claim(8));

@@ -4,8 +4,9 @@
 //! The flow of a message: [`pubsub`] receives it from Redis and hands it to [`dispatch`],
 //! which asks [`router`] (pure) for each matching route's topics, audience and frame, looks
 //! the recipients up in [`hub`], checks each against the audience ([`audience`], pure) and
-//! queues the shared frame bytes into each recipient's [`outbox`]; each connection's
-//! [`session`] writes its outbox to the socket. [`http`] accepts connections and serves the
+//! queues the frame, encoded once ([`wsframe`]), into each recipient's [`outbox`], which
+//! writes it to the socket at once when it can; each connection's [`session`] reads its
+//! client's frames and writes what a full socket held back. [`http`] accepts connections and serves the
 //! endpoints; [`config`] turns the routing file into validated, compiled values (templates
 //! in [`template`]) before anything else sees it. ARCHITECTURE.md has the whole map and the
 //! invariants.
@@ -32,3 +33,4 @@ pub mod session;
 pub mod state;
 pub mod systemd;
 pub mod template;
+pub mod wsframe;

@@ -1,22 +1,40 @@
-//! The bounded queue between the hub and one connection's writer.
+//! The write side of one connection: its socket and the frames the socket has not taken yet.
 //!
-//! The hub pushes without ever waiting; the writer drains everything queued in one go so
-//! that a backlog leaves in few socket writes. Capacity counts route frames only: the
-//! answers to a client's own commands are bounded by its rate limit instead.
+//! Frames arrive fully encoded and shared (`Bytes`): one route frame is built once per
+//! message and topic, and every recipient's queue holds a reference to the same bytes. Whoever
+//! has something to send writes it at once, non-blocking, on its own thread: the dispatcher
+//! after a batch of Redis messages, a session answering its client, a reload's notice. So a
+//! delivery costs no task wake-up, no copy and no buffer per connection. What the socket does
+//! not take stays queued, the connection is marked blocked, and from then on only its session
+//! writes, when the socket becomes writable again, with vectored writes of as many queued
+//! frames as one `writev` takes: a backlog leaves in few syscalls and no frame ever waits for a
+//! batch to fill.
+//!
+//! Capacity counts route frames only: the answers to a client's own commands are bounded by
+//! its rate limit instead.
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::io::{self, IoSlice};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
+use bytes::Bytes;
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::SlowClient;
+use crate::metrics::Metrics;
+
+/// Frames handed to one `writev`; more than enough to fill a socket's send buffer with the
+/// small frames of a fan-out.
+const MAX_WRITE_SLICES: usize = 64;
 
 /// What `push_frame` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
-    Queued,
+    /// Queued; `flush` tells whether this push made the queue non-empty, so that the caller
+    /// must `flush` the connection (once, after its batch).
+    Queued { flush: bool },
     /// Queued after discarding the oldest frame (`slow_client: drop_oldest`).
     DroppedOldest,
     /// The queue was full under `slow_client: disconnect`: the connection is now closing.
@@ -25,186 +43,393 @@ pub enum Pushed {
     Closed,
 }
 
-/// Why the writer must close the connection.
+/// Why the session must close the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Closing {
     pub code: u16,
     pub reason: &'static str,
 }
 
-/// One frame waiting to be written, with the instant its Redis message arrived (for the
-/// delivery-time histogram) when it is a route frame.
+impl Closing {
+    /// The socket itself failed: there is nobody left to send a close frame to.
+    pub fn is_abnormal(&self) -> bool {
+        self.code == 1006
+    }
+}
+
+/// What writing the queue came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Everything queued is written.
+    Empty,
+    /// The socket's buffer is full; the session waits for it to become writable.
+    Blocked,
+    /// The socket failed; the connection is closing with 1006.
+    Failed,
+}
+
 #[derive(Debug)]
-pub struct Outgoing {
-    pub message: Message,
-    pub received_at: Option<Instant>,
+struct Queued {
+    frame: Bytes,
+    /// When the Redis message of a route frame arrived, for the delivery-time histogram;
+    /// `None` for the server's own frames.
+    received_at: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    items: VecDeque<Outgoing>,
+    queue: VecDeque<Queued>,
+    /// Bytes of the front frame already written: a frame is never interleaved with another.
+    front_written: usize,
     route_frames: usize,
+    /// The socket refused the last write: only the session writes until the queue is empty.
+    blocked: bool,
     closing: Option<Closing>,
+    frames_sent: u64,
 }
 
 #[derive(Debug)]
 pub struct Outbox {
+    socket: TcpStream,
     state: Mutex<State>,
-    ready: Notify,
+    /// Wakes the session: blocked, or closing.
+    wake: Notify,
     capacity: usize,
     policy: SlowClient,
 }
 
 impl Outbox {
-    pub fn new(capacity: usize, policy: SlowClient) -> Outbox {
+    pub fn new(socket: TcpStream, capacity: usize, policy: SlowClient) -> Outbox {
         Outbox {
+            socket,
             state: Mutex::new(State::default()),
-            ready: Notify::new(),
+            wake: Notify::new(),
             capacity,
             policy,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    pub fn socket(&self) -> &TcpStream {
+        &self.socket
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Queues a route frame, applying the slow-client policy when full.
-    pub fn push_frame(&self, message: Message, received_at: Instant) -> Pushed {
+    /// Queues a route frame, applying the slow-client policy when full. Nothing is written:
+    /// the caller flushes the connection when told to.
+    pub fn push_frame(&self, frame: Bytes, received_at: Instant) -> Pushed {
         let mut state = self.lock();
         if state.closing.is_some() {
             return Pushed::Closed;
         }
-        let mut outcome = Pushed::Queued;
+        let mut outcome = None;
         if state.route_frames >= self.capacity {
             match self.policy {
                 SlowClient::Disconnect => {
-                    state.closing = Some(Closing {
-                        code: 4000,
-                        reason: "slow client",
-                    });
-                    state.items.clear();
-                    state.route_frames = 0;
-                    drop(state);
-                    self.ready.notify_one();
+                    self.close_locked(
+                        &mut state,
+                        Closing {
+                            code: 4000,
+                            reason: "slow client",
+                        },
+                    );
+                    discard_backlog(&mut state);
                     return Pushed::Overflowed;
                 }
                 SlowClient::DropOldest => {
+                    // The front frame may be partly written: it has to go out whole.
+                    let skip = usize::from(state.front_written > 0);
                     if let Some(index) = state
-                        .items
+                        .queue
                         .iter()
+                        .skip(skip)
                         .position(|item| item.received_at.is_some())
                     {
-                        state.items.remove(index);
+                        state.queue.remove(index + skip);
                         state.route_frames -= 1;
                     }
-                    outcome = Pushed::DroppedOldest;
+                    outcome = Some(Pushed::DroppedOldest);
                 }
             }
         }
-        state.items.push_back(Outgoing {
-            message,
+        let flush = state.queue.is_empty() && !state.blocked;
+        state.queue.push_back(Queued {
+            frame,
             received_at: Some(received_at),
         });
         state.route_frames += 1;
-        let was_idle = state.items.len() == 1;
-        drop(state);
-        if was_idle {
-            self.ready.notify_one();
-        }
-        outcome
+        outcome.unwrap_or(Pushed::Queued { flush })
     }
 
-    /// Queues a frame of the server's own (an answer, a notice, a ping).
-    pub fn push_reply(&self, message: Message) {
+    /// Writes what is queued, unless the session already waits for the socket.
+    pub fn flush(&self, metrics: &Metrics) {
+        let mut state = self.lock();
+        if !state.blocked {
+            self.write_locked(&mut state, metrics);
+        }
+    }
+
+    /// Sends a frame of the server's own (an answer, a notice, a ping) after what is queued.
+    pub fn send(&self, frame: Bytes, metrics: &Metrics) {
         let mut state = self.lock();
         if state.closing.is_some() {
             return;
         }
-        state.items.push_back(Outgoing {
-            message,
+        state.queue.push_back(Queued {
+            frame,
             received_at: None,
         });
-        drop(state);
-        self.ready.notify_one();
+        if !state.blocked {
+            self.write_locked(&mut state, metrics);
+        }
     }
 
-    /// Asks the writer to close after what is already queued (the first reason wins).
+    /// Asks the session to close after what is already queued (the first reason wins).
     pub fn close(&self, code: u16, reason: &'static str) {
         let mut state = self.lock();
-        if state.closing.is_none() {
-            state.closing = Some(Closing { code, reason });
-        }
-        drop(state);
-        self.ready.notify_one();
+        self.close_locked(&mut state, Closing { code, reason });
     }
 
-    /// Moves everything queued into `batch`; returns the close request, if any.
-    pub fn drain(&self, batch: &mut Vec<Outgoing>) -> Option<Closing> {
-        let mut state = self.lock();
-        batch.extend(state.items.drain(..));
-        state.route_frames = 0;
-        if state.items.capacity() > 4 * self.capacity.max(16) {
-            // A burst must not pin its peak memory for the connection's lifetime.
-            state.items.shrink_to(self.capacity);
+    fn close_locked(&self, state: &mut State, closing: Closing) {
+        if state.closing.is_none() {
+            state.closing = Some(closing);
+            self.wake.notify_one();
         }
-        state.closing.clone()
+    }
+
+    /// Queues the close frame after everything else; the session's last frame.
+    pub fn push_close_frame(&self, frame: Bytes) {
+        self.lock().queue.push_back(Queued {
+            frame,
+            received_at: None,
+        });
+    }
+
+    /// Whether the session must wait for the socket before writing, and why it must close.
+    pub fn status(&self) -> (bool, Option<Closing>) {
+        let state = self.lock();
+        (state.blocked, state.closing.clone())
     }
 
     pub fn is_closing(&self) -> bool {
         self.lock().closing.is_some()
     }
 
-    /// Resolves when something was pushed or a close was requested since the last drain.
-    pub async fn ready(&self) {
-        self.ready.notified().await;
+    pub fn frames_sent(&self) -> u64 {
+        self.lock().frames_sent
     }
+
+    /// The session's turn, once the socket is writable again.
+    pub fn write_backlog(&self, metrics: &Metrics) -> Written {
+        let mut state = self.lock();
+        self.write_locked(&mut state, metrics)
+    }
+
+    /// Resolves when the session has something to do: the socket refused a write, or a close
+    /// was requested.
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Writes the queue until it is empty or the socket is full. Called with the lock held, so
+    /// writers never interleave; the write itself never blocks.
+    fn write_locked(&self, state: &mut State, metrics: &Metrics) -> Written {
+        let mut now = None;
+        while !state.queue.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_WRITE_SLICES];
+            let mut count = 0;
+            for (slot, item) in slices.iter_mut().zip(&state.queue) {
+                let skip = if count == 0 { state.front_written } else { 0 };
+                *slot = IoSlice::new(item.frame.get(skip..).unwrap_or_default());
+                count += 1;
+            }
+            let written = match self.socket.try_write_vectored(&slices[..count]) {
+                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                Ok(written) => Ok(written),
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => Err(err),
+            };
+            let mut written = match written {
+                Ok(written) => written,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if !state.blocked {
+                        state.blocked = true;
+                        self.wake.notify_one();
+                    }
+                    return Written::Blocked;
+                }
+                Err(_) => {
+                    state.queue.clear();
+                    state.front_written = 0;
+                    state.route_frames = 0;
+                    self.close_locked(
+                        state,
+                        Closing {
+                            code: 1006,
+                            reason: "write failed",
+                        },
+                    );
+                    return Written::Failed;
+                }
+            };
+            while let Some(front) = state.queue.front() {
+                let left = front.frame.len() - state.front_written;
+                if written < left {
+                    state.front_written += written;
+                    break;
+                }
+                written -= left;
+                state.front_written = 0;
+                state.frames_sent += 1;
+                if let Some(received_at) = front.received_at {
+                    state.route_frames -= 1;
+                    let now = *now.get_or_insert_with(Instant::now);
+                    metrics.observe_delivery(now.saturating_duration_since(received_at));
+                }
+                state.queue.pop_front();
+            }
+        }
+        state.blocked = false;
+        // An idle connection keeps no queue memory; a burst does not pin its peak.
+        state.queue = VecDeque::new();
+        Written::Empty
+    }
+}
+
+/// Drops the queued route frames that have not started to leave (a slow client's backlog).
+fn discard_backlog(state: &mut State) {
+    let keep = usize::from(state.front_written > 0);
+    state.queue.truncate(keep);
+    state.route_frames = state
+        .queue
+        .iter()
+        .filter(|item| item.received_at.is_some())
+        .count();
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
 
-    fn text(n: usize) -> Message {
-        Message::text(n.to_string())
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (server, client)
     }
 
-    #[test]
-    fn disconnect_policy_closes_on_overflow_and_discards_the_backlog() {
-        let outbox = Outbox::new(2, SlowClient::Disconnect);
+    fn frame(text: &str) -> Bytes {
+        Bytes::copy_from_slice(text.as_bytes())
+    }
+
+    async fn read_exactly(client: &mut TcpStream, len: usize) -> String {
+        let mut buf = vec![0; len];
+        client.read_exact(&mut buf).await.unwrap();
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[tokio::test]
+    async fn frames_are_written_at_flush_in_order_and_replies_at_once() {
+        let (server, mut client) = pair().await;
+        let metrics = Metrics::default();
+        let outbox = Outbox::new(server, 8, SlowClient::Disconnect);
         let now = Instant::now();
-        assert_eq!(outbox.push_frame(text(1), now), Pushed::Queued);
-        assert_eq!(outbox.push_frame(text(2), now), Pushed::Queued);
-        assert_eq!(outbox.push_frame(text(3), now), Pushed::Overflowed);
-        assert_eq!(outbox.push_frame(text(4), now), Pushed::Closed);
-        let mut batch = Vec::new();
-        let closing = outbox.drain(&mut batch);
-        assert!(batch.is_empty());
         assert_eq!(
-            closing,
-            Some(Closing {
-                code: 4000,
-                reason: "slow client"
-            })
+            outbox.push_frame(frame("a"), now),
+            Pushed::Queued { flush: true }
         );
+        assert_eq!(
+            outbox.push_frame(frame("b"), now),
+            Pushed::Queued { flush: false }
+        );
+        outbox.send(frame("c"), &metrics);
+        assert_eq!(read_exactly(&mut client, 3).await, "abc");
+        assert_eq!(outbox.frames_sent(), 3);
+        outbox.flush(&metrics);
+        assert_eq!(outbox.status(), (false, None));
     }
 
-    #[test]
-    fn drop_oldest_keeps_the_newest_frames_and_replies() {
-        let outbox = Outbox::new(2, SlowClient::DropOldest);
+    #[tokio::test]
+    async fn disconnect_policy_closes_on_overflow_and_discards_the_backlog() {
+        let (server, _client) = pair().await;
+        let outbox = Outbox::new(server, 2, SlowClient::Disconnect);
         let now = Instant::now();
-        outbox.push_reply(Message::text("hello"));
-        outbox.push_frame(text(1), now);
-        outbox.push_frame(text(2), now);
-        assert_eq!(outbox.push_frame(text(3), now), Pushed::DroppedOldest);
-        let mut batch = Vec::new();
-        assert_eq!(outbox.drain(&mut batch), None);
-        let texts: Vec<_> = batch
-            .iter()
-            .map(|o| o.message.to_text().unwrap().to_owned())
-            .collect();
-        assert_eq!(texts, ["hello", "2", "3"]);
+        outbox.push_frame(frame("1"), now);
+        outbox.push_frame(frame("2"), now);
+        assert_eq!(outbox.push_frame(frame("3"), now), Pushed::Overflowed);
+        assert_eq!(outbox.push_frame(frame("4"), now), Pushed::Closed);
+        assert_eq!(
+            outbox.status(),
+            (
+                false,
+                Some(Closing {
+                    code: 4000,
+                    reason: "slow client"
+                })
+            )
+        );
+        assert!(outbox.lock().queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_keeps_the_newest_frames_and_replies() {
+        let (server, mut client) = pair().await;
+        let metrics = Metrics::default();
+        let outbox = Outbox::new(server, 2, SlowClient::DropOldest);
+        let now = Instant::now();
+        outbox.lock().queue.push_back(Queued {
+            frame: frame("hello "),
+            received_at: None,
+        });
+        outbox.push_frame(frame("1"), now);
+        outbox.push_frame(frame("2"), now);
+        assert_eq!(outbox.push_frame(frame("3"), now), Pushed::DroppedOldest);
+        outbox.flush(&metrics);
+        assert_eq!(read_exactly(&mut client, 8).await, "hello 23");
+    }
+
+    #[tokio::test]
+    async fn a_full_socket_blocks_until_the_backlog_is_written_whole() {
+        let (server, mut client) = pair().await;
+        let metrics = Metrics::default();
+        let outbox = Outbox::new(server, 1_000_000, SlowClient::Disconnect);
+        let big = Bytes::from(vec![b'x'; 64 * 1024]);
+        let now = Instant::now();
+        let mut pushed = 0;
+        while !outbox.status().0 {
+            outbox.push_frame(big.clone(), now);
+            outbox.flush(&metrics);
+            pushed += 1;
+            assert!(pushed < 10_000, "the socket never filled");
+        }
+        // Blocked: further flushes leave the writing to the session.
+        outbox.push_frame(frame("end"), now);
+        outbox.flush(&metrics);
+        assert!(outbox.status().0);
+        let total = pushed * big.len() + 3;
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0; total];
+            client.read_exact(&mut buf).await.unwrap();
+            buf
+        });
+        loop {
+            outbox.socket().writable().await.unwrap();
+            if outbox.write_backlog(&metrics) == Written::Empty {
+                break;
+            }
+        }
+        let received = reader.await.unwrap();
+        assert!(received[..total - 3].iter().all(|b| *b == b'x'));
+        assert_eq!(&received[total - 3..], b"end");
+        assert_eq!(outbox.frames_sent(), pushed as u64 + 1);
+        assert_eq!(outbox.status(), (false, None));
     }
 }

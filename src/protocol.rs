@@ -3,9 +3,12 @@
 
 use std::collections::BTreeMap;
 
+use bytes::Bytes;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+use crate::wsframe;
 
 /// A command after validation.
 #[derive(Debug, Clone, PartialEq)]
@@ -228,6 +231,11 @@ impl Reply<'_> {
     pub fn to_json(&self) -> String {
         serde_json::to_string(self)
             .unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal"}"#))
+    }
+
+    /// The reply as a WebSocket text frame.
+    pub fn to_frame(&self) -> Bytes {
+        wsframe::text(self.to_json().as_bytes())
     }
 }
 

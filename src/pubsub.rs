@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use redis::IntoConnectionInfo;
 use redis::aio::PubSubSink;
 use redis::io::tcp::{TcpSettings, socket2};
@@ -31,6 +31,12 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Channels under this prefix belong to the bridge (the switch markers of reloads and the
 /// watchdog's heartbeats): they are never dispatched, whatever pattern routes match them.
 pub const RESERVED_PREFIX: &str = "__redis-ws-bridge__:";
+
+/// A batch of messages already delivered by Redis ends at this many messages or this many
+/// queued frames, whichever comes first: coalescing must not make the first recipients wait
+/// long for the routing of the last message.
+const MAX_BATCH_MESSAGES: usize = 64;
+const MAX_BATCH_FRAMES: usize = 16_384;
 
 /// How long a switch waits for its marker before switching anyway.
 const MARKER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -155,7 +161,7 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
         shared.set_redis_ready(true);
         if recovered {
             // Whatever was published meanwhile is lost: clients are told to refetch.
-            let notified = shared.hub.notify_gap(&lost_at);
+            let notified = shared.hub.notify_gap(&lost_at, &shared.metrics);
             tracing::info!(connections = notified, "gap notices sent");
         }
         tracing::info!(
@@ -219,24 +225,43 @@ async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
                     }
                 }
                 message = stream.next() => {
-                    let Some(message) = message else { break "connection closed" };
-                    let channel = message.get_channel_name();
-                    if channel == heartbeat_channel {
-                        last_heartbeat = Instant::now();
-                        continue;
-                    }
-                    if channel.starts_with(RESERVED_PREFIX) {
-                        if let Some(pending) = pending.take_if(|p| p.marker == channel)
-                            && let Err(err) = finish_switch(&shared, &mut sink, &mut subscribed, pending).await
-                        {
-                            tracing::warn!(error = %err, "redis subscription change failed");
-                            break "subscription change failed";
+                    let Some(mut message) = message else { break "connection closed" };
+                    // Everything Redis has already delivered is dispatched before anything is
+                    // written, so that a backlog leaves in few writes per connection.
+                    let mut batch = 0;
+                    let ended = loop {
+                        let channel = message.get_channel_name();
+                        if channel == heartbeat_channel {
+                            last_heartbeat = Instant::now();
+                        } else if channel.starts_with(RESERVED_PREFIX) {
+                            if let Some(pending) = pending.take_if(|p| p.marker == channel) {
+                                // The switch changes the routing: what was routed by the old
+                                // one leaves first.
+                                dispatcher.flush();
+                                if let Err(err) = finish_switch(&shared, &mut sink, &mut subscribed, pending).await {
+                                    tracing::warn!(error = %err, "redis subscription change failed");
+                                    break Some("subscription change failed");
+                                }
+                            }
+                        } else {
+                            let received_at = Instant::now();
+                            let pattern: Option<String> = message.get_pattern().ok().flatten();
+                            dispatcher.dispatch(channel, pattern.as_deref(), message.get_payload_bytes(), received_at);
                         }
-                        continue;
+                        batch += 1;
+                        if batch == MAX_BATCH_MESSAGES || dispatcher.pending() >= MAX_BATCH_FRAMES {
+                            break None;
+                        }
+                        match stream.next().now_or_never() {
+                            Some(Some(next)) => message = next,
+                            Some(None) => break Some("connection closed"),
+                            None => break None,
+                        }
+                    };
+                    dispatcher.flush();
+                    if let Some(reason) = ended {
+                        break reason;
                     }
-                    let received_at = Instant::now();
-                    let pattern: Option<String> = message.get_pattern().ok().flatten();
-                    dispatcher.dispatch(channel, pattern.as_deref(), message.get_payload_bytes(), received_at);
                 }
             }
         };

@@ -22,7 +22,6 @@ use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::config::{Config, ConfigErrors, Input};
 use crate::protocol::Reply;
@@ -332,9 +331,8 @@ pub async fn reload(
             id: None,
             topics,
             reason: Some("route_removed"),
-        }
-        .to_json();
-        connection.outbox.push_reply(Message::text(notice));
+        };
+        connection.outbox.send(notice.to_frame(), &shared.metrics);
     }
     shared.metrics.reload(true);
     shared.set_config_status(Some(SystemTime::now()), None);

@@ -4,9 +4,9 @@ use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use serde::de::IgnoredAny;
 use serde_json::Value;
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 use crate::audience::{self, Resolved};
 use crate::auth::Identity;
@@ -15,6 +15,7 @@ use crate::glob;
 use crate::metrics::{Metrics, RouteCounters};
 use crate::protocol::ErrorCode;
 use crate::template::{PathSegment, Placeholder, Scope};
+use crate::wsframe;
 
 /// One message from Redis, with its payload parsed at most once and only on demand.
 pub struct Incoming<'a> {
@@ -366,14 +367,15 @@ pub fn plan<'m>(
     })
 }
 
-/// The frame `route` sends for `message` on `topic`; `None` when a placeholder has no value.
+/// The WebSocket frame `route` sends for `message` on `topic`, encoded once for every
+/// recipient; `None` when a placeholder has no value.
 pub fn render_frame(
     route: &Route,
     message: &Incoming,
     plan: &Plan,
     topic: &str,
     seq: u64,
-) -> Option<Message> {
+) -> Option<Bytes> {
     let payload = if route.needs_payload() {
         message.json()
     } else {
@@ -391,14 +393,13 @@ pub fn render_frame(
     };
     match &route.format {
         Format::Raw => Some(match std::str::from_utf8(message.payload) {
-            Ok(text) => Message::Text(Utf8Bytes::from(text)),
-            Err(_) => Message::Binary(message.payload.to_vec().into()),
+            Ok(_) => wsframe::text(message.payload),
+            Err(_) => wsframe::binary(message.payload),
         }),
         Format::Template(template) => {
             let bytes = template.render_to_vec(&scope)?;
-            String::from_utf8(bytes)
-                .ok()
-                .map(|text| Message::Text(text.into()))
+            std::str::from_utf8(&bytes).ok()?;
+            Some(wsframe::text(&bytes))
         }
         Format::Envelope => {
             let event_type = route.event_type.render(&scope)?;
@@ -416,9 +417,8 @@ pub fn render_frame(
                 serde_json::to_writer(&mut out, &String::from_utf8_lossy(message.payload)).ok()?;
             }
             out.push(b'}');
-            String::from_utf8(out)
-                .ok()
-                .map(|text| Message::Text(text.into()))
+            std::str::from_utf8(&out).ok()?;
+            Some(wsframe::text(&out))
         }
     }
 }

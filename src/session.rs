@@ -1,36 +1,27 @@
-//! One task per WebSocket connection: the client's commands (rate-limited), the writes,
-//! pings, idle, token expiry and refresh, and close codes.
+//! One task per WebSocket connection: the client's frames and commands (rate-limited), the
+//! writes its socket refused at first, pings, idle, token expiry and refresh, and close codes.
 //!
-//! The writer is the session task itself; a second, smaller task reads. The writer drains the
-//! connection's outbox in batches (one flush, so few socket writes, when a backlog exists)
-//! and never waits on the hub; the hub never waits on it.
+//! The session reads only when the socket has input, into a buffer on the thread's stack: an
+//! idle connection holds no read buffer, and the task's own state is a few hundred bytes.
+//! Deliveries do not go through this task at all (see `outbox`): it is woken for the rare
+//! write the socket could not take at once, for its timers and for its client's input.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_util::sync::CancellationToken;
+use bytes::Bytes;
 
 use crate::auth::{Authenticator, Identity, Rejection};
 use crate::config::{AuthMode, Rate, Welcome};
 use crate::hub::Connection;
-use crate::outbox::{Closing, Outgoing};
+use crate::outbox::{Closing, Written};
 use crate::protocol::{self, Command, ErrorCode, Reply, Request};
 use crate::rate::TokenBucket;
 use crate::router::Routing;
 use crate::state::{Shared, Slot};
 use crate::template::Scope;
-
-type Socket = WebSocketStream<TokioIo<Upgraded>>;
+use crate::wsframe::{self, Decoder, Flow, Frame};
 
 /// How long a close frame may take to leave before the socket is dropped anyway.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -45,23 +36,49 @@ const CLOSE_LINGER: Duration = Duration::from_secs(1);
 /// (1008 "rate limit"): past that, it is flooding, not bursting.
 const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 
+/// One read's worth of input, on the stack of the thread that reads.
+const READ_CHUNK: usize = 4096;
+
+/// Reads per wake-up before the session lets the other tasks of its thread run.
+const MAX_READS_PER_TURN: usize = 16;
+
 /// The fixed facts of one connection, for its log lines.
 pub struct Peer {
     pub address: String,
 }
 
+/// What a session starts with, once the handshake is answered.
+pub struct Start {
+    pub connection: Arc<Connection>,
+    pub peer: Peer,
+    pub slot: Slot,
+    pub max_frame_bytes: usize,
+    /// What the client sent right behind its handshake, already read by the HTTP server.
+    pub early_input: Bytes,
+}
+
 /// Runs a connection from its first frame to its close.
-pub async fn run(
-    shared: Arc<Shared>,
-    socket: Socket,
-    connection: Arc<Connection>,
-    peer: Peer,
-    slot: Slot,
-) {
+pub async fn run(shared: Arc<Shared>, start: Start) {
+    let Start {
+        connection,
+        peer,
+        slot,
+        max_frame_bytes,
+        early_input,
+    } = start;
     let started = Instant::now();
-    let config = shared.config();
-    let settings = &config.websocket;
-    // The welcome is queued before the connection is in the hub: once there, the dispatcher
+    // Only what the session needs is copied: a long-lived connection must not keep an old
+    // configuration alive after a reload.
+    let (ping_interval, idle_timeout, client_rate) = {
+        let config = shared.config();
+        let settings = &config.websocket;
+        (
+            settings.ping_interval,
+            settings.idle_timeout,
+            settings.client_rate,
+        )
+    };
+    // The welcome is written before the connection is in the hub: once there, the dispatcher
     // may queue frames to it, and the welcome must come first.
     let welcome = welcome(
         &shared,
@@ -69,7 +86,9 @@ pub async fn run(
         &connection,
         &connection.identity.load(),
     );
-    connection.outbox.push_reply(Message::text(welcome));
+    connection
+        .outbox
+        .send(wsframe::text(welcome.as_bytes()), &shared.metrics);
     shared.hub.register(connection.clone());
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
     shared
@@ -87,39 +106,23 @@ pub async fn run(
         );
     }
 
-    let (sink, stream) = socket.split();
-    let last_seen = Arc::new(AtomicU64::new(0));
-    let reader_done = CancellationToken::new();
-    let mut reader = tokio::spawn(read(
-        shared.clone(),
-        stream,
-        connection.clone(),
-        last_seen.clone(),
-        started,
-        RateLimit::new(settings.client_rate, Instant::now()),
-        reader_done.clone(),
-    ));
-    let ending = write(
-        &shared,
-        sink,
-        &connection,
-        &last_seen,
-        started,
-        settings.ping_interval,
-        settings.idle_timeout,
-    )
-    .await;
-    // The closing handshake: the reader ends at the client's close frame (or the end of the
-    // stream), discarding whatever comes before it.
-    let answered = ending.close_sent
-        && tokio::time::timeout(CLOSE_LINGER, &mut reader)
-            .await
-            .is_ok();
-    if !answered {
-        reader_done.cancel();
-        let _ = reader.await;
+    let mut session = Session {
+        commands: Commands {
+            shared: &shared,
+            connection: &connection,
+            limit: RateLimit::new(client_rate, Instant::now()),
+        },
+        decoder: Decoder::new(max_frame_bytes),
+        last_seen: Instant::now(),
+        input_ended: false,
+    };
+    if !early_input.is_empty() {
+        session.take_input(&mut early_input.to_vec());
     }
-
+    let closing = session.serve(ping_interval, idle_timeout).await;
+    if !closing.is_abnormal() && session.send_close_frame(&closing).await && !session.input_ended {
+        session.linger().await;
+    }
     shared.hub.unregister(connection.id);
     shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
     drop(slot);
@@ -130,9 +133,9 @@ pub async fn run(
         user = identity.user.as_deref().unwrap_or("-"),
         roles = ?identity.roles,
         duration_ms = started.elapsed().as_millis() as u64,
-        frames_sent = ending.frames_sent,
-        close_code = ending.code,
-        reason = ending.reason,
+        frames_sent = connection.outbox.frames_sent(),
+        close_code = closing.code,
+        reason = closing.reason,
         "connection closed"
     );
 }
@@ -182,140 +185,206 @@ fn deadline(expires_at: SystemTime) -> tokio::time::Instant {
     tokio::time::Instant::now() + left
 }
 
-struct Ending {
-    frames_sent: u64,
-    code: u16,
-    reason: &'static str,
-    /// Whether our close frame left: the client may then answer it.
-    close_sent: bool,
+struct Session<'a> {
+    commands: Commands<'a>,
+    decoder: Decoder,
+    /// When the client last sent anything (a pong counts).
+    last_seen: Instant,
+    /// The client sent its close frame or ended the stream: nothing more to read.
+    input_ended: bool,
 }
 
-async fn write(
-    shared: &Shared,
-    mut sink: SplitSink<Socket, Message>,
-    connection: &Connection,
-    last_seen: &AtomicU64,
-    started: Instant,
-    ping_interval: Duration,
-    idle_timeout: Duration,
-) -> Ending {
-    let mut ping =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch: Vec<Outgoing> = Vec::new();
-    let mut frames_sent = 0;
-    // The token expiry the timer is set for. The identity is re-read on every turn: a
-    // `refresh` replaces it and then queues its answer, which wakes this loop.
-    let mut armed: Option<SystemTime> = None;
-    let token_timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(token_timer);
-    loop {
-        let expires_at = connection.identity.load().expires_at;
-        if expires_at != armed {
-            armed = expires_at;
-            if let Some(at) = expires_at {
-                token_timer.as_mut().reset(deadline(at));
+impl Session<'_> {
+    /// Serves the connection until it must close, and says why.
+    async fn serve(&mut self, ping_interval: Duration, idle_timeout: Duration) -> Closing {
+        let shared = self.commands.shared;
+        let connection = self.commands.connection;
+        let outbox = &connection.outbox;
+        let socket = outbox.socket();
+        let mut next_ping = tokio::time::Instant::now() + ping_interval;
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
+        // Since when the socket has refused writes: past idle_timeout the client is gone.
+        let mut blocked_since: Option<Instant> = None;
+        loop {
+            let (blocked, closing) = outbox.status();
+            if let Some(closing) = closing {
+                return closing;
             }
-        }
-        let closing = connection.outbox.drain(&mut batch);
-        if !batch.is_empty() {
-            let count = batch.len() as u64;
-            let written = tokio::select! {
+            if !blocked {
+                blocked_since = None;
+            } else if blocked_since.is_none() {
+                blocked_since = Some(Instant::now());
+            }
+            // The identity is read on every turn: a `refresh` replaces it, expiry and all.
+            let expiry = connection.identity.load().expires_at.map(deadline);
+            let wake_at = expiry.map_or(next_ping, |expiry| expiry.min(next_ping));
+            if timer.deadline() != wake_at {
+                timer.as_mut().reset(wake_at);
+            }
+            tokio::select! {
                 biased;
-                _ = connection.kill.cancelled() => Err("killed"),
-                written = tokio::time::timeout(idle_timeout, send_batch(&mut sink, &mut batch)) => match written {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(_)) => Err("write failed"),
-                    Err(_) => Err("write timed out"),
+                _ = outbox.woken() => {}
+                _ = shared.shutdown.cancelled() => outbox.close(1001, "server shutting down"),
+                writable = socket.writable(), if blocked => match writable {
+                    Ok(()) => {
+                        outbox.write_backlog(&shared.metrics);
+                    }
+                    Err(_) => outbox.close(1006, "connection lost"),
                 },
-            };
-            let now = Instant::now();
-            for item in batch.drain(..) {
-                if let Some(received_at) = item.received_at {
-                    shared.metrics.observe_delivery(now - received_at);
-                }
-            }
-            match written {
-                Ok(()) => frames_sent += count,
-                Err(reason) => {
-                    let code = closing.as_ref().map_or(1006, |c| c.code);
-                    let reason = closing.as_ref().map_or(reason, |c| c.reason);
-                    return Ending {
-                        frames_sent,
-                        code,
-                        reason,
-                        close_sent: false,
-                    };
-                }
-            }
-        }
-        if let Some(Closing { code, reason }) = closing {
-            let frame = CloseFrame {
-                code: CloseCode::from(code),
-                reason: reason.into(),
-            };
-            let sent =
-                tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame))))
-                    .await;
-            return Ending {
-                frames_sent,
-                code,
-                reason,
-                close_sent: matches!(sent, Ok(Ok(()))),
-            };
-        }
-        tokio::select! {
-            biased;
-            _ = connection.kill.cancelled() => {
-                // The outbox holds the reason (slow client); the loop sends the close frame.
-            }
-            _ = shared.shutdown.cancelled(), if !connection.outbox.is_closing() => {
-                connection.outbox.close(1001, "server shutting down");
-            }
-            _ = connection.outbox.ready() => {}
-            _ = &mut token_timer, if armed.is_some() && !connection.outbox.is_closing() => {
-                reply_error(
-                    connection,
-                    None,
-                    ErrorCode::TokenExpired,
-                    "the token has expired; reconnect with a new one (send `refresh` before exp to stay connected)",
-                    None,
-                );
-                connection.outbox.close(1008, "token expired");
-            }
-            _ = ping.tick() => {
-                let idle_ms = millis_since(started).saturating_sub(last_seen.load(Ordering::Relaxed));
-                if Duration::from_millis(idle_ms) >= idle_timeout {
-                    connection.outbox.close(1001, "idle timeout");
-                } else {
-                    connection.outbox.push_reply(Message::Ping(Default::default()));
+                readable = socket.readable() => match readable {
+                    Ok(()) => self.read_available(),
+                    Err(_) => outbox.close(1006, "connection lost"),
+                },
+                _ = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    if expiry.is_some_and(|expiry| expiry <= now) {
+                        self.commands.reply_error(
+                            None,
+                            ErrorCode::TokenExpired,
+                            "the token has expired; reconnect with a new one (send `refresh` before exp to stay connected)",
+                            None,
+                        );
+                        outbox.close(1008, "token expired");
+                    } else if next_ping <= now {
+                        next_ping = now + ping_interval;
+                        if blocked_since.is_some_and(|since| since.elapsed() >= idle_timeout) {
+                            outbox.close(1006, "write timed out");
+                        } else if self.last_seen.elapsed() >= idle_timeout {
+                            outbox.close(1001, "idle timeout");
+                        } else {
+                            outbox.send(wsframe::ping(&[]), &shared.metrics);
+                        }
+                    }
                 }
             }
         }
     }
-}
 
-async fn send_batch(
-    sink: &mut SplitSink<Socket, Message>,
-    batch: &mut [Outgoing],
-) -> Result<(), WsError> {
-    for item in batch.iter() {
-        sink.feed(item.message.clone()).await?;
+    /// Reads what the socket has, without waiting.
+    fn read_available(&mut self) {
+        let connection = self.commands.connection;
+        let mut buffer = [0; READ_CHUNK];
+        for _ in 0..MAX_READS_PER_TURN {
+            match connection.outbox.socket().try_read(&mut buffer) {
+                Ok(0) => {
+                    self.input_ended = true;
+                    connection.outbox.close(1006, "connection lost");
+                    return;
+                }
+                Ok(read) => {
+                    self.last_seen = Instant::now();
+                    if !self.take_input(&mut buffer[..read]) {
+                        return;
+                    }
+                }
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.input_ended = true;
+                    connection.outbox.close(1006, "connection lost");
+                    return;
+                }
+            }
+        }
     }
-    sink.flush().await
+
+    /// Decodes and handles `input`; false once the connection is closing.
+    fn take_input(&mut self, input: &mut [u8]) -> bool {
+        let commands = &mut self.commands;
+        let mut client_closed = false;
+        let decoded = self.decoder.feed(input, &mut |frame| {
+            let flow = commands.on_frame(frame);
+            client_closed |= flow == Flow::Stop;
+            flow
+        });
+        let outbox = &self.commands.connection.outbox;
+        if client_closed {
+            self.input_ended = true;
+        }
+        if let Err(violation) = decoded {
+            // Nothing after a violation can be read as frames.
+            self.input_ended = true;
+            outbox.close(violation.close_code(), violation.reason());
+        }
+        !outbox.is_closing()
+    }
+
+    /// Writes what is queued, then the close frame; true when it left.
+    async fn send_close_frame(&self, closing: &Closing) -> bool {
+        let shared = self.commands.shared;
+        let outbox = &self.commands.connection.outbox;
+        outbox.push_close_frame(wsframe::close(closing.code, closing.reason));
+        let written = async {
+            loop {
+                match outbox.write_backlog(&shared.metrics) {
+                    Written::Empty => return true,
+                    Written::Failed => return false,
+                    Written::Blocked => {
+                        if outbox.socket().writable().await.is_err() {
+                            return false;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(CLOSE_WRITE_TIMEOUT, written)
+            .await
+            .unwrap_or(false)
+    }
+
+    /// The closing handshake: reads and discards until the client's close frame or the end of
+    /// the stream, for at most [`CLOSE_LINGER`].
+    async fn linger(&mut self) {
+        let socket = self.commands.connection.outbox.socket();
+        let decoder = &mut self.decoder;
+        let answered = async {
+            loop {
+                if socket.readable().await.is_err() {
+                    return;
+                }
+                if discard_until_close(socket, decoder) {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, answered).await;
+    }
 }
 
-fn millis_since(started: Instant) -> u64 {
-    u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX)
+/// Reads what the socket has and drops it; true at the client's close frame, the end of the
+/// stream or an error.
+fn discard_until_close(socket: &tokio::net::TcpStream, decoder: &mut Decoder) -> bool {
+    let mut buffer = [0; READ_CHUNK];
+    loop {
+        match socket.try_read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(read) => {
+                let mut closed = false;
+                let decoded = decoder.feed(&mut buffer[..read], &mut |frame| {
+                    if matches!(frame, Frame::Close(_)) {
+                        closed = true;
+                        Flow::Stop
+                    } else {
+                        Flow::Continue
+                    }
+                });
+                if closed || decoded.is_err() {
+                    return true;
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
 }
 
 /// The inbound command budget of one connection: a token bucket of `websocket.client_rate`,
 /// and the count of commands it refused in the current flood window.
 struct RateLimit {
     bucket: TokenBucket,
-    burst: u32,
-    /// The error message of a refused command (the same for every one).
-    message: String,
+    rate: Rate,
     /// When the current window of refusals began, and how many it has.
     refusals: Option<(Instant, u32)>,
 }
@@ -334,13 +403,17 @@ impl RateLimit {
     fn new(rate: Rate, now: Instant) -> RateLimit {
         RateLimit {
             bucket: TokenBucket::new(rate, now),
-            burst: rate.burst,
-            message: format!(
-                "too many commands: at most {} at once, refilled at {}/s",
-                rate.burst, rate.per_second
-            ),
+            rate,
             refusals: None,
         }
+    }
+
+    /// The error message of a refused command.
+    fn message(&self) -> String {
+        format!(
+            "too many commands: at most {} at once, refilled at {}/s",
+            self.rate.burst, self.rate.per_second
+        )
     }
 
     fn check(&mut self, now: Instant) -> Verdict {
@@ -354,7 +427,7 @@ impl RateLimit {
             _ => (now, 1),
         };
         self.refusals = Some((since, count));
-        if count > self.burst {
+        if count > self.rate.burst {
             Verdict::Close
         } else {
             Verdict::Refuse
@@ -362,212 +435,188 @@ impl RateLimit {
     }
 }
 
-async fn read(
-    shared: Arc<Shared>,
-    mut stream: SplitStream<Socket>,
-    connection: Arc<Connection>,
-    last_seen: Arc<AtomicU64>,
-    started: Instant,
-    mut limit: RateLimit,
-    done: CancellationToken,
-) {
-    loop {
-        let frame = tokio::select! {
-            _ = done.cancelled() => return,
-            frame = stream.next() => frame,
-        };
-        last_seen.store(millis_since(started), Ordering::Relaxed);
-        if let Some(Ok(Message::Text(_) | Message::Binary(_))) = &frame {
-            if connection.outbox.is_closing() {
-                // Closing: commands are read (so that the socket is not closed on unread
-                // input) and discarded until the client's close frame.
-                continue;
+/// The client's side of the protocol: its frames, its commands and the answers.
+struct Commands<'a> {
+    shared: &'a Shared,
+    connection: &'a Connection,
+    limit: RateLimit,
+}
+
+impl Commands<'_> {
+    /// Handles one frame from the client; `Stop` at its close frame.
+    fn on_frame(&mut self, frame: Frame<'_>) -> Flow {
+        let outbox = &self.connection.outbox;
+        match frame {
+            Frame::Close(_) => {
+                outbox.close(1000, "client closed");
+                return Flow::Stop;
             }
-            match limit.check(Instant::now()) {
-                Verdict::Admit => {}
-                Verdict::Refuse => {
-                    reply_error(
-                        &connection,
-                        None,
-                        ErrorCode::RateLimited,
-                        &limit.message,
-                        None,
-                    );
-                    continue;
-                }
-                Verdict::Close => {
-                    connection.outbox.close(1008, "rate limit");
-                    continue;
-                }
+            Frame::Ping(payload) => {
+                outbox.send(wsframe::pong(payload), &self.shared.metrics);
+                return Flow::Continue;
+            }
+            Frame::Pong(_) => return Flow::Continue,
+            Frame::Text(_) | Frame::Binary(_) => {}
+        }
+        if outbox.is_closing() {
+            // Closing: commands are read (so that the socket is not closed on unread input)
+            // and discarded until the client's close frame.
+            return Flow::Continue;
+        }
+        match self.limit.check(Instant::now()) {
+            Verdict::Admit => {}
+            Verdict::Refuse => {
+                let message = self.limit.message();
+                self.reply_error(None, ErrorCode::RateLimited, &message, None);
+                return Flow::Continue;
+            }
+            Verdict::Close => {
+                outbox.close(1008, "rate limit");
+                return Flow::Continue;
             }
         }
         match frame {
-            None => break,
-            Some(Ok(Message::Text(text))) => handle_text(&shared, &connection, text.as_str()),
-            Some(Ok(Message::Binary(_))) => reply_error(
-                &connection,
+            Frame::Text(text) => self.handle_text(text),
+            _ => self.reply_error(
                 None,
                 ErrorCode::BadRequest,
                 "binary frames are not commands; send JSON text",
                 None,
             ),
-            Some(Ok(Message::Close(_))) => {
-                connection.outbox.close(1000, "client closed");
-                return;
-            }
-            Some(Ok(_)) => {}
-            Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                connection.outbox.close(1009, "frame too big");
-                return;
-            }
-            Some(Err(_)) => break,
         }
+        Flow::Continue
     }
-    connection.outbox.close(1006, "connection lost");
-    connection.kill.cancel();
-}
 
-fn handle_text(shared: &Shared, connection: &Connection, text: &str) {
-    let Request { id, command } = match protocol::parse(text) {
-        Ok(request) => request,
-        Err(bad) => {
-            reply_error(
-                connection,
-                bad.id.as_ref(),
-                ErrorCode::BadRequest,
-                &bad.message,
-                None,
-            );
-            return;
-        }
-    };
-    let id = id.as_ref();
-    match command {
-        Command::Ping => reply(connection, &Reply::Pong { id }),
-        Command::Subscribe { topics, filter } => {
-            let identity = connection.identity.load();
-            let max_subscriptions = shared.config().websocket.max_subscriptions;
-            // Checked against the routing table in force under the hub's lock, so that a
-            // reload dropping a topic meanwhile cannot miss the subscription (see
-            // `Hub::subscribe`).
-            let admit = |topic: &str| {
-                let checked = shared.routing.load().authorize_subscribe(topic, &identity);
-                if let Err(code) = checked {
-                    let message = match code {
-                        ErrorCode::UnknownTopic => "no route produces this topic",
-                        _ => "not allowed to subscribe to this topic",
-                    };
-                    reply_error(connection, id, code, message, Some(topic));
-                }
-                checked.is_ok()
-            };
-            let answer = |admitted: &[String], over_limit: &[String]| {
-                // One error for the whole command: a flood must not be amplified.
-                if let Some(first) = over_limit.first() {
-                    let message = format!(
-                        "{} topic(s) over websocket.max_subscriptions ({max_subscriptions}), from this one on; unsubscribe first",
-                        over_limit.len()
-                    );
-                    reply_error(
-                        connection,
-                        id,
-                        ErrorCode::TooManySubscriptions,
-                        &message,
-                        Some(first),
-                    );
-                }
-                if !admitted.is_empty() {
-                    reply(
-                        connection,
-                        &Reply::Subscribed {
+    fn handle_text(&self, text: &str) {
+        let (shared, connection) = (self.shared, self.connection);
+        let Request { id, command } = match protocol::parse(text) {
+            Ok(request) => request,
+            Err(bad) => {
+                self.reply_error(bad.id.as_ref(), ErrorCode::BadRequest, &bad.message, None);
+                return;
+            }
+        };
+        let id = id.as_ref();
+        match command {
+            Command::Ping => self.reply(&Reply::Pong { id }),
+            Command::Subscribe { topics, filter } => {
+                let identity = connection.identity.load();
+                let max_subscriptions = shared.config().websocket.max_subscriptions;
+                // Checked against the routing table in force under the hub's lock, so that a
+                // reload dropping a topic meanwhile cannot miss the subscription (see
+                // `Hub::subscribe`).
+                let admit = |topic: &str| {
+                    let checked = shared.routing.load().authorize_subscribe(topic, &identity);
+                    if let Err(code) = checked {
+                        let message = match code {
+                            ErrorCode::UnknownTopic => "no route produces this topic",
+                            _ => "not allowed to subscribe to this topic",
+                        };
+                        self.reply_error(id, code, message, Some(topic));
+                    }
+                    checked.is_ok()
+                };
+                let answer = |admitted: &[String], over_limit: &[String]| {
+                    // One error for the whole command: a flood must not be amplified.
+                    if let Some(first) = over_limit.first() {
+                        let message = format!(
+                            "{} topic(s) over websocket.max_subscriptions ({max_subscriptions}), from this one on; unsubscribe first",
+                            over_limit.len()
+                        );
+                        self.reply_error(
+                            id,
+                            ErrorCode::TooManySubscriptions,
+                            &message,
+                            Some(first),
+                        );
+                    }
+                    if !admitted.is_empty() {
+                        self.reply(&Reply::Subscribed {
                             id,
                             topics: admitted,
-                        },
-                    );
-                }
-            };
-            shared.hub.subscribe(
-                connection.id,
-                topics,
-                filter.map(Arc::new),
-                max_subscriptions,
-                admit,
-                answer,
-            );
-        }
-        Command::Unsubscribe { topics } => {
-            let removed = shared.hub.unsubscribe(connection.id, &topics);
-            reply(
-                connection,
-                &Reply::Unsubscribed {
+                        });
+                    }
+                };
+                shared.hub.subscribe(
+                    connection.id,
+                    topics,
+                    filter.map(Arc::new),
+                    max_subscriptions,
+                    admit,
+                    answer,
+                );
+            }
+            Command::Unsubscribe { topics } => {
+                let removed = shared.hub.unsubscribe(connection.id, &topics);
+                self.reply(&Reply::Unsubscribed {
                     id,
                     topics: &removed,
                     reason: None,
-                },
-            );
+                });
+            }
+            Command::Refresh { token } => self.refresh(id, &token),
         }
-        Command::Refresh { token } => refresh(shared, connection, id, &token),
     }
-}
 
-/// Replaces the identity with a new token's, which must be for the same user; the
-/// connection's expiry moves with it. Any refusal leaves the connection as it was (and its
-/// old expiry in force).
-fn refresh(shared: &Shared, connection: &Connection, id: Option<&serde_json::Value>, token: &str) {
-    let config = shared.config();
-    if config.auth.mode == AuthMode::None {
-        let message = "this bridge does not authenticate connections";
-        reply_error(connection, id, ErrorCode::BadRequest, message, None);
-        return;
-    }
-    let Some(user) = connection.identity.load().user.clone() else {
-        let message = "an anonymous connection cannot be refreshed; reconnect with the token";
-        reply_error(connection, id, ErrorCode::Forbidden, message, None);
-        return;
-    };
-    let identity = match Authenticator::new(&config.auth).verify_token(token) {
-        Ok(identity) => identity,
-        Err(rejection) => {
-            let code = if rejection == Rejection::Expired {
-                ErrorCode::TokenExpired
-            } else {
-                ErrorCode::BadRequest
-            };
-            reply_error(connection, id, code, &rejection.message(), None);
+    /// Replaces the identity with a new token's, which must be for the same user; the
+    /// connection's expiry moves with it. Any refusal leaves the connection as it was (and its
+    /// old expiry in force).
+    fn refresh(&self, id: Option<&serde_json::Value>, token: &str) {
+        let (shared, connection) = (self.shared, self.connection);
+        let config = shared.config();
+        if config.auth.mode == AuthMode::None {
+            let message = "this bridge does not authenticate connections";
+            self.reply_error(id, ErrorCode::BadRequest, message, None);
             return;
         }
-    };
-    if identity.user.as_deref() != Some(&*user) {
-        let message = "the token is for another user; reconnect to change users";
-        reply_error(connection, id, ErrorCode::Forbidden, message, None);
-        return;
+        let Some(user) = connection.identity.load().user.clone() else {
+            let message = "an anonymous connection cannot be refreshed; reconnect with the token";
+            self.reply_error(id, ErrorCode::Forbidden, message, None);
+            return;
+        };
+        let identity = match Authenticator::new(&config.auth).verify_token(token) {
+            Ok(identity) => identity,
+            Err(rejection) => {
+                let code = if rejection == Rejection::Expired {
+                    ErrorCode::TokenExpired
+                } else {
+                    ErrorCode::BadRequest
+                };
+                self.reply_error(id, code, &rejection.message(), None);
+                return;
+            }
+        };
+        if identity.user.as_deref() != Some(&*user) {
+            let message = "the token is for another user; reconnect to change users";
+            self.reply_error(id, ErrorCode::Forbidden, message, None);
+            return;
+        }
+        let expires_at = identity.expires_at_unix();
+        tracing::debug!(connection = %connection.public_id, user = %user, expires_at, "token refreshed");
+        shared.hub.set_identity(connection, identity);
+        self.reply(&Reply::Refreshed { id, expires_at });
     }
-    let expires_at = identity.expires_at_unix();
-    tracing::debug!(connection = %connection.public_id, user = %user, expires_at, "token refreshed");
-    shared.hub.set_identity(connection, identity);
-    reply(connection, &Reply::Refreshed { id, expires_at });
-}
 
-fn reply(connection: &Connection, reply: &Reply) {
-    connection.outbox.push_reply(Message::text(reply.to_json()));
-}
+    fn reply(&self, reply: &Reply) {
+        self.connection
+            .outbox
+            .send(reply.to_frame(), &self.shared.metrics);
+    }
 
-fn reply_error(
-    connection: &Connection,
-    id: Option<&serde_json::Value>,
-    code: ErrorCode,
-    message: &str,
-    topic: Option<&str>,
-) {
-    reply(
-        connection,
-        &Reply::Error {
+    fn reply_error(
+        &self,
+        id: Option<&serde_json::Value>,
+        code: ErrorCode,
+        message: &str,
+        topic: Option<&str>,
+    ) {
+        self.reply(&Reply::Error {
             id,
             code,
             message,
             topic,
-        },
-    );
+        });
+    }
 }
 
 #[cfg(test)]
