@@ -116,9 +116,14 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
         last_seen: Instant::now(),
         input_ended: false,
     };
-    if !early_input.is_empty() {
-        session.take_input(&mut early_input.to_vec());
+    // The early input shares hyper's whole read buffer: it must not live as long as the
+    // session.
+    let mut early = early_input.to_vec();
+    drop(early_input);
+    if !early.is_empty() {
+        session.take_input(&mut early);
     }
+    drop(early);
     let closing = session.serve(ping_interval, idle_timeout).await;
     if !closing.is_abnormal() && session.send_close_frame(&closing).await && !session.input_ended {
         session.linger().await;
