@@ -44,21 +44,25 @@ function topicsInput() {
   return $('topics').value.split(',').map((t) => t.trim()).filter(Boolean);
 }
 
+// The answers themselves are in the log already, as frames.
 function run(label, promise) {
   promise
-    .then((result) => log(`${label}: ok`, result, true))
-    .catch((err) => log(`${label}: ${err.code || 'failed'}`, err.frame || err.message, true))
-    .finally(showSubscriptions);
+    .then(() => log(`${label}: ok`, undefined, true))
+    .catch((err) => {
+      const code = err.code ? `${err.code}: ` : '';
+      log(`${label}: ${code}${err.message}`, undefined, true);
+    });
 }
 
 $('connection').addEventListener('submit', (event) => {
   event.preventDefault();
   client = new RedisWsBridge(wsPath, { token: $('token').value.trim() || undefined });
-  client.on('frame', (frame) => log(frame && frame.type ? `← ${frame.type}` : '←', frame));
-  client.on('open', () => {
-    show('open');
-    showSubscriptions();
+  client.on('frame', (frame) => {
+    log(frame && frame.type ? `← ${frame.type}` : '←', frame);
+    // Once the client has acted on the frame (a `subscribed` adds topics).
+    queueMicrotask(showSubscriptions);
   });
+  client.on('open', () => show('open'));
   client.on('close', ({ code, reason, reconnect }) => {
     const why = reason ? ` "${reason}"` : '';
     log(`closed ${code}${why}${reconnect ? '' : ', not reconnecting'}`, undefined, true);
@@ -69,7 +73,6 @@ $('connection').addEventListener('submit', (event) => {
     show('reconnecting');
   });
   client.on('gap', (gap) => log('gap: refetch these topics', gap, true));
-  client.on('unsubscribed', showSubscriptions);
   show('connecting');
   client.connect();
 });

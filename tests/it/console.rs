@@ -364,10 +364,21 @@ impl Drop for NodeClient {
     }
 }
 
+/// `news` for everyone, `feed` frames each for one user.
+const NODE_ROUTES: &str = r#"
+    - name: news
+      channel: news
+      topic: news
+    - name: feed
+      channel: feed
+      topic: feed
+      audience: { user: "{payload.user}" }
+    "#;
+
 /// A routing file on a fixed port (a restarted bridge must be found where it was), with
 /// `auth.mode: required`.
 fn fixed_port_config(redis: &RedisServer, port: u16) -> String {
-    config_with("", &auth_section("required", "", ""), ROUTE)
+    config_with("", &auth_section("required", "", ""), NODE_ROUTES)
         .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
         .replace("{redis_url}", &redis.url())
 }
@@ -571,6 +582,35 @@ async fn the_node_client_keeps_its_token_fresh_and_backs_off_when_refused() {
         refreshing.transcript()
     );
     assert_eq!(refreshing.seen("open").len(), 1);
+
+    // `seq` counts every frame of a topic: cy sees a jump where bob's frame went by.
+    for node in [&mut expiring, &mut refreshing] {
+        node.send(json!({"op": "subscribe", "topics": ["feed"]}));
+        assert_eq!(node.reply("subscribe").await, json!(["feed"]));
+    }
+    for (user, n) in [("cy", 1), ("bob", 2), ("cy", 3)] {
+        let payload = json!({"user": user, "n": n}).to_string();
+        publish(&redis.url(), "feed", payload).await;
+    }
+    let bobs = expiring.event("message", |m| m["topic"] == "feed").await["value"].clone();
+    assert_eq!((&bobs["data"]["n"], &bobs["seq"]), (&json!(2), &json!(2)));
+    let first = refreshing.event("message", |m| m["topic"] == "feed").await["value"].clone();
+    assert_eq!((&first["data"]["n"], &first["seq"]), (&json!(1), &json!(1)));
+    let gap = refreshing.event("gap", |_| true).await["value"].clone();
+    assert_eq!(
+        gap,
+        json!({"reason": "seq", "topics": ["feed"], "missing": [2, 2]})
+    );
+    let third = refreshing.event("message", |m| m["topic"] == "feed").await["value"].clone();
+    assert_eq!((&third["data"]["n"], &third["seq"]), (&json!(3), &json!(3)));
+    assert!(
+        expiring
+            .seen("gap")
+            .iter()
+            .all(|gap| gap["reason"] != "seq"),
+        "bob saw no jump: {}",
+        expiring.transcript()
+    );
 
     for mut node in [expiring, refreshing] {
         node.send(json!({"op": "close"}));
