@@ -20,6 +20,11 @@
 //   refreshBefore with a token function: send `refresh` this many ms before the token's
 //                 `exp` (30000); 0 turns automatic refreshes off.
 //
+// Methods: connect() (returns the client); close() for good, with no reconnect;
+// subscribe(topics, filter?), unsubscribe(topics), ping() and refresh(token?) return promises
+// of their answers; `state` (idle, connecting, open, reconnecting, closed), `subscriptions`
+// and lastSeq(topic) tell where the client is.
+//
 // Events (`on(name, fn)` returns a function that removes the listener):
 //   open          the connection is up; fn(welcome frame). Subscriptions are already being
 //                 restored.

@@ -3,7 +3,8 @@
 //! and `assets/client.js` itself run under Node against the real daemon
 //! (`tests/clients/node/drive.js`, with the `ws` package): reconnect with backoff after a
 //! restart, subscriptions restored with their filters, refresh by hand and before `exp`, a
-//! fresh token after "token expired", and refused handshakes that back off.
+//! fresh token after "token expired", refused handshakes that back off, and `seq` jumps
+//! reported as gaps.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
