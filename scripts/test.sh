@@ -2,8 +2,9 @@
 # Runs every check CI runs, on a fresh Debian 12 machine as well as on a developer's:
 # installs what is missing (redis-server, nginx, openssl, systemd-analyze, node and npm, as root
 # or through sudo; prometheus-client and redis into .venv; node-redis into
-# tests/publishers/node), then formatting, lints and all tests (the Debian
-# package is built from the debug binary and installed in a throwaway root by the tests).
+# tests/publishers/node; ws into tests/clients/node), then formatting, lints and all tests
+# (the Debian package is built from the debug binary and installed in a throwaway root by the
+# tests).
 # The tests start their own redis-server and nginx on free ports, so a system Redis or nginx
 # left running by their packages does not matter.
 set -euo pipefail
@@ -22,7 +23,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v adduser >/dev/null 2>&1 || [ -x /usr/sbin/adduser ] || missing+=(adduser)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
-# The compatibility tests publish from a real Node worker (tests/publishers/node).
+# The compatibility tests publish from a real Node worker (tests/publishers/node); the console
+# tests run the browser client under Node (tests/clients/node).
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
@@ -42,14 +44,16 @@ if ! .venv/bin/python -c 'import prometheus_client, redis' >/dev/null 2>&1; then
 fi
 export BRIDGE_TEST_PYTHON="$PWD/.venv/bin/python"
 
-# ...and as mangamotion's Node worker does, with node-redis, at the versions of the
-# committed package-lock.json (again whenever that file changed since the last install).
-node_dir=tests/publishers/node
-if [ ! -d "$node_dir/node_modules/redis" ] ||
-  [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
-  echo "== npm ci in tests/publishers/node" >&2
-  npm ci --prefix "$node_dir" --no-audit --no-fund --loglevel=error
-fi
+# ...and as mangamotion's Node worker does, with node-redis; the browser client runs under
+# Node with `ws`. Both at the versions of their committed package-lock.json (again whenever
+# that file changed since the last install).
+for node_dir in tests/publishers/node tests/clients/node; do
+  if [ ! -f "$node_dir/node_modules/.package-lock.json" ] ||
+    [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
+    echo "== npm ci in $node_dir" >&2
+    npm ci --prefix "$node_dir" --no-audit --no-fund --loglevel=error
+  fi
+done
 
 echo "== cargo fmt --check" >&2
 cargo fmt --check

@@ -26,6 +26,7 @@ use tower_service::Service as _;
 use warp::Filter;
 use warp::reply::{Reply, Response};
 
+use crate::assets::Assets;
 use crate::auth::{self, Authenticator, Credential, Identity, Rejection};
 use crate::config::{AuthMode, Config};
 use crate::hub::Connection;
@@ -107,6 +108,7 @@ fn with_shared(
 
 fn routes(shared: Arc<Shared>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let ws_path = shared.config().websocket.path.clone();
+    let assets = assets(shared.clone(), Assets::new(&ws_path));
     let websocket = warp::get()
         .and(warp::path::full())
         .and_then(move |path: warp::path::FullPath| {
@@ -167,6 +169,8 @@ fn routes(shared: Arc<Shared>) -> impl Filter<Extract = (Response,), Error = Inf
         .unify()
         .or(metrics)
         .unify()
+        .or(assets)
+        .unify()
         .recover(|rejection: warp::Rejection| async move {
             if let Some(denied) = rejection.find::<Denied>() {
                 return Ok::<_, Infallible>(denied.response());
@@ -189,6 +193,30 @@ fn routes(shared: Arc<Shared>) -> impl Filter<Extract = (Response,), Error = Inf
             Ok(json_reply(status, &json!({"error": message})))
         })
         .unify()
+}
+
+/// The console page and the client library. The page names the path the listener serves (a
+/// reload does not move it); `console` is read per request, so a reload switches the page on
+/// or off at once.
+fn assets(
+    shared: Arc<Shared>,
+    assets: Assets,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    let assets = Arc::new(assets);
+    warp::get()
+        .and(warp::path::full())
+        .and(warp::header::optional::<String>("if-none-match"))
+        .and(with_shared(shared))
+        .and_then(
+            move |path: warp::path::FullPath,
+                  if_none_match: Option<String>,
+                  shared: Arc<Shared>| {
+                let served = assets
+                    .get(path.as_str(), shared.config().console)
+                    .map(|asset| asset.reply(if_none_match.as_deref()));
+                async move { served.ok_or_else(warp::reject::not_found) }
+            },
+        )
 }
 
 fn json_reply(status: StatusCode, body: &serde_json::Value) -> Response {

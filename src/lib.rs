@@ -11,6 +11,7 @@
 //! in [`template`]) before anything else sees it. ARCHITECTURE.md has the whole map and the
 //! invariants.
 
+pub mod assets;
 pub mod audience;
 pub mod auth;
 pub mod cli;

@@ -58,6 +58,8 @@ pub struct Config {
     /// The reverse proxies whose `X-Forwarded-For` is believed (`trusted_proxies`,
     /// default none).
     pub trusted_proxies: TrustedProxies,
+    /// Whether `GET /` serves the console page (`console`, default true).
+    pub console: bool,
     /// The routes, in file order (at least one).
     pub routes: Vec<Route>,
 }
@@ -115,6 +117,7 @@ const TOP_KEYS: &[&str] = &[
     "admin",
     "shutdown_grace",
     "trusted_proxies",
+    "console",
     "routes",
 ];
 const REDIS_KEYS: &[&str] = &["url", "heartbeat_interval", "heartbeat_timeout"];
@@ -208,6 +211,10 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         None => Some(DEFAULT_SHUTDOWN_GRACE),
     };
     let trusted_proxies = proxies::compile(ctx, top.get("trusted_proxies"));
+    let console = match top.get("console") {
+        Some(node) => yaml::boolean(ctx, node, "console"),
+        None => Some(true),
+    };
     let routes = match top.get("routes") {
         Some(node) => route::compile_all(ctx, node),
         None => {
@@ -232,6 +239,7 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         admin: admin?,
         shutdown_grace: shutdown_grace?,
         trusted_proxies: trusted_proxies?,
+        console: console?,
         routes: routes?,
     })
 }

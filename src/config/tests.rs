@@ -87,6 +87,7 @@ fn minimal_file_gets_every_default() {
         }
     );
     assert!(matches!(ws.welcome, Welcome::Native));
+    assert!(config.console);
 
     let [route] = config.routes.as_slice() else {
         panic!("one route expected");
@@ -472,6 +473,20 @@ fn other_setting_errors() {
     assert_eq!(
         one_error("routes:\n  - just-a-name\n"),
         "2:5 routes[0]: expected a route (a mapping with name and channel or pattern), found `just-a-name`"
+    );
+}
+
+#[test]
+fn the_console_switch() {
+    assert!(!ok(&format!("console: false\n{MINIMAL}")).console);
+    assert!(ok(&format!("console: \"true\"\n{MINIMAL}")).console);
+    assert_eq!(
+        one_error(&format!("console: off\n{MINIMAL}")),
+        "1:10 console: expected true or false, found `off`"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  path: /console.js\n{MINIMAL}")),
+        "2:9 websocket.path: `/console.js` is used by another endpoint of the server"
     );
 }
 

@@ -90,6 +90,8 @@ const RESERVED_PATHS: &[&str] = &[
     "/readyz",
     "/metrics",
     "/client.js",
+    "/console.js",
+    "/console.css",
     "/ws/stats",
     "/api/publish",
 ];

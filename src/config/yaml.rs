@@ -509,6 +509,21 @@ pub(super) fn number_at_least(ctx: &mut Ctx, node: &Node, path: &str, min: u64) 
     }
 }
 
+/// Reads `true` or `false` (also as a string, as `${VAR}` gives).
+pub(super) fn boolean(ctx: &mut Ctx, node: &Node, path: &str) -> Option<bool> {
+    match &node.kind {
+        Kind::Bool(b) => Some(*b),
+        Kind::Str(s) if s.trim() == "true" => Some(true),
+        Kind::Str(s) if s.trim() == "false" => Some(false),
+        Kind::Invalid => None,
+        _ => {
+            let message = format!("expected true or false, found {}", found_text(node));
+            ctx.error(node, path, message);
+            None
+        }
+    }
+}
+
 /// Reads a duration such as `30s`, `250ms`, `2m`.
 pub(super) fn duration(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Duration> {
     let text = string(ctx, node, path)?;

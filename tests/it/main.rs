@@ -18,6 +18,8 @@
 //!   again, `gap` notices.
 //! - `abuse`: slow loris, oversized heads, garbage, bad keys, subscribe and command floods,
 //!   the per-address connection rate, and memory (RSS) bounded under floods.
+//! - `console`: the console page and `/client.js` as served, the `console` switch, and
+//!   the client library run under Node (reconnect, restored subscriptions, refresh).
 //! - `compat`: the five existing backends of COMPAT.md, each run from its `examples/` file
 //!   with its workers' payloads sent by a real Python (redis-py) or Node (node-redis)
 //!   publisher.
@@ -31,6 +33,7 @@ mod admin;
 mod auth;
 mod cli;
 mod compat;
+mod console;
 mod nginx;
 mod ops;
 mod packaging;

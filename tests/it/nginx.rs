@@ -341,10 +341,14 @@ async fn a_wss_client_behind_nginx_gets_frames_and_its_own_address_is_logged() {
         .await;
     assert_eq!(status, 401, "{body}");
 
-    // Liveness is proxied; the admin endpoints and the metrics are not.
+    // Liveness and the client library are proxied; the admin endpoints, the metrics and the
+    // console are not.
     let (status, body) = nginx.get("/healthz").await;
     assert_eq!(status, 200, "{body}\n{}", nginx.error_log());
-    for path in ["/metrics", "/ws/stats"] {
+    let (status, body) = nginx.get("/client.js").await;
+    assert_eq!(status, 200, "{}", nginx.error_log());
+    assert!(body.contains("class RedisWsBridge"), "{body}");
+    for path in ["/metrics", "/ws/stats", "/", "/console.js"] {
         assert_eq!(nginx.get(path).await.0, 404, "GET {path} through nginx");
     }
     let publish = nginx

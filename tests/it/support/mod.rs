@@ -99,7 +99,7 @@ where
 
 /// A random port below the kernel's ephemeral range (32768+), so that it never collides
 /// with the `127.0.0.1:0` listeners and outgoing connections of other tests.
-fn pick_port() -> u16 {
+pub fn pick_port() -> u16 {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     loop {
         let mut h = RandomState::new().build_hasher();
@@ -756,6 +756,44 @@ pub async fn http_post(
     http_request(addr, "POST", path, headers, Some(body)).await
 }
 
+/// An HTTP answer with its headers (names in lower case, in order).
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of the header `name` (lower case); panics when it is absent or repeated.
+    pub fn header(&self, name: &str) -> &str {
+        let values: Vec<&str> = self
+            .headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect();
+        match values[..] {
+            [value] => value,
+            _ => panic!("expected one `{name}` header, got {values:?}"),
+        }
+    }
+
+    pub fn has_header(&self, name: &str) -> bool {
+        self.headers.iter().any(|(n, _)| n == name)
+    }
+}
+
+/// GET over a raw HTTP/1.1 connection (`Connection: close`), with the answer's headers.
+pub async fn http_get_response(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let raw = http_exchange(addr, "GET", path, headers, None).await;
+    parse_http_response_full(&raw)
+}
+
 async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -763,6 +801,18 @@ async fn http_request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> (u16, String) {
+    let raw = http_exchange(addr, method, path, headers, body).await;
+    parse_http_response(&raw)
+}
+
+/// Sends one request and reads the whole answer, raw.
+async fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Vec<u8> {
     let fut = async {
         let mut s = TcpStream::connect(addr).await.expect("connect for HTTP");
         let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
@@ -783,13 +833,17 @@ async fn http_request(
         s.read_to_end(&mut raw).await.expect("read HTTP response");
         raw
     };
-    let raw = tokio::time::timeout(WAIT, fut)
+    tokio::time::timeout(WAIT, fut)
         .await
-        .unwrap_or_else(|_| panic!("timed out: {method} {path}"));
-    parse_http_response(&raw)
+        .unwrap_or_else(|_| panic!("timed out: {method} {path}"))
 }
 
 fn parse_http_response(raw: &[u8]) -> (u16, String) {
+    let response = parse_http_response_full(raw);
+    (response.status, response.body)
+}
+
+fn parse_http_response_full(raw: &[u8]) -> HttpResponse {
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -810,7 +864,17 @@ fn parse_http_response(raw: &[u8]) -> (u16, String) {
     } else {
         body.to_vec()
     };
-    (status, String::from_utf8_lossy(&body).into_owned())
+    let headers = head
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
