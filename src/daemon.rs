@@ -74,6 +74,7 @@ async fn shutdown(shared: &Arc<Shared>, signal_name: &str, grace: std::time::Dur
     tracing::info!(signal = signal_name, connections, grace = ?grace, "shutting down");
     shared.systemd.stopping();
     shared.shutdown.cancel();
+    shared.hub.close_all(1001, "server shutting down");
     shared.sessions.close();
     if tokio::time::timeout(grace, shared.sessions.wait())
         .await

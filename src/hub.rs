@@ -302,6 +302,13 @@ impl Hub {
         indexes.connections.len()
     }
 
+    /// Asks every connection to close with `code` (shutdown).
+    pub fn close_all(&self, code: u16, reason: &'static str) {
+        for entry in self.read().connections.values() {
+            entry.connection.outbox.close(code, reason);
+        }
+    }
+
     /// Users with at least one connection, and the number of connections each.
     pub fn users(&self) -> Vec<(Arc<str>, usize)> {
         self.read()

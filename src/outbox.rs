@@ -16,11 +16,12 @@
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::sync::{Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::Instant;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 use crate::config::SlowClient;
 use crate::metrics::Metrics;
@@ -92,8 +93,8 @@ struct State {
 pub struct Outbox {
     socket: TcpStream,
     state: Mutex<State>,
-    /// Wakes the session: blocked, or closing.
-    wake: Notify,
+    /// The session's waker: woken when the socket refused a write, or to close.
+    session: AtomicWaker,
     capacity: usize,
     policy: SlowClient,
 }
@@ -103,7 +104,7 @@ impl Outbox {
         Outbox {
             socket,
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            session: AtomicWaker::new(),
             capacity,
             policy,
         }
@@ -197,7 +198,7 @@ impl Outbox {
     fn close_locked(&self, state: &mut State, closing: Closing) {
         if state.closing.is_none() {
             state.closing = Some(closing);
-            self.wake.notify_one();
+            self.session.wake();
         }
     }
 
@@ -229,10 +230,11 @@ impl Outbox {
         self.write_locked(&mut state, metrics)
     }
 
-    /// Resolves when the session has something to do: the socket refused a write, or a close
-    /// was requested.
-    pub async fn woken(&self) {
-        self.wake.notified().await;
+    /// Makes `waker` the one woken when the session has something to do: the socket refused a
+    /// write, or a close was requested. Register before reading `status`, so that nothing
+    /// done in between is missed.
+    pub fn register(&self, waker: &Waker) {
+        self.session.register(waker);
     }
 
     /// Writes the queue until it is empty or the socket is full. Called with the lock held, so
@@ -258,7 +260,7 @@ impl Outbox {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     if !state.blocked {
                         state.blocked = true;
-                        self.wake.notify_one();
+                        self.session.wake();
                     }
                     return Written::Blocked;
                 }

@@ -20,7 +20,9 @@ use crate::router::Routing;
 use crate::state::Shared;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
-const MAX_RETRY: Duration = Duration::from_secs(10);
+/// Short: a Redis that is back must not wait long for the bridge (messages published meanwhile
+/// reach nobody), and one connection's retries cost Redis nothing.
+const MAX_RETRY: Duration = Duration::from_secs(2);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Idle time before TCP keepalive probes start on a Redis connection.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -90,6 +91,10 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
         .outbox
         .send(wsframe::text(welcome.as_bytes()), &shared.metrics);
     shared.hub.register(connection.clone());
+    if shared.shutdown.is_cancelled() {
+        // Accepted while shutting down, after the hub's connections were told.
+        connection.outbox.close(1001, "server shutting down");
+    }
     shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
     shared
         .metrics
@@ -201,6 +206,9 @@ struct Session<'a> {
 
 impl Session<'_> {
     /// Serves the connection until it must close, and says why.
+    ///
+    /// A hand-written poll rather than a `select!`: the socket's readiness and the outbox's
+    /// waker need no future of their own, so an idle session is little more than its timer.
     async fn serve(&mut self, ping_interval: Duration, idle_timeout: Duration) -> Closing {
         let shared = self.commands.shared;
         let connection = self.commands.connection;
@@ -209,65 +217,87 @@ impl Session<'_> {
         let mut next_ping = tokio::time::Instant::now() + ping_interval;
         let timer = tokio::time::sleep_until(next_ping);
         tokio::pin!(timer);
+        // The token expiry the deadline was computed for: a `refresh` replaces the identity.
+        let mut expiry: Option<(SystemTime, tokio::time::Instant)> = None;
         // Since when the socket has refused writes: past idle_timeout the client is gone.
         let mut blocked_since: Option<Instant> = None;
-        loop {
-            let (blocked, closing) = outbox.status();
-            if let Some(closing) = closing {
-                return closing;
-            }
-            if !blocked {
-                blocked_since = None;
-            } else if blocked_since.is_none() {
-                blocked_since = Some(Instant::now());
-            }
-            // The identity is read on every turn: a `refresh` replaces it, expiry and all.
-            let expiry = connection.identity.load().expires_at.map(deadline);
-            let wake_at = expiry.map_or(next_ping, |expiry| expiry.min(next_ping));
-            if timer.deadline() != wake_at {
-                timer.as_mut().reset(wake_at);
-            }
-            tokio::select! {
-                biased;
-                _ = outbox.woken() => {}
-                _ = shared.shutdown.cancelled() => outbox.close(1001, "server shutting down"),
-                writable = socket.writable(), if blocked => match writable {
-                    Ok(()) => {
-                        outbox.write_backlog(&shared.metrics);
-                    }
-                    Err(_) => outbox.close(1006, "connection lost"),
-                },
-                readable = socket.readable() => match readable {
-                    Ok(()) => self.read_available(),
-                    Err(_) => outbox.close(1006, "connection lost"),
-                },
-                _ = &mut timer => {
-                    let now = tokio::time::Instant::now();
-                    if expiry.is_some_and(|expiry| expiry <= now) {
-                        self.commands.reply_error(
-                            None,
-                            ErrorCode::TokenExpired,
-                            "the token has expired; reconnect with a new one (send `refresh` before exp to stay connected)",
-                            None,
-                        );
-                        outbox.close(1008, "token expired");
-                    } else if next_ping <= now {
-                        next_ping = now + ping_interval;
-                        if blocked_since.is_some_and(|since| since.elapsed() >= idle_timeout) {
-                            outbox.close(1006, "write timed out");
-                        } else if self.last_seen.elapsed() >= idle_timeout {
-                            outbox.close(1001, "idle timeout");
-                        } else {
-                            outbox.send(wsframe::ping(&[]), &shared.metrics);
+        std::future::poll_fn(|cx| {
+            loop {
+                outbox.register(cx.waker());
+                let (blocked, closing) = outbox.status();
+                if let Some(closing) = closing {
+                    return Poll::Ready(closing);
+                }
+                if blocked {
+                    blocked_since.get_or_insert_with(Instant::now);
+                    match socket.poll_write_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            outbox.write_backlog(&shared.metrics);
+                            continue;
                         }
+                        Poll::Ready(Err(_)) => {
+                            outbox.close(1006, "connection lost");
+                            continue;
+                        }
+                        Poll::Pending => {}
+                    }
+                } else {
+                    blocked_since = None;
+                }
+                match socket.poll_read_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        if self.read_available() {
+                            continue;
+                        }
+                        // More input than one turn reads: the thread's other tasks go first.
+                        cx.waker().wake_by_ref();
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Err(_)) => {
+                        outbox.close(1006, "connection lost");
+                        continue;
+                    }
+                    Poll::Pending => {}
+                }
+                let expires_at = connection.identity.load().expires_at;
+                if expiry.map(|(at, _)| at) != expires_at {
+                    expiry = expires_at.map(|at| (at, deadline(at)));
+                }
+                let expiry_deadline = expiry.map(|(_, deadline)| deadline);
+                let wake_at = expiry_deadline.map_or(next_ping, |at| at.min(next_ping));
+                if timer.deadline() != wake_at {
+                    timer.as_mut().reset(wake_at);
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let now = tokio::time::Instant::now();
+                if expiry_deadline.is_some_and(|at| at <= now) {
+                    self.commands.reply_error(
+                        None,
+                        ErrorCode::TokenExpired,
+                        "the token has expired; reconnect with a new one (send `refresh` before exp to stay connected)",
+                        None,
+                    );
+                    outbox.close(1008, "token expired");
+                } else if next_ping <= now {
+                    next_ping = now + ping_interval;
+                    if blocked_since.is_some_and(|since| since.elapsed() >= idle_timeout) {
+                        outbox.close(1006, "write timed out");
+                    } else if self.last_seen.elapsed() >= idle_timeout {
+                        outbox.close(1001, "idle timeout");
+                    } else {
+                        outbox.send(wsframe::ping(&[]), &shared.metrics);
                     }
                 }
             }
-        }
+        })
+        .await
     }
 
-    /// Reads what the socket has, without waiting.
-    fn read_available(&mut self) {
+    /// Reads what the socket has, without waiting; false when it may have more than one turn
+    /// reads.
+    fn read_available(&mut self) -> bool {
         let connection = self.commands.connection;
         let mut buffer = [0; READ_CHUNK];
         for _ in 0..MAX_READS_PER_TURN {
@@ -275,23 +305,24 @@ impl Session<'_> {
                 Ok(0) => {
                     self.input_ended = true;
                     connection.outbox.close(1006, "connection lost");
-                    return;
+                    return true;
                 }
                 Ok(read) => {
                     self.last_seen = Instant::now();
                     if !self.take_input(&mut buffer[..read]) {
-                        return;
+                        return true;
                     }
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return true,
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(_) => {
                     self.input_ended = true;
                     connection.outbox.close(1006, "connection lost");
-                    return;
+                    return true;
                 }
             }
         }
+        false
     }
 
     /// Decodes and handles `input`; false once the connection is closing.
