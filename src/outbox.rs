@@ -189,6 +189,15 @@ impl Outbox {
         }
     }
 
+    /// Sends a pong, unless the socket is full: a client that sends pings without reading
+    /// would otherwise queue pongs without bound. RFC 6455 §5.5.3 lets a pong answer only the
+    /// latest ping.
+    pub fn send_pong(&self, frame: Bytes, metrics: &Metrics) {
+        if !self.lock().blocked {
+            self.send(frame, metrics);
+        }
+    }
+
     /// Asks the session to close after what is already queued (the first reason wins).
     pub fn close(&self, code: u16, reason: &'static str) {
         let mut state = self.lock();

@@ -488,7 +488,7 @@ impl Commands<'_> {
                 return Flow::Stop;
             }
             Frame::Ping(payload) => {
-                outbox.send(wsframe::pong(payload), &self.shared.metrics);
+                outbox.send_pong(wsframe::pong(payload), &self.shared.metrics);
                 return Flow::Continue;
             }
             Frame::Pong(_) => return Flow::Continue,

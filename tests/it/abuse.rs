@@ -1046,3 +1046,52 @@ async fn memory_stays_bounded_under_a_flood_of_commands_from_one_client() {
     .await;
     polite.finish("command flood").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_under_pings_from_a_client_that_never_reads() {
+    const PINGS: usize = 200_000;
+    let (redis, bridge) = start("", ROUTES).await;
+    let polite = Polite::start(&bridge, &redis).await;
+
+    // 200,000 pings of 125 bytes: answered in full they would be 25 MiB of pongs, queued
+    // behind a socket the client never reads.
+    let (ws, _) = tokio_tungstenite::connect_async(bridge.ws_url("/ws"))
+        .await
+        .expect("connect the flooder");
+    let (mut tx, rx) = ws.split();
+    let baseline = bridge.rss_kib();
+    let flood = tokio::spawn(async move {
+        for _ in 0..PINGS {
+            tx.feed(Message::Ping(vec![b'p'; 125].into()))
+                .await
+                .expect("the bridge reads every ping");
+        }
+        tx.flush().await.expect("flush the pings");
+        tx
+    });
+    let mut peak = baseline;
+    while !flood.is_finished() {
+        peak = peak.max(bridge.rss_kib());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let _tx = flood.await.expect("the flooder");
+    // The last pings are read once the socket has delivered them.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    peak = peak.max(bridge.rss_kib());
+    let growth = peak.saturating_sub(baseline);
+    let bound = 8 * MIB;
+    eprintln!(
+        "ping flood: RSS {baseline} KiB → peak {peak} KiB (+{growth} KiB, bound {bound} KiB)"
+    );
+    assert!(
+        growth < bound,
+        "RSS grew by {growth} KiB (bound {bound} KiB) under a ping flood"
+    );
+    assert_eq!(
+        bridge.stats().await["connections"],
+        2,
+        "both still connected"
+    );
+    drop(rx);
+    polite.finish("ping flood").await;
+}
