@@ -21,6 +21,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
+use socket2::SockRef;
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 use crate::config::SlowClient;
@@ -258,7 +260,10 @@ impl Outbox {
                 *slot = IoSlice::new(item.frame.get(skip..).unwrap_or_default());
                 count += 1;
             }
-            let written = match self.socket.try_write_vectored(&slices[..count]) {
+            let written = match self
+                .socket
+                .try_io(Interest::WRITABLE, || send(&self.socket, &slices[..count]))
+            {
                 Ok(0) => Err(io::ErrorKind::WriteZero.into()),
                 Ok(written) => Ok(written),
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
@@ -308,6 +313,17 @@ impl Outbox {
         // An idle connection keeps no queue memory; a burst does not pin its peak.
         state.queue = VecDeque::new();
         Written::Empty
+    }
+}
+
+/// One non-blocking `send`/`sendmsg`: unlike `write`/`writev` they go straight to the socket
+/// layer, without the file layer's position lock and dispatch (8 % of a fan-out's CPU).
+fn send(socket: &TcpStream, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+    const FLAGS: libc::c_int = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
+    let socket = SockRef::from(socket);
+    match slices {
+        [one] => socket.send_with_flags(one, FLAGS),
+        _ => socket.send_vectored_with_flags(slices, FLAGS),
     }
 }
 

@@ -7,23 +7,18 @@
 //! reported as gaps.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::support::tokens::{SECRET, auth_section, now};
 use crate::support::{
-    Bridge, HttpResponse, RedisServer, WAIT, config, config_with, http_get_response, pick_port,
-    publish, start, wait_until_async,
+    Bridge, HttpResponse, RedisServer, WAIT, config, config_with, http_get_response, node,
+    node_project, pick_port, publish, repo, start, wait_until_async,
 };
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn asset(name: &str) -> String {
     let path = repo().join("assets").join(name);
@@ -189,23 +184,6 @@ fn the_console_switch_is_a_boolean() {
 // client.js under Node
 // ---------------------------------------------------------------------------------------
 
-/// `node`, and the directory whose node_modules must hold `ws`.
-fn node() -> &'static (PathBuf, PathBuf) {
-    static NODE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    NODE.get_or_init(|| {
-        let node = std::env::var_os("BRIDGE_TEST_NODE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("node"));
-        let dir = repo().join("tests/clients/node");
-        assert!(
-            dir.join("node_modules/ws/package.json").is_file(),
-            "{} has no node_modules/ws: run scripts/test.sh once (it runs `npm ci` there)",
-            dir.display()
-        );
-        (node, dir)
-    })
-}
-
 /// `drive.js` running one client: commands in, events out.
 struct NodeClient {
     child: Child,
@@ -218,7 +196,8 @@ struct NodeClient {
 
 impl NodeClient {
     fn start() -> NodeClient {
-        let (node, dir) = node();
+        let dir = node_project("tests/clients/node", "ws");
+        let node = node();
         let mut child = Command::new(node)
             .arg(dir.join("drive.js"))
             .stdin(Stdio::piped())

@@ -6,13 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use crate::support::BIN;
+use crate::support::{BIN, repo};
 
 const UNIT: &str = "redis-ws-bridge.service";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
 
 fn run(command: &mut Command) -> Output {
     let output = command

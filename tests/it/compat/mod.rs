@@ -25,8 +25,8 @@ use serde_json::Value;
 
 use crate::support::tokens::{SECRET, SERVICE_KEY, sha256_hex};
 use crate::support::{
-    ADMIN_TOKEN, Bridge, ConnectError, RedisServer, WAIT, WsClient, assert_rfc3339_ms_utc,
-    wait_output,
+    ADMIN_TOKEN, Bridge, ConnectError, RedisServer, WAIT, WsClient, assert_rfc3339_ms_utc, node,
+    node_project, repo, wait_output,
 };
 
 /// The examples, with the number of routes `check` must report for each.
@@ -40,10 +40,6 @@ const EXAMPLES: &[(&str, usize)] = &[
 
 /// How long a publisher process may take (an interpreter start and a few PUBLISHes).
 const PUBLISHER_WAIT: Duration = Duration::from_secs(30);
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The text of `examples/NAME.yaml`.
 fn example(name: &str) -> String {
@@ -231,35 +227,6 @@ fn python() -> &'static Path {
     })
 }
 
-/// `node` and the Node publisher's directory, whose node_modules must hold `redis`.
-fn node() -> &'static (PathBuf, PathBuf) {
-    static NODE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    NODE.get_or_init(|| {
-        let node = std::env::var_os("BRIDGE_TEST_NODE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("node"));
-        let dir = repo().join("tests/publishers/node");
-        let runs = Command::new(&node)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(
-            runs,
-            "cannot run `{}`: the Node publisher needs Node.js; run scripts/test.sh once (it \
-             installs nodejs and npm when they are missing)",
-            node.display()
-        );
-        assert!(
-            dir.join("node_modules/redis/package.json").is_file(),
-            "{} has no node_modules/redis: run scripts/test.sh once (it runs `npm ci` there)",
-            dir.display()
-        );
-        (node, dir)
-    })
-}
-
 /// Publishes `messages` (stdin lines of `tests/publishers/publish.py`) with redis-py.
 async fn publish_python(redis_url: &str, messages: &[Value]) -> Vec<Published> {
     let script = repo().join("tests/publishers/publish.py");
@@ -268,8 +235,15 @@ async fn publish_python(redis_url: &str, messages: &[Value]) -> Vec<Published> {
 
 /// Publishes `messages` (stdin lines of `tests/publishers/node/publish.js`) with node-redis.
 async fn publish_node(redis_url: &str, messages: &[Value]) -> Vec<Published> {
-    let (node, dir) = node();
-    run_publisher(node.clone(), dir.join("publish.js"), redis_url, messages).await
+    let dir = node_project("tests/publishers/node", "redis");
+    let node = node();
+    run_publisher(
+        node.to_path_buf(),
+        dir.join("publish.js"),
+        redis_url,
+        messages,
+    )
+    .await
 }
 
 /// Runs a publisher to completion off the async runtime; every message must have reached

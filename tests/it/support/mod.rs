@@ -1355,3 +1355,46 @@ pub async fn start(websocket: &str, routes: &str) -> (RedisServer, Bridge) {
     bridge.wait_ready().await;
     (redis, bridge)
 }
+
+/// The repository's root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `node` (or `$BRIDGE_TEST_NODE`), checked once to run.
+pub fn node() -> &'static Path {
+    static NODE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| {
+        let node = std::env::var_os("BRIDGE_TEST_NODE")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("node"));
+        let runs = Command::new(&node)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            runs,
+            "cannot run `{}`: run scripts/test.sh once (it installs nodejs and npm when they \
+             are missing)",
+            node.display()
+        );
+        node
+    })
+}
+
+/// The Node project `dir` (relative to the repository), whose node_modules must hold
+/// `package`.
+pub fn node_project(dir: &str, package: &str) -> PathBuf {
+    let dir = repo().join(dir);
+    assert!(
+        dir.join("node_modules")
+            .join(package)
+            .join("package.json")
+            .is_file(),
+        "{} has no node_modules/{package}: run scripts/test.sh once (it runs `npm ci` there)",
+        dir.display()
+    );
+    dir
+}
