@@ -339,8 +339,9 @@ impl Session<'_> {
             self.input_ended = true;
         }
         if let Err(violation) = decoded {
-            // Nothing after a violation can be read as frames.
-            self.input_ended = true;
+            // The input stays open: what the client still sends (the rest of an oversized
+            // frame) is drained while it reads the close frame, so that the socket closes
+            // without a reset.
             outbox.close(violation.close_code(), violation.reason());
         }
         !outbox.is_closing()
@@ -389,7 +390,8 @@ impl Session<'_> {
 }
 
 /// Reads what the socket has and drops it; true at the client's close frame, the end of the
-/// stream or an error.
+/// stream or an error. After a violation the decoder yields nothing more: the input is
+/// drained until the client ends the stream.
 fn discard_until_close(socket: &tokio::net::TcpStream, decoder: &mut Decoder) -> bool {
     let mut buffer = [0; READ_CHUNK];
     loop {
