@@ -15,7 +15,8 @@
 #
 # Environment: CLIENTS (override the scenario's client count), DURATION (per step, default
 # 10s), OUT (results file), BRIDGE_BIN / BENCH_BIN (binaries; default target/release/…),
-# NO_BUILD=1 (do not run cargo build --release first).
+# NO_BUILD=1 (do not run cargo build --release first), SERVER_CPU / TOOL_CPU (taskset CPU lists
+# of the server and of the tool + Redis; default 0 and 1).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -48,8 +49,8 @@ OUT="${OUT:-bench/results/$(date -u +%Y%m%d-%H%M%S).jsonl}"
 LOG="${OUT%.jsonl}.servers.log"
 BRIDGE_BIN="${BRIDGE_BIN:-$root/target/release/redis-ws-bridge}"
 BENCH_BIN="${BENCH_BIN:-$root/target/release/bridge-bench}"
-SERVER_CPU=0
-TOOL_CPU=1
+SERVER_CPU="${SERVER_CPU:-0}"
+TOOL_CPU="${TOOL_CPU:-1}"
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
   cargo build --release --quiet --bin redis-ws-bridge --bin bridge-bench

@@ -26,6 +26,10 @@ use crate::state::Shared;
 /// topics (job ids) cannot grow memory without bound; `seq` then restarts at 1 for them.
 const MAX_SEQUENCED_TOPICS: usize = 1_000_000;
 
+/// The fewest connections a worker thread is given to flush: below that, handing them over
+/// costs more than writing them here.
+const MIN_FLUSH_SHARE: usize = 512;
+
 pub struct Dispatcher {
     shared: Arc<Shared>,
     seqs: HashMap<Box<str>, u64>,
@@ -53,9 +57,26 @@ impl Dispatcher {
         self.queued
     }
 
-    /// Writes what the dispatches since the last flush queued.
+    /// Writes what the dispatches since the last flush queued. A large fan-out is split over
+    /// the runtime's worker threads: one thread's sends are the fan-out's ceiling otherwise.
+    /// Order per connection holds whoever flushes: each writes its queue from the front under
+    /// the connection's lock.
     pub fn flush(&mut self) {
         self.queued = 0;
+        let workers = tokio::runtime::Handle::current().metrics().num_workers();
+        if workers > 1 && self.unflushed.len() >= 2 * MIN_FLUSH_SHARE {
+            let share = self.unflushed.len().div_ceil(workers).max(MIN_FLUSH_SHARE);
+            while self.unflushed.len() > share {
+                let split_at = self.unflushed.len() - share;
+                let connections = self.unflushed.split_off(split_at);
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    for connection in connections {
+                        connection.outbox.flush(&shared.metrics);
+                    }
+                });
+            }
+        }
         for connection in self.unflushed.drain(..) {
             connection.outbox.flush(&self.shared.metrics);
         }

@@ -649,3 +649,55 @@ async fn stats_count_connections_topics_and_route_traffic() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_reaches_every_subscriber_once_and_in_order() {
+    // More subscribers than the bridge flushes on one thread (2 × 512): the writes of each
+    // message are split over its worker threads, and order and once-only must hold per
+    // connection whoever writes.
+    const SUBSCRIBERS: usize = 1_200;
+    const MESSAGES: u64 = 30;
+    let (redis, bridge) = start(
+        "",
+        r#"
+        - name: jobs
+          pattern: "job:*"
+          topic: "job:{1}"
+        "#,
+    )
+    .await;
+    let mut subscribers = Vec::with_capacity(SUBSCRIBERS);
+    for _ in 0..SUBSCRIBERS {
+        let mut client = bridge.client().await;
+        client.subscribe(1, &["job:big"]).await;
+        subscribers.push(client);
+    }
+    let mut other = bridge.client().await;
+    other.subscribe(1, &["job:other"]).await;
+
+    let payloads: Vec<Vec<u8>> = (1..=MESSAGES)
+        .map(|i| format!(r#"{{"i":{i}}}"#).into_bytes())
+        .collect();
+    let mut p = Publisher::connect(&redis.url()).await;
+    p.publish_many("job:big", &payloads).await;
+
+    let checks: Vec<_> = subscribers
+        .into_iter()
+        .map(|mut client| {
+            tokio::spawn(async move {
+                for i in 1..=MESSAGES {
+                    let f = client.next_json().await;
+                    assert_envelope(&f, "jobs", "job:big", i, &json!({ "i": i }));
+                }
+                // Nothing after the last one.
+                client.assert_pong(2).await;
+            })
+        })
+        .collect();
+    for check in checks {
+        check
+            .await
+            .expect("every subscriber got every message once, in order");
+    }
+    other.assert_pong(2).await;
+}
