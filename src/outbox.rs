@@ -7,7 +7,7 @@
 //! delivery costs no task wake-up, no copy and no buffer per connection. What the socket does
 //! not take stays queued, the connection is marked blocked, and from then on only its session
 //! writes, when the socket becomes writable again, with vectored writes of as many queued
-//! frames as one `writev` takes: a backlog leaves in few syscalls and no frame ever waits for a
+//! frames as one `sendmsg` takes: a backlog leaves in few syscalls and no frame ever waits for a
 //! batch to fill.
 //!
 //! Capacity counts route frames only: the answers to a client's own commands are bounded by
@@ -28,7 +28,7 @@ use tokio::net::TcpStream;
 use crate::config::SlowClient;
 use crate::metrics::Metrics;
 
-/// Frames handed to one `writev`; more than enough to fill a socket's send buffer with the
+/// Frames handed to one `sendmsg`; more than enough to fill a socket's send buffer with the
 /// small frames of a fan-out.
 const MAX_WRITE_SLICES: usize = 64;
 
