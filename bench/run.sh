@@ -187,7 +187,10 @@ bench() {
 
 common() {
   local target="$1" name="$2"
-  echo --label "$target" --scenario "$name" --server-pid "$SERVER_PIDS" --server-core "$SERVER_CPU" --redis-pid "$REDIS_PID"
+  # The core-based figure needs the server alone on one core.
+  local core=()
+  [[ "$SERVER_CPU" =~ ^[0-9]+$ ]] && core=(--server-core "$SERVER_CPU")
+  echo --label "$target" --scenario "$name" --server-pid "$SERVER_PIDS" "${core[@]}" --redis-pid "$REDIS_PID"
 }
 
 # run_one SCENARIO TARGET: one measurement.
