@@ -28,33 +28,40 @@ const LEN7: u8 = 0x7F;
 const MAX_CONTROL: usize = 125;
 const MASK_LEN: usize = 4;
 
-/// A complete server frame (FIN set, unmasked): header + payload, ready to write to any socket.
-///
-/// Opcode 0x1; the caller guarantees `payload` is UTF-8.
+// Opcodes (RFC 6455 §5.2).
+const CONTINUATION: u8 = 0x0;
+const TEXT: u8 = 0x1;
+const BINARY: u8 = 0x2;
+const CLOSE: u8 = 0x8;
+const PING: u8 = 0x9;
+const PONG: u8 = 0xA;
+
+/// A complete server text frame (FIN set, unmasked): header + payload, ready to write to any
+/// socket. The caller guarantees `payload` is UTF-8.
 pub fn text(payload: &[u8]) -> Bytes {
-    encode(0x1, &[payload])
+    encode(TEXT, &[payload])
 }
 
-/// A binary frame (0x2): a raw route whose payload is not UTF-8.
+/// A binary frame: a raw route whose payload is not UTF-8.
 pub fn binary(payload: &[u8]) -> Bytes {
-    encode(0x2, &[payload])
+    encode(BINARY, &[payload])
 }
 
-/// A ping (0x9); a payload over 125 bytes is truncated, as a control frame cannot carry more.
+/// A ping; a payload over 125 bytes is truncated, as a control frame cannot carry more.
 pub fn ping(payload: &[u8]) -> Bytes {
-    encode(0x9, &[control_payload(payload)])
+    encode(PING, &[control_payload(payload)])
 }
 
-/// A pong (0xA); a payload over 125 bytes is truncated, as a control frame cannot carry more.
+/// A pong; a payload over 125 bytes is truncated, as a control frame cannot carry more.
 pub fn pong(payload: &[u8]) -> Bytes {
-    encode(0xA, &[control_payload(payload)])
+    encode(PONG, &[control_payload(payload)])
 }
 
-/// A close frame (0x8): `code` big-endian, then `reason` cut at a char boundary to fit the
+/// A close frame: `code` big-endian, then `reason` cut at a char boundary to fit the
 /// 125 bytes of a control frame (the client validates the reason as UTF-8).
 pub fn close(code: u16, reason: &str) -> Bytes {
     let reason = truncate_at_char(reason, MAX_CONTROL - 2);
-    encode(0x8, &[&code.to_be_bytes(), reason.as_bytes()])
+    encode(CLOSE, &[&code.to_be_bytes(), reason.as_bytes()])
 }
 
 /// One frame from its payload's parts, so a close frame needs no intermediate buffer.
@@ -347,15 +354,15 @@ impl Decoder {
             None => Ok(Role::Data { kind, fin }),
         };
         let role = match first & OPCODE {
-            0x0 => match self.fragmented {
+            CONTINUATION => match self.fragmented {
                 Some(kind) => Role::Data { kind, fin },
                 None => return Err(Violation::Protocol("continuation without a start")),
             },
-            0x1 => start(Kind::Text)?,
-            0x2 => start(Kind::Binary)?,
-            0x8 => control(Role::Close)?,
-            0x9 => control(Role::Ping)?,
-            0xA => control(Role::Pong)?,
+            TEXT => start(Kind::Text)?,
+            BINARY => start(Kind::Binary)?,
+            CLOSE => control(Role::Close)?,
+            PING => control(Role::Ping)?,
+            PONG => control(Role::Pong)?,
             _ => return Err(Violation::Protocol("unknown opcode")),
         };
         // Non-minimal length encodings are accepted: refusing them would protect nothing.
@@ -470,12 +477,6 @@ mod tests {
     use super::*;
 
     const KEY: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    const TEXT: u8 = 0x1;
-    const BINARY: u8 = 0x2;
-    const CLOSE: u8 = 0x8;
-    const PING: u8 = 0x9;
-    const PONG: u8 = 0xA;
-    const CONTINUATION: u8 = 0x0;
 
     /// A frame as a client sends it: `first` is the whole first byte (FIN, RSV, opcode), the
     /// length in its shortest form, masked with `KEY` unless `masked` is false.
