@@ -38,9 +38,12 @@ pub struct Dispatcher {
     unflushed: Vec<Arc<Connection>>,
     /// Frames queued since the last flush.
     queued: usize,
+    /// The runtime's worker threads, over which a large flush is shared out.
+    workers: usize,
 }
 
 impl Dispatcher {
+    /// Must be called on the runtime the dispatcher runs on.
     pub fn new(shared: Arc<Shared>) -> Dispatcher {
         Dispatcher {
             shared,
@@ -48,6 +51,7 @@ impl Dispatcher {
             next_dispatch: 0,
             unflushed: Vec::new(),
             queued: 0,
+            workers: tokio::runtime::Handle::current().metrics().num_workers(),
         }
     }
 
@@ -63,9 +67,12 @@ impl Dispatcher {
     /// the connection's lock.
     pub fn flush(&mut self) {
         self.queued = 0;
-        let workers = tokio::runtime::Handle::current().metrics().num_workers();
-        if workers > 1 && self.unflushed.len() >= 2 * MIN_FLUSH_SHARE {
-            let share = self.unflushed.len().div_ceil(workers).max(MIN_FLUSH_SHARE);
+        if self.workers > 1 && self.unflushed.len() >= 2 * MIN_FLUSH_SHARE {
+            let share = self
+                .unflushed
+                .len()
+                .div_ceil(self.workers)
+                .max(MIN_FLUSH_SHARE);
             while self.unflushed.len() > share {
                 let split_at = self.unflushed.len() - share;
                 let connections = self.unflushed.split_off(split_at);
