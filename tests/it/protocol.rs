@@ -7,15 +7,9 @@ use serde_json::{Value, json};
 use tokio::io::AsyncReadExt;
 
 use crate::support::{
-    ConnectError, Frame, Publisher, WAIT, WsClient, assert_envelope, parse_server_opcodes,
-    raw_ws_handshake, start, wait_until_async,
+    ConnectError, Frame, JOB_ROUTE, Publisher, WAIT, WsClient, assert_envelope,
+    parse_server_opcodes, raw_ws_handshake, start, wait_until_async,
 };
-
-const ONE_ROUTE: &str = r#"
-    - name: jobs
-      pattern: "job:*"
-      topic: "job:{1}"
-    "#;
 
 /// Asserts `{"type":"error","code":code,"message":"..."}` plus the given `id`
 /// (`None`: no id, or null) and nothing else but an optional `topic`.
@@ -40,7 +34,7 @@ fn assert_error(frame: &Value, code: &str, id: Option<u64>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_frame_is_connected() {
-    let (_redis, bridge) = start("", ONE_ROUTE).await;
+    let (_redis, bridge) = start("", JOB_ROUTE).await;
     let a = bridge.client().await;
     let b = bridge.client().await;
     for w in [&a.welcome, &b.welcome] {
@@ -60,7 +54,7 @@ async fn the_first_frame_is_connected() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping_is_answered_with_pong_echoing_the_id() {
-    let (_redis, bridge) = start("", ONE_ROUTE).await;
+    let (_redis, bridge) = start("", JOB_ROUTE).await;
     let mut c = bridge.client().await;
     c.assert_pong(3).await;
     c.assert_pong(4).await;
@@ -76,7 +70,7 @@ async fn ping_is_answered_with_pong_echoing_the_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_client_input_gets_bad_request_and_the_connection_stays() {
-    let (redis, bridge) = start("", ONE_ROUTE).await;
+    let (redis, bridge) = start("", JOB_ROUTE).await;
     let mut c = bridge.client().await;
     c.subscribe(1, &["job:1"]).await;
 
@@ -160,7 +154,7 @@ async fn subscribing_to_a_topic_no_route_produces_is_unknown_topic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_frame_closes_with_1009() {
-    let (_redis, bridge) = start("max_frame_bytes: 1024", ONE_ROUTE).await;
+    let (_redis, bridge) = start("max_frame_bytes: 1024", JOB_ROUTE).await;
     let mut c = bridge.client().await;
     // Under the limit: fine.
     c.subscribe(1, &["job:1"]).await;
@@ -180,7 +174,7 @@ async fn an_oversized_frame_closes_with_1009() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_max_connections_the_upgrade_gets_503() {
-    let (_redis, bridge) = start("max_connections: 2", ONE_ROUTE).await;
+    let (_redis, bridge) = start("max_connections: 2", JOB_ROUTE).await;
     let mut a = bridge.client().await;
     let b = bridge.client().await;
     match WsClient::try_connect(&bridge.ws_url("/ws"), &[]).await {
@@ -203,7 +197,7 @@ async fn past_max_connections_the_upgrade_gets_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_sends_websocket_pings() {
-    let (_redis, bridge) = start("ping_interval: 200ms\nidle_timeout: 10s", ONE_ROUTE).await;
+    let (_redis, bridge) = start("ping_interval: 200ms\nidle_timeout: 10s", JOB_ROUTE).await;
     let mut c = bridge.client().await;
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut pings = 0;
@@ -220,7 +214,7 @@ async fn the_server_sends_websocket_pings() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_a_client_that_does_not_answer_pings() {
-    let (_redis, bridge) = start("ping_interval: 200ms\nidle_timeout: 1s", ONE_ROUTE).await;
+    let (_redis, bridge) = start("ping_interval: 200ms\nidle_timeout: 1s", JOB_ROUTE).await;
 
     // A silent client: the handshake, then it never writes (so never pongs).
     let silent = async {

@@ -5,8 +5,8 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::support::{
-    Bridge, Frame, Publisher, RedisServer, WAIT, WsClient, assert_envelope, config, start,
-    wait_until_async,
+    Bridge, Frame, JOB_ROUTE, Publisher, RedisServer, WAIT, WsClient, assert_envelope, config,
+    start, wait_until_async,
 };
 
 /// Messages in the flood: 4096 × 4 KiB = 16 MiB, several times what the kernel buffers
@@ -281,15 +281,7 @@ async fn starts_without_redis_and_becomes_ready_when_it_appears() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_every_client_with_1001_and_exits_0() {
-    let (_redis, mut bridge) = start(
-        "",
-        r#"
-        - name: jobs
-          pattern: "job:*"
-          topic: "job:{1}"
-        "#,
-    )
-    .await;
+    let (_redis, mut bridge) = start("", JOB_ROUTE).await;
     let mut a = bridge.client().await;
     let mut b = bridge.client().await;
     a.subscribe(1, &["job:1"]).await;

@@ -4,7 +4,8 @@
 use serde_json::{Value, json};
 
 use crate::support::{
-    Frame, Publisher, WAIT, assert_envelope, assert_rfc3339_ms_utc, start, wait_until_async,
+    Frame, JOB_ROUTE, Publisher, WAIT, assert_envelope, assert_rfc3339_ms_utc, start,
+    wait_until_async,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,15 +494,7 @@ async fn topic_list_delivers_each_topic_and_a_connection_gets_a_message_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribe_filter_admits_only_listed_values() {
-    let (redis, bridge) = start(
-        "",
-        r#"
-        - name: jobs
-          pattern: "job:*"
-          topic: "job:{1}"
-        "#,
-    )
-    .await;
+    let (redis, bridge) = start("", JOB_ROUTE).await;
     let mut any = bridge.client().await;
     let mut status = bridge.client().await;
     let mut both = bridge.client().await;
@@ -553,15 +546,7 @@ async fn subscribe_filter_admits_only_listed_values() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsubscribe_stops_delivery_to_that_connection_only() {
-    let (redis, bridge) = start(
-        "",
-        r#"
-        - name: jobs
-          pattern: "job:*"
-          topic: "job:{1}"
-        "#,
-    )
-    .await;
+    let (redis, bridge) = start("", JOB_ROUTE).await;
     let mut a = bridge.client().await;
     let mut b = bridge.client().await;
     a.subscribe(1, &["job:1", "job:m"]).await;
@@ -657,15 +642,7 @@ async fn a_large_fan_out_reaches_every_subscriber_once_and_in_order() {
     // connection whoever writes.
     const SUBSCRIBERS: usize = 1_200;
     const MESSAGES: u64 = 30;
-    let (redis, bridge) = start(
-        "",
-        r#"
-        - name: jobs
-          pattern: "job:*"
-          topic: "job:{1}"
-        "#,
-    )
-    .await;
+    let (redis, bridge) = start("", JOB_ROUTE).await;
     let mut subscribers = Vec::with_capacity(SUBSCRIBERS);
     for _ in 0..SUBSCRIBERS {
         let mut client = bridge.client().await;

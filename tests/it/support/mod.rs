@@ -1348,6 +1348,13 @@ pub fn config_with(websocket: &str, sections: &str, routes: &str) -> String {
     s
 }
 
+/// The route most tests need: `job:<id>` channels to `job:<id>` topics, by subscription.
+pub const JOB_ROUTE: &str = r#"
+    - name: jobs
+      pattern: "job:*"
+      topic: "job:{1}"
+    "#;
+
 /// Starts Redis and a bridge on `config(websocket, routes)`, and waits until it is ready.
 pub async fn start(websocket: &str, routes: &str) -> (RedisServer, Bridge) {
     let redis = RedisServer::start();
