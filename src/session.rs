@@ -301,21 +301,15 @@ impl Session<'_> {
         let connection = self.commands.connection;
         let mut buffer = [0; READ_CHUNK];
         for _ in 0..MAX_READS_PER_TURN {
-            match connection.outbox.socket().try_read(&mut buffer) {
-                Ok(0) => {
-                    self.input_ended = true;
-                    connection.outbox.close(1006, "connection lost");
-                    return true;
-                }
-                Ok(read) => {
+            match read_some(connection.outbox.socket(), &mut buffer) {
+                Input::Data(read) => {
                     self.last_seen = Instant::now();
                     if !self.take_input(&mut buffer[..read]) {
                         return true;
                     }
                 }
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return true,
-                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
+                Input::Drained => return true,
+                Input::Ended => {
                     self.input_ended = true;
                     connection.outbox.close(1006, "connection lost");
                     return true;
@@ -395,9 +389,8 @@ impl Session<'_> {
 fn discard_until_close(socket: &tokio::net::TcpStream, decoder: &mut Decoder) -> bool {
     let mut buffer = [0; READ_CHUNK];
     loop {
-        match socket.try_read(&mut buffer) {
-            Ok(0) => return true,
-            Ok(read) => {
+        match read_some(socket, &mut buffer) {
+            Input::Data(read) => {
                 let mut closed = false;
                 let decoded = decoder.feed(&mut buffer[..read], &mut |frame| {
                     if matches!(frame, Frame::Close(_)) {
@@ -411,9 +404,30 @@ fn discard_until_close(socket: &tokio::net::TcpStream, decoder: &mut Decoder) ->
                     return true;
                 }
             }
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Input::Drained => return false,
+            Input::Ended => return true,
+        }
+    }
+}
+
+/// What one non-blocking read gave.
+enum Input {
+    /// This many bytes.
+    Data(usize),
+    /// Nothing more for now.
+    Drained,
+    /// The end of the stream, or a socket error: nothing more will come.
+    Ended,
+}
+
+fn read_some(socket: &tokio::net::TcpStream, buffer: &mut [u8]) -> Input {
+    loop {
+        match socket.try_read(buffer) {
+            Ok(0) => return Input::Ended,
+            Ok(read) => return Input::Data(read),
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => return Input::Drained,
             Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return true,
+            Err(_) => return Input::Ended,
         }
     }
 }
