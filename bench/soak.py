@@ -290,6 +290,7 @@ redis:
 websocket:
   path: /ws
   max_connections: {self.s.clients + 100}
+  max_connections_per_ip: {self.s.clients + 100}
   max_subscriptions: {max(self.s.topics_per_client, 1000)}
   send_queue: 256
   slow_client: disconnect

@@ -3,7 +3,7 @@
 //! was loaded); only the clock is read, for `exp` and `nbf`.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
@@ -87,6 +87,12 @@ pub enum Rejection {
     NoUser(String),
     /// No configured API key has this digest.
     UnknownApiKey,
+    /// `exp` is past the year 9999: no real token expires then, and times that far away
+    /// overflow clocks.
+    ExpiryOutOfRange,
+    /// The token's user is the user of a configured API key: the two kinds of credential
+    /// never act as one another.
+    ApiKeyUser,
 }
 
 impl Rejection {
@@ -107,6 +113,8 @@ impl Rejection {
             Rejection::MissingClaim(_) => "missing_claim",
             Rejection::NoUser(_) => "missing_user",
             Rejection::UnknownApiKey => "unknown_api_key",
+            Rejection::ExpiryOutOfRange => "expiry_out_of_range",
+            Rejection::ApiKeyUser => "api_key_user",
         }
     }
 
@@ -139,18 +147,63 @@ impl Rejection {
                 format!("the token's `{claim}` claim is absent or not a string or number")
             }
             Rejection::UnknownApiKey => "the API key is not valid".to_owned(),
+            Rejection::ExpiryOutOfRange => {
+                "the token's `exp` is out of range (after the year 9999)".to_owned()
+            }
+            Rejection::ApiKeyUser => {
+                "the token's user is reserved for an API key of this bridge".to_owned()
+            }
         }
     }
 }
 
 /// A credential as a client presented it. Deliberately not `Debug`, so that it cannot end
 /// up in a log line by accident.
+#[derive(Clone)]
 pub enum Credential {
     /// A JWT (`?token=` or `Authorization: Bearer`).
     Token(String),
     /// An API key (`X-API-Key`).
     ApiKey(String),
 }
+
+/// A connection's credential, kept so that a reload can verify it again with the new keys
+/// (a removed API key or a rotated secret must not keep serving open connections). Its
+/// `Debug` prints nothing of it.
+#[derive(Default)]
+pub struct HeldCredential(Mutex<Option<Credential>>);
+
+impl std::fmt::Debug for HeldCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeldCredential(..)")
+    }
+}
+
+impl HeldCredential {
+    pub fn new(credential: Option<Credential>) -> HeldCredential {
+        HeldCredential(Mutex::new(credential))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Credential>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A `refresh` replaced the credential.
+    pub fn replace(&self, credential: Credential) {
+        *self.lock() = Some(credential);
+    }
+
+    /// Verifies the credential again; `None` for a connection that presented none.
+    pub fn verify(&self, authenticator: &Authenticator) -> Option<Result<Identity, Rejection>> {
+        let credential = self.lock().clone()?;
+        Some(authenticator.verify(&credential))
+    }
+}
+
+/// The latest `exp` accepted: 9999-12-31T23:59:59Z.
+const MAX_EXP: u64 = 253_402_300_799;
 
 /// Turns credentials into identities with the keys of one configuration generation.
 #[derive(Debug, Clone, Copy)]
@@ -194,11 +247,14 @@ impl<'a> Authenticator<'a> {
         if !claims.is_object() {
             return Err(Rejection::Malformed);
         }
-        let user = match claim(&claims, &self.settings.user_claim) {
+        let user: Arc<str> = match claim(&claims, &self.settings.user_claim) {
             Some(Value::String(s)) if !s.is_empty() => Arc::from(s.as_str()),
             Some(Value::Number(n)) => Arc::from(n.to_string()),
             _ => return Err(Rejection::NoUser(self.settings.user_claim.clone())),
         };
+        if self.settings.api_keys.iter().any(|key| key.user == user) {
+            return Err(Rejection::ApiKeyUser);
+        }
         let roles = match claim(&claims, &self.settings.roles_claim) {
             Some(Value::String(role)) => vec![Arc::from(role.as_str())],
             Some(Value::Array(items)) => items
@@ -209,10 +265,14 @@ impl<'a> Authenticator<'a> {
             _ => Vec::new(),
         };
         // Validation required a numeric `exp`; it may be a float in some issuers' tokens.
-        let expires_at = claims
+        let expires_at = match claims
             .get("exp")
             .and_then(|exp| exp.as_u64().or_else(|| exp.as_f64().map(|f| f as u64)))
-            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
+        {
+            Some(secs) if secs > MAX_EXP => return Err(Rejection::ExpiryOutOfRange),
+            Some(secs) => Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs)),
+            None => None,
+        };
         Ok(Identity {
             user: Some(user),
             roles,

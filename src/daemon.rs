@@ -47,6 +47,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     let hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
     let path = config.source.clone();
+    for warning in config.warnings() {
+        tracing::warn!(path = %path.display(), "{warning}");
+    }
 
     let shared = Shared::new(config);
     let subscriber = pubsub::spawn(shared.clone());

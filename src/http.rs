@@ -31,11 +31,11 @@ use crate::auth::{self, Authenticator, Credential, Identity, Rejection};
 use crate::config::{AuthMode, Config};
 use crate::hub::Connection;
 use crate::metrics::RejectReason;
-use crate::outbox::Outbox;
+use crate::outbox::{self, Outbox};
 use crate::proxy::ClientAddr;
 use crate::pubsub;
 use crate::session::{self, Peer};
-use crate::state::Shared;
+use crate::state::{Full, Shared, SlotRequest};
 
 /// The most a request's head may take; a larger one is refused (431) without growing the
 /// buffer further, so a request costs at most this much memory before it is checked.
@@ -348,18 +348,21 @@ fn presented(headers: &HeaderMap, query: Option<&str>) -> Result<Option<Credenti
     }
 }
 
-/// Who a WebSocket connection will be, under `auth.mode`.
+/// Who a WebSocket connection will be, under `auth.mode`, and the credential it showed.
 fn connection_identity(
     config: &Config,
     headers: &HeaderMap,
     query: Option<&str>,
-) -> Result<Identity, Rejection> {
+) -> Result<(Identity, Option<Credential>), Rejection> {
     if config.auth.mode == AuthMode::None {
-        return Ok(Identity::anonymous());
+        return Ok((Identity::anonymous(), None));
     }
     match presented(headers, query)? {
-        Some(credential) => Authenticator::new(&config.auth).verify(&credential),
-        None if config.auth.mode == AuthMode::Optional => Ok(Identity::anonymous()),
+        Some(credential) => {
+            let identity = Authenticator::new(&config.auth).verify(&credential)?;
+            Ok((identity, Some(credential)))
+        }
+        None if config.auth.mode == AuthMode::Optional => Ok((Identity::anonymous(), None)),
         None => Err(Rejection::Missing),
     }
 }
@@ -563,14 +566,7 @@ fn upgrade(
     };
     let config = shared.config();
     let settings = &config.websocket;
-    // Browsers always send Origin; other clients may omit it and could forge it anyway.
-    if let Some(origin) = header("origin")
-        && !settings.allowed_origins.is_empty()
-        && !settings
-            .allowed_origins
-            .iter()
-            .any(|allowed| allowed == origin)
-    {
+    if !origin_allowed(&settings.allowed_origins, &headers) {
         return reject(
             &shared,
             StatusCode::FORBIDDEN,
@@ -582,7 +578,7 @@ fn upgrade(
     if let Some(rate) = settings.connect_rate_per_ip
         && !shared
             .connects_per_ip
-            .try_take(client.ip(), rate, Instant::now())
+            .try_take(client.limit_key(), rate, Instant::now())
     {
         return reject(
             &shared,
@@ -591,8 +587,8 @@ fn upgrade(
             "too many new connections from this address",
         );
     }
-    let identity = match connection_identity(&config, &headers, query.as_deref()) {
-        Ok(identity) => identity,
+    let (identity, credential) = match connection_identity(&config, &headers, query.as_deref()) {
+        Ok(admitted) => admitted,
         Err(rejection) => {
             tracing::debug!(
                 peer = %client,
@@ -603,13 +599,40 @@ fn upgrade(
             return unauthorized(&rejection);
         }
     };
-    let Some(slot) = shared.take_slot(settings.max_connections) else {
-        return reject(
-            &shared,
-            StatusCode::SERVICE_UNAVAILABLE,
-            RejectReason::Capacity,
-            "too many connections",
-        );
+    let request = SlotRequest {
+        max_connections: settings.max_connections,
+        user: identity
+            .user
+            .clone()
+            .map(|user| (user, settings.max_connections_per_user)),
+        address: (client.limit_key(), settings.max_connections_per_ip),
+    };
+    let slot = match shared.take_slot(request) {
+        Ok(slot) => slot,
+        Err(Full::Process) => {
+            return reject(
+                &shared,
+                StatusCode::SERVICE_UNAVAILABLE,
+                RejectReason::Capacity,
+                "too many connections",
+            );
+        }
+        Err(Full::User) => {
+            return reject(
+                &shared,
+                StatusCode::TOO_MANY_REQUESTS,
+                RejectReason::UserLimit,
+                "too many connections for this user",
+            );
+        }
+        Err(Full::Address) => {
+            return reject(
+                &shared,
+                StatusCode::TOO_MANY_REQUESTS,
+                RejectReason::AddressLimit,
+                "too many connections from this address",
+            );
+        }
     };
     let accept = accept_key(key);
     let (send_queue, slow_client, max_frame_bytes) = (
@@ -634,11 +657,17 @@ fn upgrade(
             tracing::error!("upgraded connection is not a TCP socket");
             return;
         };
-        let outbox = Outbox::new(parts.io.into_inner(), send_queue, slow_client);
+        let outbox = Outbox::new(
+            parts.io.into_inner(),
+            send_queue,
+            slow_client,
+            outbox::reply_limit(max_frame_bytes),
+        );
         let connection = Arc::new(Connection::new(
             task_shared.next_connection_id(),
             uuid::Uuid::new_v4().to_string(),
             identity,
+            credential,
             outbox,
         ));
         let start = session::Start {
@@ -667,6 +696,24 @@ fn upgrade(
     response
 }
 
+/// Whether the request's `Origin` is one of `allowed` (empty: any origin). Browsers always
+/// send Origin; other clients may omit it (and could forge it anyway), so a request without
+/// one passes. One that is present but unreadable, or repeated, is refused: it is either
+/// not a browser's or an attempt to slip a second origin past the check.
+fn origin_allowed(allowed: &[String], headers: &HeaderMap) -> bool {
+    if allowed.is_empty() {
+        return true;
+    }
+    let mut origins = headers.get_all(http::header::ORIGIN).iter();
+    match (origins.next(), origins.next()) {
+        (None, _) => true,
+        (Some(origin), None) => origin
+            .to_str()
+            .is_ok_and(|origin| allowed.iter().any(|allowed| allowed == origin)),
+        (Some(_), Some(_)) => false,
+    }
+}
+
 /// `Sec-WebSocket-Accept`: the base64 of SHA-1(key + the protocol's GUID), RFC 6455 §4.2.2.
 fn accept_key(key: &str) -> String {
     use base64::Engine as _;
@@ -689,7 +736,35 @@ fn is_valid_key(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{accept_key, is_valid_key};
+    use super::{accept_key, is_valid_key, origin_allowed};
+    use http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn a_restricted_origin_must_be_one_readable_allowed_value() {
+        let allowed = vec!["https://app.example.com".to_owned()];
+        let with = |values: &[&[u8]]| {
+            let mut headers = HeaderMap::new();
+            for value in values {
+                headers.append("origin", HeaderValue::from_bytes(value).unwrap());
+            }
+            origin_allowed(&allowed, &headers)
+        };
+        assert!(with(&[]));
+        assert!(with(&[b"https://app.example.com"]));
+        assert!(!with(&[b"https://evil.example"]));
+        assert!(!with(&[
+            b"https://app.example.com",
+            b"https://evil.example"
+        ]));
+        assert!(!with(&[
+            b"https://app.example.com",
+            b"https://app.example.com"
+        ]));
+        assert!(!with(&[b"https://app.example.com\xff"]));
+        let mut headers = HeaderMap::new();
+        headers.append("origin", HeaderValue::from_bytes(b"\xff").unwrap());
+        assert!(origin_allowed(&[], &headers));
+    }
 
     #[test]
     fn derives_the_accept_key_of_the_rfc_example() {

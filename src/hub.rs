@@ -10,11 +10,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 
-use crate::auth::Identity;
+use crate::auth::{Credential, HeldCredential, Identity};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
-use crate::protocol::{Filter, Reply};
+use crate::protocol::{ErrorCode, Filter, Refusal, Reply};
 
 /// Process-unique, never reused, cheap to hash.
 pub type ConnId = u64;
@@ -27,6 +28,8 @@ pub struct Connection {
     pub public_id: String,
     /// Replaced as a whole by a token refresh, so fan-out never sees half an identity.
     pub identity: ArcSwap<Identity>,
+    /// What the identity was verified from, verified again when a reload changes the keys.
+    pub credential: HeldCredential,
     /// The socket and what waits to be written to it.
     pub outbox: Outbox,
     /// The id of the last dispatch that queued a frame here: one message reaches a connection
@@ -36,11 +39,18 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(id: ConnId, public_id: String, identity: Identity, outbox: Outbox) -> Connection {
+    pub fn new(
+        id: ConnId,
+        public_id: String,
+        identity: Identity,
+        credential: Option<Credential>,
+        outbox: Outbox,
+    ) -> Connection {
         Connection {
             id,
             public_id,
             identity: ArcSwap::from_pointee(identity),
+            credential: HeldCredential::new(credential),
             outbox,
             last_dispatch: AtomicU64::new(0),
         }
@@ -147,23 +157,26 @@ impl Hub {
     }
 
     /// Subscribes `id` to those of `topics` that `admit` lets through (or replaces their
-    /// filter), then calls `answer` with them; returns how many topics the connection then
-    /// has. `admit` and `answer` run under the lock that [`Hub::retain_topics`] takes, so a
-    /// reload that drops a topic either comes first (and `admit`, reading the routing table
-    /// in force, refuses the topic) or comes after (and finds the subscription, its
-    /// `route_removed` notice queued after the answer): no subscription to a topic that no
+    /// filter), and queues the one answer that `answer` makes of what was subscribed and what
+    /// was refused; returns how many topics the connection then has. The caller flushes the
+    /// connection's outbox afterwards: nothing is written to a socket under the hub's lock.
+    ///
+    /// `admit` runs, and the answer is queued, under the lock that [`Hub::retain_topics`]
+    /// takes, so a reload that drops a topic either comes first (and `admit`, reading the
+    /// routing table in force, refuses the topic) or comes after (and finds the subscription,
+    /// its `route_removed` notice queued after the answer): no subscription to a topic that no
     /// route produces any more goes unnoticed.
     ///
-    /// A connection holds at most `limit` topics: admitted topics past it are not subscribed
-    /// and are handed to `answer` as the second list.
+    /// A connection holds at most `limit` topics: admitted topics past it are refused with
+    /// `too_many_subscriptions`.
     pub fn subscribe(
         &self,
         id: ConnId,
         topics: Vec<String>,
         filter: Option<Arc<Filter>>,
         limit: usize,
-        mut admit: impl FnMut(&str) -> bool,
-        answer: impl FnOnce(&[String], &[String]),
+        mut admit: impl FnMut(&str) -> Result<(), ErrorCode>,
+        answer: impl FnOnce(&[String], &[Refusal]) -> Bytes,
     ) -> usize {
         let mut indexes = self.write();
         let Indexes {
@@ -176,21 +189,29 @@ impl Hub {
         };
         let mut room = limit.saturating_sub(entry.topics.len());
         let mut admitted = Vec::new();
-        let mut over_limit = Vec::new();
+        let mut refused = Vec::new();
         for topic in topics {
-            if !admit(&topic) {
+            if admitted.contains(&topic) {
                 continue;
             }
-            if entry.topics.contains(topic.as_str()) {
+            if let Err(code) = admit(&topic) {
+                refused.push(Refusal { topic, code });
+            } else if entry.topics.contains(topic.as_str()) {
                 admitted.push(topic);
-            } else if room > 0 && !admitted.contains(&topic) {
+            } else if room > 0 {
                 room -= 1;
                 admitted.push(topic);
-            } else if !admitted.contains(&topic) {
-                over_limit.push(topic);
+            } else {
+                refused.push(Refusal {
+                    topic,
+                    code: ErrorCode::TooManySubscriptions,
+                });
             }
         }
-        answer(&admitted, &over_limit);
+        entry
+            .connection
+            .outbox
+            .queue_reply(answer(&admitted, &refused));
         for topic in &admitted {
             let topic: Arc<str> = match entry.topics.get(topic.as_str()) {
                 Some(existing) => existing.clone(),
@@ -284,22 +305,38 @@ impl Hub {
         lost.into_values().collect()
     }
 
-    /// Queues a `gap` notice to every connection, naming the topics it is subscribed to:
+    /// Sends a `gap` notice to every connection, naming the topics it is subscribed to:
     /// messages published while Redis was unreachable are lost, and the client should
-    /// refetch what it shows. Returns how many connections were notified.
+    /// refetch what it shows. Returns how many connections were notified. The notices are
+    /// made under the read lock and written after it, so connects and subscribes never wait
+    /// on a socket.
     pub fn notify_gap(&self, since: &str, metrics: &Metrics) -> usize {
-        let indexes = self.read();
-        for entry in indexes.connections.values() {
-            let mut topics: Vec<&str> = entry.topics.iter().map(|topic| &**topic).collect();
-            topics.sort_unstable();
-            let notice = Reply::Gap {
-                reason: "redis_reconnected",
-                since,
-                topics: &topics,
-            };
-            entry.connection.outbox.send(notice.to_frame(), metrics);
+        let notices: Vec<(Arc<Connection>, Bytes)> = {
+            let indexes = self.read();
+            indexes
+                .connections
+                .values()
+                .map(|entry| {
+                    let mut topics: Vec<&str> = entry.topics.iter().map(|topic| &**topic).collect();
+                    topics.sort_unstable();
+                    let notice = Reply::Gap {
+                        reason: "redis_reconnected",
+                        since,
+                        topics: &topics,
+                    };
+                    (entry.connection.clone(), notice.to_frame())
+                })
+                .collect()
+        };
+        for (connection, notice) in &notices {
+            connection.outbox.send(notice.clone(), metrics);
         }
-        indexes.connections.len()
+        notices.len()
+    }
+
+    /// Every connection, for work done outside the lock (a reload's re-verification).
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        self.read().all().cloned().collect()
     }
 
     /// Asks every connection to close with `code` (shutdown).
@@ -359,8 +396,17 @@ mod tests {
             id,
             id.to_string(),
             identity,
-            Outbox::new(socket, 4, SlowClient::Disconnect),
+            None,
+            Outbox::new(socket, 4, SlowClient::Disconnect, 1 << 20),
         ))
+    }
+
+    fn admit_all(_: &str) -> Result<(), ErrorCode> {
+        Ok(())
+    }
+
+    fn no_answer(_: &[String], _: &[Refusal]) -> Bytes {
+        Bytes::new()
     }
 
     fn topics(names: &[&str]) -> Vec<String> {
@@ -371,17 +417,33 @@ mod tests {
     async fn subscribe_keeps_and_answers_only_what_admit_lets_through() {
         let hub = Hub::default();
         hub.register(connection(1, None).await);
-        let mut answered = Vec::new();
+        let mut answered = (Vec::new(), Vec::new());
         let count = hub.subscribe(
             1,
             topics(&["yes", "no", "yes too"]),
             None,
             10,
-            |topic| topic.starts_with("yes"),
-            |admitted, _| answered = admitted.to_vec(),
+            |topic| {
+                if topic.starts_with("yes") {
+                    Ok(())
+                } else {
+                    Err(ErrorCode::Forbidden)
+                }
+            },
+            |admitted, refused| {
+                answered = (admitted.to_vec(), refused.to_vec());
+                Bytes::new()
+            },
         );
         assert_eq!(count, 2);
-        assert_eq!(answered, ["yes", "yes too"]);
+        assert_eq!(answered.0, ["yes", "yes too"]);
+        assert_eq!(
+            answered.1,
+            [Refusal {
+                topic: "no".into(),
+                code: ErrorCode::Forbidden
+            }]
+        );
         assert!(hub.read().subscribers("no").is_none());
     }
 
@@ -389,21 +451,33 @@ mod tests {
     async fn subscribe_stops_at_the_limit_but_keeps_existing_topics() {
         let hub = Hub::default();
         hub.register(connection(1, None).await);
-        hub.subscribe(1, topics(&["a", "b"]), None, 3, |_| true, |_, _| {});
+        hub.subscribe(1, topics(&["a", "b"]), None, 3, admit_all, no_answer);
         let mut answer = (Vec::new(), Vec::new());
         let count = hub.subscribe(
             1,
             topics(&["a", "c", "c", "d", "e"]),
             None,
             3,
-            |_| true,
-            |admitted, over| {
-                answer = (admitted.to_vec(), over.to_vec());
+            admit_all,
+            |admitted, refused| {
+                answer = (admitted.to_vec(), refused.to_vec());
+                Bytes::new()
             },
         );
         assert_eq!(count, 3);
         assert_eq!(answer.0, ["a", "c"]);
-        assert_eq!(answer.1, ["d", "e"]);
+        let over: Vec<_> = answer
+            .1
+            .iter()
+            .map(|r| (r.topic.as_str(), r.code))
+            .collect();
+        assert_eq!(
+            over,
+            [
+                ("d", ErrorCode::TooManySubscriptions),
+                ("e", ErrorCode::TooManySubscriptions)
+            ]
+        );
         assert!(hub.read().subscribers("d").is_none());
     }
 
@@ -413,11 +487,11 @@ mod tests {
         hub.register(connection(1, Some("alice")).await);
         hub.register(connection(2, None).await);
         assert_eq!(
-            hub.subscribe(1, topics(&["a", "b"]), None, 10, |_| true, |_, _| {}),
+            hub.subscribe(1, topics(&["a", "b"]), None, 10, admit_all, no_answer),
             2
         );
         assert_eq!(
-            hub.subscribe(2, topics(&["a"]), None, 10, |_| true, |_, _| {}),
+            hub.subscribe(2, topics(&["a"]), None, 10, admit_all, no_answer),
             1
         );
         assert_eq!(hub.read().subscribers("a").unwrap().count(), 2);
@@ -434,7 +508,7 @@ mod tests {
     async fn retain_topics_reports_what_each_connection_lost() {
         let hub = Hub::default();
         hub.register(connection(1, None).await);
-        hub.subscribe(1, topics(&["keep", "drop"]), None, 10, |_| true, |_, _| {});
+        hub.subscribe(1, topics(&["keep", "drop"]), None, 10, admit_all, no_answer);
         let lost = hub.retain_topics(|topic| topic == "keep");
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].1, ["drop"]);

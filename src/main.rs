@@ -26,6 +26,9 @@ fn main() -> ExitCode {
         for route in &config.routes {
             println!("{}", route.describe());
         }
+        for warning in config.warnings() {
+            eprintln!("{}: warning: {warning}", path.display());
+        }
         return ExitCode::SUCCESS;
     }
     if let Err(err) = logging::init(cli.log_format, cli.log_level.as_deref()) {

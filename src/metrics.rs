@@ -31,15 +31,21 @@ pub enum RejectReason {
     BadRequest,
     /// `connect_rate_per_ip` exceeded.
     RateLimited,
+    /// `max_connections_per_user` reached.
+    UserLimit,
+    /// `max_connections_per_ip` reached.
+    AddressLimit,
 }
 
 impl RejectReason {
-    const ALL: [RejectReason; 5] = [
+    const ALL: [RejectReason; 7] = [
         Self::Unauthorized,
         Self::Origin,
         Self::Capacity,
         Self::BadRequest,
         Self::RateLimited,
+        Self::UserLimit,
+        Self::AddressLimit,
     ];
 
     fn label(self) -> &'static str {
@@ -49,6 +55,8 @@ impl RejectReason {
             Self::Capacity => "capacity",
             Self::BadRequest => "bad_request",
             Self::RateLimited => "rate_limited",
+            Self::UserLimit => "user_limit",
+            Self::AddressLimit => "address_limit",
         }
     }
 }
@@ -120,6 +128,8 @@ pub struct Metrics {
     pub redis_reconnects: AtomicU64,
     /// Subscriber connections replaced because the heartbeat stopped coming back.
     pub redis_stalls: AtomicU64,
+    /// Open connections closed by a reload because their credential no longer verifies.
+    pub connections_revoked: AtomicU64,
     /// Reload outcomes: `[ok, error]`.
     reloads: [AtomicU64; 2],
     delivery: Histogram,
@@ -187,6 +197,12 @@ impl Metrics {
             "bridge_connections_accepted_total",
             "WebSocket upgrades completed.",
             load(&self.connections_accepted),
+        );
+        counter(
+            &mut out,
+            "bridge_connections_revoked_total",
+            "Open connections closed by a reload because their credential no longer verifies.",
+            load(&self.connections_revoked),
         );
         header(
             &mut out,

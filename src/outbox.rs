@@ -10,8 +10,9 @@
 //! frames as one `sendmsg` takes: a backlog leaves in few syscalls and no frame ever waits for a
 //! batch to fill.
 //!
-//! Capacity counts route frames only: the answers to a client's own commands are bounded by
-//! its rate limit instead.
+//! Capacity counts route frames; the server's own frames (answers, notices, pings) are
+//! bounded separately, in bytes: a client that sends commands and never reads the answers is
+//! closed (1008) once they add up to [`reply_limit`], instead of growing the process.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -31,6 +32,16 @@ use crate::metrics::Metrics;
 /// Frames handed to one `sendmsg`; more than enough to fill a socket's send buffer with the
 /// small frames of a fan-out.
 const MAX_WRITE_SLICES: usize = 64;
+
+/// The least room for unread server frames of one connection.
+const MIN_REPLY_BYTES: usize = 256 * 1024;
+
+/// How many bytes of the server's own frames may wait for one client: room for two answers
+/// to the largest command a client may send (an answer quotes at most the topics of its
+/// command), and never less than [`MIN_REPLY_BYTES`].
+pub fn reply_limit(max_frame_bytes: usize) -> usize {
+    max_frame_bytes.saturating_mul(2).max(MIN_REPLY_BYTES)
+}
 
 /// What `push_frame` did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,6 +96,8 @@ struct State {
     /// Bytes of the front frame already written: a frame is never interleaved with another.
     front_written: usize,
     route_frames: usize,
+    /// Bytes of the server's own frames in the queue.
+    reply_bytes: usize,
     /// The socket refused the last write: only the session writes until the queue is empty.
     blocked: bool,
     closing: Option<Closing>,
@@ -99,16 +112,24 @@ pub struct Outbox {
     session: AtomicWaker,
     capacity: usize,
     policy: SlowClient,
+    /// The most bytes of server frames that may wait (see [`reply_limit`]).
+    reply_limit: usize,
 }
 
 impl Outbox {
-    pub fn new(socket: TcpStream, capacity: usize, policy: SlowClient) -> Outbox {
+    pub fn new(
+        socket: TcpStream,
+        capacity: usize,
+        policy: SlowClient,
+        reply_limit: usize,
+    ) -> Outbox {
         Outbox {
             socket,
             state: Mutex::new(State::default()),
             session: AtomicWaker::new(),
             capacity,
             policy,
+            reply_limit,
         }
     }
 
@@ -179,16 +200,40 @@ impl Outbox {
     /// Sends a frame of the server's own (an answer, a notice, a ping) after what is queued.
     pub fn send(&self, frame: Bytes, metrics: &Metrics) {
         let mut state = self.lock();
-        if state.closing.is_some() {
-            return;
+        if self.queue_reply_locked(&mut state, frame) && !state.blocked {
+            self.write_locked(&mut state, metrics);
         }
+    }
+
+    /// Queues a frame of the server's own without writing it: for callers that hold a lock
+    /// which must not cover socket writes, and `flush` after releasing it.
+    pub fn queue_reply(&self, frame: Bytes) {
+        let mut state = self.lock();
+        self.queue_reply_locked(&mut state, frame);
+    }
+
+    /// False when the frame was not queued: the connection is closing, or its unread server
+    /// frames would pass the limit, which closes it.
+    fn queue_reply_locked(&self, state: &mut State, frame: Bytes) -> bool {
+        if state.closing.is_some() {
+            return false;
+        }
+        if state.reply_bytes + frame.len() > self.reply_limit {
+            self.close_locked(
+                state,
+                Closing {
+                    code: 1008,
+                    reason: "too many unread replies",
+                },
+            );
+            return false;
+        }
+        state.reply_bytes += frame.len();
         state.queue.push_back(Queued {
             frame,
             received_at: None,
         });
-        if !state.blocked {
-            self.write_locked(&mut state, metrics);
-        }
+        true
     }
 
     /// Sends a pong, unless the socket is full: a client that sends pings without reading
@@ -282,6 +327,7 @@ impl Outbox {
                     state.queue.clear();
                     state.front_written = 0;
                     state.route_frames = 0;
+                    state.reply_bytes = 0;
                     self.close_locked(
                         state,
                         Closing {
@@ -301,10 +347,13 @@ impl Outbox {
                 written -= left;
                 state.front_written = 0;
                 state.frames_sent += 1;
-                if let Some(received_at) = front.received_at {
-                    state.route_frames -= 1;
-                    let now = *now.get_or_insert_with(Instant::now);
-                    metrics.observe_delivery(now.saturating_duration_since(received_at));
+                match front.received_at {
+                    Some(received_at) => {
+                        state.route_frames -= 1;
+                        let now = *now.get_or_insert_with(Instant::now);
+                        metrics.observe_delivery(now.saturating_duration_since(received_at));
+                    }
+                    None => state.reply_bytes = state.reply_bytes.saturating_sub(front.frame.len()),
                 }
                 state.queue.pop_front();
             }
@@ -336,6 +385,12 @@ fn discard_backlog(state: &mut State) {
         .iter()
         .filter(|item| item.received_at.is_some())
         .count();
+    state.reply_bytes = state
+        .queue
+        .iter()
+        .filter(|item| item.received_at.is_none())
+        .map(|item| item.frame.len())
+        .sum();
 }
 
 #[cfg(test)]
@@ -367,7 +422,7 @@ mod tests {
     async fn frames_are_written_at_flush_in_order_and_replies_at_once() {
         let (server, mut client) = pair().await;
         let metrics = Metrics::default();
-        let outbox = Outbox::new(server, 8, SlowClient::Disconnect);
+        let outbox = Outbox::new(server, 8, SlowClient::Disconnect, reply_limit(0));
         let now = Instant::now();
         assert_eq!(
             outbox.push_frame(frame("a"), now),
@@ -385,9 +440,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unread_replies_are_bounded_in_bytes() {
+        let (server, _client) = pair().await;
+        let metrics = Metrics::default();
+        let outbox = Outbox::new(server, 8, SlowClient::Disconnect, 10);
+        // Nothing leaves while the session waits for the socket.
+        outbox.lock().blocked = true;
+        outbox.send(frame("12345"), &metrics);
+        outbox.queue_reply(frame("6789"));
+        assert_eq!(outbox.status(), (true, None));
+        outbox.send(frame("ab"), &metrics);
+        assert_eq!(
+            outbox.status().1,
+            Some(Closing {
+                code: 1008,
+                reason: "too many unread replies"
+            })
+        );
+        assert_eq!(outbox.lock().reply_bytes, 9);
+    }
+
+    #[tokio::test]
     async fn disconnect_policy_closes_on_overflow_and_discards_the_backlog() {
         let (server, _client) = pair().await;
-        let outbox = Outbox::new(server, 2, SlowClient::Disconnect);
+        let outbox = Outbox::new(server, 2, SlowClient::Disconnect, reply_limit(0));
         let now = Instant::now();
         outbox.push_frame(frame("1"), now);
         outbox.push_frame(frame("2"), now);
@@ -410,7 +486,7 @@ mod tests {
     async fn drop_oldest_keeps_the_newest_frames_and_replies() {
         let (server, mut client) = pair().await;
         let metrics = Metrics::default();
-        let outbox = Outbox::new(server, 2, SlowClient::DropOldest);
+        let outbox = Outbox::new(server, 2, SlowClient::DropOldest, reply_limit(0));
         let now = Instant::now();
         outbox.lock().queue.push_back(Queued {
             frame: frame("hello "),
@@ -427,7 +503,7 @@ mod tests {
     async fn a_full_socket_blocks_until_the_backlog_is_written_whole() {
         let (server, mut client) = pair().await;
         let metrics = Metrics::default();
-        let outbox = Outbox::new(server, 1_000_000, SlowClient::Disconnect);
+        let outbox = Outbox::new(server, 1_000_000, SlowClient::Disconnect, reply_limit(0));
         let big = Bytes::from(vec![b'x'; 64 * 1024]);
         let now = Instant::now();
         let mut pushed = 0;

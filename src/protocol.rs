@@ -89,16 +89,44 @@ enum OneOrMany {
 /// Upper bound of topics in one command, so that one frame cannot make the hub do unbounded work.
 pub const MAX_TOPICS_PER_COMMAND: usize = 1000;
 
+/// Longest string `id`: it is echoed in the answer, so it must not make answers large.
+pub const MAX_ID_BYTES: usize = 128;
+
+/// Bounds of a subscription's `filter`, which runs for every message of the topic on the
+/// dispatcher's thread: one client's filter must not slow everyone's delivery.
+pub const MAX_FILTER_PATHS: usize = 16;
+/// Dot-separated segments in one filter path.
+pub const MAX_FILTER_DEPTH: usize = 8;
+/// Allowed values of one filter path.
+pub const MAX_FILTER_VALUES: usize = 64;
+/// Longest filter path, and longest string among its allowed values.
+pub const MAX_FILTER_TEXT: usize = 256;
+
+/// Longest error message quoted back to a client: parser messages can quote the input.
+const MAX_MESSAGE_BYTES: usize = 200;
+
 /// Parses one text frame from a client.
 pub fn parse(text: &str) -> Result<Request, BadRequest> {
     let value: Value = serde_json::from_str(text).map_err(|err| BadRequest {
         id: None,
-        message: format!("not JSON: {err}"),
+        message: bounded_message(format!("not JSON: {err}")),
     })?;
-    let id = value.get("id").cloned();
+    let id = match value.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(Value::Number(n.clone())),
+        Some(Value::String(s)) if s.len() <= MAX_ID_BYTES => Some(Value::String(s.clone())),
+        Some(_) => {
+            return Err(BadRequest {
+                id: None,
+                message: format!(
+                    "`id` must be a number or a string of at most {MAX_ID_BYTES} bytes"
+                ),
+            });
+        }
+    };
     let bad = |message: String| BadRequest {
         id: id.clone(),
-        message,
+        message: bounded_message(message),
     };
     let raw: RawCommand = serde_json::from_value(value).map_err(|err| bad(err.to_string()))?;
     let topics = |raw: Option<Vec<String>>| -> Result<Vec<String>, BadRequest> {
@@ -126,18 +154,7 @@ pub fn parse(text: &str) -> Result<Request, BadRequest> {
     let command = match raw.kind.as_str() {
         "subscribe" => {
             unexpected("token", raw.token.is_some())?;
-            let filter = raw.filter.map(|map| Filter {
-                conditions: map
-                    .into_iter()
-                    .map(|(path, allowed)| {
-                        let allowed = match allowed {
-                            OneOrMany::Many(values) => values,
-                            OneOrMany::One(value) => vec![value],
-                        };
-                        (path.split('.').map(str::to_owned).collect(), allowed)
-                    })
-                    .collect(),
-            });
+            let filter = raw.filter.map(filter).transpose().map_err(bad)?;
             Command::Subscribe {
                 topics: topics(raw.topics)?,
                 filter,
@@ -167,6 +184,59 @@ pub fn parse(text: &str) -> Result<Request, BadRequest> {
     Ok(Request { id, command })
 }
 
+/// A subscription's filter, within the bounds that keep its cost per message small.
+fn filter(map: BTreeMap<String, OneOrMany>) -> Result<Filter, String> {
+    if map.len() > MAX_FILTER_PATHS {
+        return Err(format!("a filter has at most {MAX_FILTER_PATHS} paths"));
+    }
+    let mut conditions = Vec::with_capacity(map.len());
+    for (path, allowed) in map {
+        let segments: Vec<String> = path.split('.').map(str::to_owned).collect();
+        if path.len() > MAX_FILTER_TEXT
+            || segments.len() > MAX_FILTER_DEPTH
+            || segments.iter().any(String::is_empty)
+        {
+            return Err(format!(
+                "a filter path is at most {MAX_FILTER_TEXT} bytes and {MAX_FILTER_DEPTH} non-empty dot-separated names"
+            ));
+        }
+        let allowed = match allowed {
+            OneOrMany::Many(values) => values,
+            OneOrMany::One(value) => vec![value],
+        };
+        if allowed.is_empty() || allowed.len() > MAX_FILTER_VALUES {
+            return Err(format!(
+                "a filter path allows 1 to {MAX_FILTER_VALUES} values"
+            ));
+        }
+        let scalar = |value: &Value| match value {
+            Value::String(text) => text.len() <= MAX_FILTER_TEXT,
+            Value::Array(_) | Value::Object(_) => false,
+            Value::Null | Value::Bool(_) | Value::Number(_) => true,
+        };
+        if !allowed.iter().all(scalar) {
+            return Err(format!(
+                "filter values are strings of at most {MAX_FILTER_TEXT} bytes, numbers, booleans or null"
+            ));
+        }
+        conditions.push((segments, allowed));
+    }
+    Ok(Filter { conditions })
+}
+
+/// Cuts a message to [`MAX_MESSAGE_BYTES`] at a character boundary.
+fn bounded_message(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
+    message
+}
+
 /// Error codes of the `error` frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -194,6 +264,9 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
         topics: &'a [String],
+        /// The topics of the same command that were not subscribed, and why.
+        #[serde(skip_serializing_if = "<[Refusal]>::is_empty")]
+        refused: &'a [Refusal],
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,7 +297,17 @@ pub enum Reply<'a> {
         message: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         topic: Option<&'a str>,
+        /// Every topic a subscribe refused, when it refused them all and more than one.
+        #[serde(skip_serializing_if = "<[Refusal]>::is_empty")]
+        refused: &'a [Refusal],
     },
+}
+
+/// A topic a subscribe did not take, in its one answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub topic: String,
+    pub code: ErrorCode,
 }
 
 impl Reply<'_> {
@@ -285,6 +368,49 @@ mod tests {
     }
 
     #[test]
+    fn ids_are_numbers_or_short_strings() {
+        assert_eq!(parse(r#"{"type":"ping","id":null}"#).unwrap().id, None);
+        let long = "A".repeat(MAX_ID_BYTES + 1);
+        for id in [json!(long), json!({"a": 1}), json!([1]), json!(true)] {
+            let bad = parse(&json!({"type": "ping", "id": id}).to_string()).unwrap_err();
+            assert_eq!(bad.id, None, "{}", bad.message);
+        }
+        let short = "A".repeat(MAX_ID_BYTES);
+        assert_eq!(
+            parse(&json!({"type": "ping", "id": short}).to_string())
+                .unwrap()
+                .id,
+            Some(json!(short))
+        );
+    }
+
+    #[test]
+    fn error_messages_do_not_quote_long_input() {
+        let field = "x".repeat(10_000);
+        let bad = parse(&format!(r#"{{"type":"ping","{field}":1}}"#)).unwrap_err();
+        assert!(bad.message.len() <= MAX_MESSAGE_BYTES + '…'.len_utf8());
+    }
+
+    #[test]
+    fn filters_are_bounded() {
+        let subscribe = |filter: serde_json::Value| {
+            parse(&json!({"type": "subscribe", "topics": ["t"], "filter": filter}).to_string())
+        };
+        assert!(subscribe(json!({"a.b": ["x", 1, true, null]})).is_ok());
+        let many_paths: serde_json::Map<String, Value> = (0..=MAX_FILTER_PATHS)
+            .map(|i| (format!("p{i}"), json!(1)))
+            .collect();
+        assert!(subscribe(Value::Object(many_paths)).is_err());
+        let deep = ["a"; MAX_FILTER_DEPTH + 1].join(".");
+        assert!(subscribe(json!({ deep: 1 })).is_err());
+        assert!(subscribe(json!({"a..b": 1})).is_err());
+        assert!(subscribe(json!({"a": vec![1; MAX_FILTER_VALUES + 1]})).is_err());
+        assert!(subscribe(json!({"a": []})).is_err());
+        assert!(subscribe(json!({"a": [{"nested": 1}]})).is_err());
+        assert!(subscribe(json!({"a": "x".repeat(MAX_FILTER_TEXT + 1)})).is_err());
+    }
+
+    #[test]
     fn replies_serialise_as_documented() {
         let id = json!(3);
         assert_eq!(
@@ -306,10 +432,24 @@ mod tests {
                 id: None,
                 code: ErrorCode::UnknownTopic,
                 message: "m",
-                topic: Some("t")
+                topic: Some("t"),
+                refused: &[],
             }
             .to_json(),
             r#"{"type":"error","code":"unknown_topic","message":"m","topic":"t"}"#
+        );
+        let refused = [Refusal {
+            topic: "b".into(),
+            code: ErrorCode::Forbidden,
+        }];
+        assert_eq!(
+            Reply::Subscribed {
+                id: Some(&id),
+                topics: &topics,
+                refused: &refused,
+            }
+            .to_json(),
+            r#"{"type":"subscribed","id":3,"topics":["job:a"],"refused":[{"topic":"b","code":"forbidden"}]}"#
         );
     }
 }

@@ -96,7 +96,19 @@ impl ClientAddr {
     pub fn ip(&self) -> IpAddr {
         match self {
             ClientAddr::Direct(addr) => addr.ip().to_canonical(),
-            ClientAddr::Forwarded(ip) => *ip,
+            ClientAddr::Forwarded(ip) => ip.to_canonical(),
+        }
+    }
+
+    /// What per-address limits count by: the address, or for IPv6 its /64, the block one
+    /// host is usually given (counting by /128 would let it rotate addresses without end).
+    pub fn limit_key(&self) -> IpAddr {
+        match self.ip() {
+            IpAddr::V6(v6) => {
+                let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+                IpAddr::V6(prefix.into())
+            }
+            v4 => v4,
         }
     }
 }
@@ -164,6 +176,22 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_count_ipv6_by_its_64_and_ipv4_by_address() {
+        let v6 = |text: &str| ClientAddr::Forwarded(text.parse().unwrap()).limit_key();
+        assert_eq!(v6("2001:db8:1:2:aaaa::1"), v6("2001:db8:1:2:bbbb::9"));
+        assert_ne!(v6("2001:db8:1:2::1"), v6("2001:db8:1:3::1"));
+        assert_eq!(
+            v6("::ffff:192.0.2.7"),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        let v4: SocketAddr = "192.0.2.7:5000".parse().unwrap();
+        assert_eq!(
+            ClientAddr::Direct(v4).limit_key(),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+    }
 
     fn proxies(nets: &[&str]) -> TrustedProxies {
         TrustedProxies::new(nets.iter().map(|n| IpNet::parse(n).unwrap()).collect())

@@ -52,20 +52,32 @@ impl TokenBucket {
 /// One bucket per key (a client address), created on first use.
 #[derive(Debug)]
 pub struct KeyedBuckets<K> {
-    buckets: Mutex<HashMap<K, TokenBucket>>,
+    buckets: Mutex<Buckets<K>>,
+}
+
+#[derive(Debug)]
+struct Buckets<K> {
+    by_key: HashMap<K, TokenBucket>,
+    /// The size at which full buckets are next pruned.
+    prune_at: usize,
 }
 
 impl<K> Default for KeyedBuckets<K> {
     fn default() -> KeyedBuckets<K> {
         KeyedBuckets {
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(Buckets {
+                by_key: HashMap::new(),
+                prune_at: PRUNE_AT,
+            }),
         }
     }
 }
 
 /// Past this many keys, full buckets (keys idle long enough to have refilled, which behave
 /// exactly like new ones) are forgotten, so a scan from many addresses cannot grow memory
-/// without bound.
+/// without bound. The next pruning waits until the table has doubled from what the last one
+/// kept: with many active keys a pruning scans them all, and doing so on every new key would
+/// make each connection's cost grow with the table.
 const PRUNE_AT: usize = 10_000;
 
 impl<K: Eq + Hash> KeyedBuckets<K> {
@@ -76,10 +88,13 @@ impl<K: Eq + Hash> KeyedBuckets<K> {
             .buckets
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if buckets.len() >= PRUNE_AT {
-            buckets.retain(|_, bucket| !bucket.is_full(now));
+        let buckets = &mut *buckets;
+        if buckets.by_key.len() >= buckets.prune_at {
+            buckets.by_key.retain(|_, bucket| !bucket.is_full(now));
+            buckets.prune_at = (buckets.by_key.len() * 2).max(PRUNE_AT);
         }
         let bucket = buckets
+            .by_key
             .entry(key)
             .or_insert_with(|| TokenBucket::new(rate, now));
         bucket.rate = rate;
@@ -118,8 +133,29 @@ mod tests {
         for key in 0..PRUNE_AT {
             take(key.to_string(), start);
         }
+        // Ten seconds later every one of those buckets is full again: the next pruning, once
+        // the table has doubled, forgets them.
         let later = start + Duration::from_secs(10);
         assert!(take("a".into(), later));
-        assert!(buckets.buckets.lock().unwrap().len() < PRUNE_AT);
+        for key in 0..=PRUNE_AT {
+            take(format!("later {key}"), later);
+        }
+        let state = buckets.buckets.lock().unwrap();
+        assert!(!state.by_key.contains_key("0"));
+        assert!(state.by_key.len() <= PRUNE_AT + 2, "{}", state.by_key.len());
+    }
+
+    #[test]
+    fn a_table_of_active_keys_is_not_scanned_on_every_new_key() {
+        let start = Instant::now();
+        let buckets = KeyedBuckets::default();
+        // Every key takes a token, so none is full and a pruning keeps them all.
+        for key in 0..PRUNE_AT {
+            buckets.try_take(key, FIVE_PER_SECOND, start);
+        }
+        buckets.try_take(PRUNE_AT, FIVE_PER_SECOND, start);
+        let state = buckets.buckets.lock().unwrap();
+        assert_eq!(state.by_key.len(), PRUNE_AT + 1);
+        assert_eq!(state.prune_at, 2 * PRUNE_AT);
     }
 }

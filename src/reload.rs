@@ -23,7 +23,8 @@ use notify::{EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::signal::unix::Signal;
 use tokio::sync::mpsc;
 
-use crate::config::{Config, ConfigErrors, Input};
+use crate::auth::{Authenticator, Rejection};
+use crate::config::{AuthMode, Config, ConfigErrors, Input};
 use crate::protocol::Reply;
 use crate::pubsub::Subscriber;
 use crate::router::Routing;
@@ -315,6 +316,9 @@ pub async fn reload(
             return false;
         }
     };
+    for warning in config.warnings() {
+        tracing::warn!(path = %path.display(), "{warning}");
+    }
     let old = shared.config();
     if config.listen != old.listen {
         tracing::warn!(old = %old.listen, new = %config.listen, "`listen` changed: takes effect at the next restart");
@@ -334,10 +338,66 @@ pub async fn reload(
         };
         connection.outbox.send(notice.to_frame(), &shared.metrics);
     }
+    let revoked = verify_connections_again(shared, &routing.config).await;
     shared.metrics.reload(true);
     shared.set_config_status(Some(SystemTime::now()), None);
-    tracing::info!(path = %path.display(), routes, connections_notified = orphaned.len(), "reloaded");
+    tracing::info!(path = %path.display(), routes, connections_notified = orphaned.len(), connections_revoked = revoked, "reloaded");
     true
+}
+
+/// Connections verified between two yields to the runtime: verifying an RSA signature takes
+/// tens of microseconds, and a reload must not hold a worker thread for all connections.
+const VERIFY_BATCH: usize = 256;
+
+/// Verifies every open connection's credential with the keys of the configuration now in
+/// force, as a new connection would be: a removed API key, a rotated secret or public key, a
+/// changed issuer, or `auth.mode: required` for an anonymous connection closes it with 1008.
+/// An identity that still verifies takes its new roles and claims (an API key's roles may
+/// have changed). Returns how many were closed.
+async fn verify_connections_again(shared: &Shared, config: &Config) -> usize {
+    let authenticator = Authenticator::new(&config.auth);
+    let mut revoked = 0;
+    for (done, connection) in shared.hub.connections().into_iter().enumerate() {
+        if done % VERIFY_BATCH == VERIFY_BATCH - 1 {
+            tokio::task::yield_now().await;
+        }
+        if connection.outbox.is_closing() {
+            continue;
+        }
+        let current = connection.identity.load_full();
+        let verdict = match config.auth.mode {
+            AuthMode::None => continue,
+            AuthMode::Optional | AuthMode::Required => connection.credential.verify(&authenticator),
+        };
+        let still = match verdict {
+            None => config.auth.mode == AuthMode::Optional,
+            // Its session closes it at `exp` with `token_expired`.
+            Some(Err(Rejection::Expired)) => true,
+            Some(Err(_)) => false,
+            Some(Ok(identity)) if identity.user == current.user => {
+                if identity != *current {
+                    shared.hub.set_identity(&connection, identity);
+                }
+                true
+            }
+            Some(Ok(_)) => false,
+        };
+        if !still {
+            connection.outbox.close(1008, "credential revoked");
+            revoked += 1;
+        }
+    }
+    if revoked > 0 {
+        shared
+            .metrics
+            .connections_revoked
+            .fetch_add(revoked as u64, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            connections = revoked,
+            "closed connections whose credential no longer verifies"
+        );
+    }
+    revoked
 }
 
 #[cfg(test)]

@@ -181,13 +181,16 @@ impl Routing {
             })
     }
 
-    /// The literal topics of `auto` routes, announced in the `connected` frame.
-    pub fn auto_topics(&self) -> Vec<String> {
+    /// The literal topics of the `auto` routes whose audience can admit `identity`, announced
+    /// in the `connected` frame: a connection is told only of what it may receive (naming an `admin-events` topic to an
+    /// anonymous client would tell it more than it may see).
+    pub fn auto_topics(&self, identity: &Identity) -> Vec<String> {
         let mut topics: Vec<String> = self
             .config
             .routes
             .iter()
             .filter(|r| r.delivery == Delivery::Auto)
+            .filter(|r| audience::may_admit(&r.audience, &Scope::default(), identity, &|_| false))
             .flat_map(|r| {
                 r.topics
                     .iter()

@@ -12,12 +12,13 @@ use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use serde_json::Value;
 
-use crate::auth::{Authenticator, Identity, Rejection};
+use crate::auth::{Authenticator, Credential, Identity, Rejection};
 use crate::config::{AuthMode, Rate, Welcome};
 use crate::hub::Connection;
 use crate::outbox::{Closing, Written};
-use crate::protocol::{self, Command, ErrorCode, Reply, Request};
+use crate::protocol::{self, Command, ErrorCode, Filter, Refusal, Reply, Request};
 use crate::rate::TokenBucket;
 use crate::router::Routing;
 use crate::state::{Shared, Slot};
@@ -90,16 +91,11 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
     connection
         .outbox
         .send(wsframe::text(welcome.as_bytes()), &shared.metrics);
-    shared.hub.register(connection.clone());
+    let registration = Registration::new(shared.clone(), connection.clone(), slot);
     if shared.shutdown.is_cancelled() {
         // Accepted while shutting down, after the hub's connections were told.
         connection.outbox.close(1001, "server shutting down");
     }
-    shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-    shared
-        .metrics
-        .connections_accepted
-        .fetch_add(1, Ordering::Relaxed);
     {
         let identity = connection.identity.load();
         tracing::info!(
@@ -133,9 +129,7 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
     if !closing.is_abnormal() && session.send_close_frame(&closing).await && !session.input_ended {
         session.linger().await;
     }
-    shared.hub.unregister(connection.id);
-    shared.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-    drop(slot);
+    drop(registration);
     let identity = connection.identity.load();
     tracing::info!(
         connection = %connection.public_id,
@@ -148,6 +142,45 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
         reason = closing.reason,
         "connection closed"
     );
+}
+
+/// A connection's place in the hub, the gauges and its slot, given back when dropped: at the
+/// session's end, and also if its task panics or is cancelled, so that no bug can leave a
+/// connection that receives frames, answers nothing and holds its socket and slot forever.
+struct Registration {
+    shared: Arc<Shared>,
+    connection: Arc<Connection>,
+    _slot: Slot,
+}
+
+impl Registration {
+    fn new(shared: Arc<Shared>, connection: Arc<Connection>, slot: Slot) -> Registration {
+        shared.hub.register(connection.clone());
+        shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        shared
+            .metrics
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        Registration {
+            shared,
+            connection,
+            _slot: slot,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.hub.unregister(self.connection.id);
+        self.shared
+            .metrics
+            .connections
+            .fetch_sub(1, Ordering::Relaxed);
+        // Nothing more is read or written; the peer learns at once instead of when the last
+        // reference to the socket goes (a dispatch in flight may still hold one).
+        let _ = socket2::SockRef::from(self.connection.outbox.socket())
+            .shutdown(std::net::Shutdown::Both);
+    }
 }
 
 /// The first frame: the native `connected` frame, or the configured template rendered with
@@ -180,18 +213,24 @@ fn welcome(
         connection_id: &connection.public_id,
         user: identity.user.as_deref(),
         roles: &identity.roles,
-        topics: &routing.auto_topics(),
+        topics: &routing.auto_topics(identity),
         epoch: &shared.epoch,
     }
     .to_json()
 }
 
-/// A token's expiry on tokio's clock. The leeway applied at verification does not extend
-/// it: a token accepted within the leeway expires at once.
+/// The longest the expiry timer is set for at once; a later expiry is re-armed when it fires.
+/// Far-future instants are where clock arithmetic overflows, and wall-clock time may jump.
+const MAX_EXPIRY_TIMER: Duration = Duration::from_secs(24 * 3600);
+
+/// When to look at a token's expiry again, on tokio's clock: its `exp`, or
+/// [`MAX_EXPIRY_TIMER`] from now if that comes first. The leeway applied at verification
+/// does not extend it: a token accepted within the leeway expires at once.
 fn deadline(expires_at: SystemTime) -> tokio::time::Instant {
     let left = expires_at
         .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
+        .unwrap_or(Duration::ZERO)
+        .min(MAX_EXPIRY_TIMER);
     tokio::time::Instant::now() + left
 }
 
@@ -272,6 +311,14 @@ impl Session<'_> {
                     return Poll::Pending;
                 }
                 let now = tokio::time::Instant::now();
+                if let Some((at, deadline_at)) = expiry
+                    && deadline_at <= now
+                    && SystemTime::now() < at
+                {
+                    // The timer was capped: the token has time left.
+                    expiry = Some((at, deadline(at)));
+                    continue;
+                }
                 if expiry_deadline.is_some_and(|at| at <= now) {
                     self.commands.reply_error(
                         None,
@@ -540,6 +587,10 @@ impl Commands<'_> {
     }
 
     fn handle_text(&self, text: &str) {
+        #[cfg(test)]
+        if text == tests::PANIC_COMMAND {
+            panic!("the test-only trigger of a session panic");
+        }
         let (shared, connection) = (self.shared, self.connection);
         let Request { id, command } = match protocol::parse(text) {
             Ok(request) => request,
@@ -551,53 +602,7 @@ impl Commands<'_> {
         let id = id.as_ref();
         match command {
             Command::Ping => self.reply(&Reply::Pong { id }),
-            Command::Subscribe { topics, filter } => {
-                let identity = connection.identity.load();
-                let max_subscriptions = shared.config().websocket.max_subscriptions;
-                // Checked against the routing table in force under the hub's lock, so that a
-                // reload dropping a topic meanwhile cannot miss the subscription (see
-                // `Hub::subscribe`).
-                let admit = |topic: &str| {
-                    let checked = shared.routing.load().authorize_subscribe(topic, &identity);
-                    if let Err(code) = checked {
-                        let message = match code {
-                            ErrorCode::UnknownTopic => "no route produces this topic",
-                            _ => "not allowed to subscribe to this topic",
-                        };
-                        self.reply_error(id, code, message, Some(topic));
-                    }
-                    checked.is_ok()
-                };
-                let answer = |admitted: &[String], over_limit: &[String]| {
-                    // One error for the whole command: a flood must not be amplified.
-                    if let Some(first) = over_limit.first() {
-                        let message = format!(
-                            "{} topic(s) over websocket.max_subscriptions ({max_subscriptions}), from this one on; unsubscribe first",
-                            over_limit.len()
-                        );
-                        self.reply_error(
-                            id,
-                            ErrorCode::TooManySubscriptions,
-                            &message,
-                            Some(first),
-                        );
-                    }
-                    if !admitted.is_empty() {
-                        self.reply(&Reply::Subscribed {
-                            id,
-                            topics: admitted,
-                        });
-                    }
-                };
-                shared.hub.subscribe(
-                    connection.id,
-                    topics,
-                    filter.map(Arc::new),
-                    max_subscriptions,
-                    admit,
-                    answer,
-                );
-            }
+            Command::Subscribe { topics, filter } => self.subscribe(id, topics, filter),
             Command::Unsubscribe { topics } => {
                 let removed = shared.hub.unsubscribe(connection.id, &topics);
                 self.reply(&Reply::Unsubscribed {
@@ -610,10 +615,49 @@ impl Commands<'_> {
         }
     }
 
+    /// Subscribes what the routing table in force lets this connection have, and answers once
+    /// for the whole command: `subscribed` (listing what was refused, if anything was), or
+    /// one `error` when nothing was taken. One answer per command, whatever its size, so a
+    /// flood of refused topics is not amplified into a flood of answers.
+    fn subscribe(&self, id: Option<&Value>, topics: Vec<String>, filter: Option<Filter>) {
+        let (shared, connection) = (self.shared, self.connection);
+        let identity = connection.identity.load();
+        let max_subscriptions = shared.config().websocket.max_subscriptions;
+        // Checked against the routing table in force under the hub's lock, so that a reload
+        // dropping a topic meanwhile cannot miss the subscription (see `Hub::subscribe`).
+        let admit = |topic: &str| shared.routing.load().authorize_subscribe(topic, &identity);
+        let answer = |admitted: &[String], refused: &[Refusal]| match refused.first() {
+            Some(first) if admitted.is_empty() => Reply::Error {
+                id,
+                code: first.code,
+                message: &refusal_message(first.code, refused.len(), max_subscriptions),
+                topic: Some(&first.topic),
+                // One refused topic is already named by `topic`.
+                refused: if refused.len() > 1 { refused } else { &[] },
+            }
+            .to_frame(),
+            _ => Reply::Subscribed {
+                id,
+                topics: admitted,
+                refused,
+            }
+            .to_frame(),
+        };
+        shared.hub.subscribe(
+            connection.id,
+            topics,
+            filter.map(Arc::new),
+            max_subscriptions,
+            admit,
+            answer,
+        );
+        connection.outbox.flush(&shared.metrics);
+    }
+
     /// Replaces the identity with a new token's, which must be for the same user; the
     /// connection's expiry moves with it. Any refusal leaves the connection as it was (and its
     /// old expiry in force).
-    fn refresh(&self, id: Option<&serde_json::Value>, token: &str) {
+    fn refresh(&self, id: Option<&Value>, token: &str) {
         let (shared, connection) = (self.shared, self.connection);
         let config = shared.config();
         if config.auth.mode == AuthMode::None {
@@ -646,6 +690,9 @@ impl Commands<'_> {
         let expires_at = identity.expires_at_unix();
         tracing::debug!(connection = %connection.public_id, user = %user, expires_at, "token refreshed");
         shared.hub.set_identity(connection, identity);
+        connection
+            .credential
+            .replace(Credential::Token(token.to_owned()));
         self.reply(&Reply::Refreshed { id, expires_at });
     }
 
@@ -667,13 +714,101 @@ impl Commands<'_> {
             code,
             message,
             topic,
+            refused: &[],
         });
+    }
+}
+
+/// The message of a subscribe that took no topic, after its first refusal's code.
+fn refusal_message(code: ErrorCode, refused: usize, max_subscriptions: usize) -> String {
+    match code {
+        ErrorCode::UnknownTopic => format!("no route produces this topic ({refused} refused)"),
+        ErrorCode::TooManySubscriptions => format!(
+            "over websocket.max_subscriptions ({max_subscriptions}); unsubscribe first ({refused} refused)"
+        ),
+        _ => format!("not allowed to subscribe to this topic ({refused} refused)"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::Identity;
+    use crate::config::{Config, SlowClient};
+    use crate::outbox::{Outbox, reply_limit};
+    use crate::state::SlotRequest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A command that makes the session panic, in tests only.
+    pub(super) const PANIC_COMMAND: &str = "__panic__";
+
+    /// A client's text frame: masked, with a zero mask (the bytes are the payload).
+    fn client_text(text: &str) -> Vec<u8> {
+        assert!(text.len() < 126);
+        let mut frame = vec![0x81, 0x80 | text.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(text.as_bytes());
+        frame
+    }
+
+    #[tokio::test]
+    async fn a_session_that_panics_leaves_nothing_behind() {
+        let config = Config::from_str(
+            "routes:\n  - name: r\n    channel: c\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let shared = Shared::new(config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let request = || SlotRequest {
+            max_connections: 1,
+            user: None,
+            address: ([127, 0, 0, 1].into(), 1),
+        };
+        let slot = shared.take_slot(request()).unwrap();
+        let outbox = Outbox::new(server, 4, SlowClient::Disconnect, reply_limit(0));
+        let connection = Arc::new(Connection::new(
+            1,
+            "c1".into(),
+            Identity::anonymous(),
+            None,
+            outbox,
+        ));
+        let start = Start {
+            connection,
+            peer: Peer {
+                address: "test".into(),
+            },
+            slot,
+            max_frame_bytes: 1024,
+            early_input: Bytes::new(),
+        };
+        let task = tokio::spawn(run(shared.clone(), start));
+        let mut welcome = [0; 2];
+        client.read_exact(&mut welcome).await.unwrap();
+        assert_eq!(shared.hub.read().connection_count(), 1);
+
+        client.write_all(&client_text(PANIC_COMMAND)).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the session task ends");
+        assert!(ended.unwrap_err().is_panic());
+        assert_eq!(shared.hub.read().connection_count(), 0);
+        assert_eq!(shared.metrics.connections.load(Ordering::Relaxed), 0);
+        assert!(
+            shared.take_slot(request()).is_ok(),
+            "the slot is free again"
+        );
+        // The client sees the end of the stream, not a socket left half open.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut rest))
+            .await
+            .expect("the socket is closed")
+            .unwrap();
+    }
 
     #[test]
     fn the_bucket_admits_the_burst_then_the_rate_and_closes_a_flood() {

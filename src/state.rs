@@ -1,5 +1,7 @@
 //! What the tasks of one process share.
 
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -51,6 +53,68 @@ pub struct Shared {
     pub config_status: Mutex<ConfigStatus>,
     /// New connections per client address, for `websocket.connect_rate_per_ip`.
     pub connects_per_ip: KeyedBuckets<IpAddr>,
+    /// Open connections per user, for `websocket.max_connections_per_user`.
+    per_user: Counts<Arc<str>>,
+    /// Open connections per client address, for `websocket.max_connections_per_ip`.
+    per_address: Counts<IpAddr>,
+}
+
+/// Which limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Full {
+    /// `max_connections`: the process is full.
+    Process,
+    /// `max_connections_per_user`.
+    User,
+    /// `max_connections_per_ip`.
+    Address,
+}
+
+/// What a new connection asks a slot for: its user (when authenticated) and its address,
+/// with the limits in force.
+#[derive(Debug)]
+pub struct SlotRequest {
+    pub max_connections: usize,
+    pub user: Option<(Arc<str>, usize)>,
+    pub address: (IpAddr, usize),
+}
+
+/// Open connections per key; a key whose count drops to zero is forgotten.
+#[derive(Debug)]
+struct Counts<K>(Mutex<HashMap<K, usize>>);
+
+impl<K> Default for Counts<K> {
+    fn default() -> Counts<K> {
+        Counts(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + Hash> Counts<K> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, usize>> {
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn try_add(&self, key: K, limit: usize) -> bool {
+        let mut counts = self.lock();
+        let count = counts.entry(key).or_default();
+        if *count >= limit {
+            return false;
+        }
+        *count += 1;
+        true
+    }
+
+    fn remove(&self, key: &K) {
+        let mut counts = self.lock();
+        if let Some(count) = counts.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(key);
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -74,6 +138,8 @@ impl Shared {
                 last_reload_error: None,
             }),
             connects_per_ip: KeyedBuckets::default(),
+            per_user: Counts::default(),
+            per_address: Counts::default(),
         })
     }
 
@@ -96,14 +162,32 @@ impl Shared {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Takes a connection slot unless `limit` are taken; the slot is released on drop.
-    pub fn take_slot(self: &Arc<Self>, limit: usize) -> Option<Slot> {
+    /// Takes a connection slot unless the process, the user or the address is at its limit;
+    /// the slot is released on drop.
+    pub fn take_slot(self: &Arc<Self>, request: SlotRequest) -> Result<Slot, Full> {
         self.slots
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
+                (n < request.max_connections).then_some(n + 1)
             })
-            .ok()
-            .map(|_| Slot(self.clone()))
+            .map_err(|_| Full::Process)?;
+        // From here the slot releases whatever it holds when dropped on a refusal.
+        let mut slot = Slot {
+            shared: self.clone(),
+            user: None,
+            address: None,
+        };
+        let (address, per_address) = request.address;
+        if !self.per_address.try_add(address, per_address) {
+            return Err(Full::Address);
+        }
+        slot.address = Some(address);
+        if let Some((user, per_user)) = request.user {
+            if !self.per_user.try_add(user.clone(), per_user) {
+                return Err(Full::User);
+            }
+            slot.user = Some(user);
+        }
+        Ok(slot)
     }
 
     /// Records a reload: the new load time when it succeeded, and its error (or none).
@@ -126,12 +210,23 @@ impl Shared {
     }
 }
 
-/// One of the `max_connections` places, held from the upgrade until the session ends.
+/// One of the `max_connections` places, and its user's and address's share of theirs, held
+/// from the upgrade until the session ends.
 #[derive(Debug)]
-pub struct Slot(Arc<Shared>);
+pub struct Slot {
+    shared: Arc<Shared>,
+    user: Option<Arc<str>>,
+    address: Option<IpAddr>,
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.slots.fetch_sub(1, Ordering::AcqRel);
+        if let Some(user) = &self.user {
+            self.shared.per_user.remove(user);
+        }
+        if let Some(address) = &self.address {
+            self.shared.per_address.remove(address);
+        }
+        self.shared.slots.fetch_sub(1, Ordering::AcqRel);
     }
 }

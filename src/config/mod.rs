@@ -125,6 +125,19 @@ const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Config {
+    /// What is valid but probably not meant: routes whose frames look private while anyone
+    /// may receive them. `check` prints these and the daemon logs them at each load.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.auth.mode == AuthMode::None {
+            // Without authentication every audience is `all` by design.
+            return Vec::new();
+        }
+        self.routes
+            .iter()
+            .filter_map(Route::exposure_warning)
+            .collect()
+    }
+
     /// Reads and validates the routing file at `path`; `${VAR}` in string values is
     /// replaced from the environment.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {

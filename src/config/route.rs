@@ -178,6 +178,26 @@ impl Route {
     }
 
     /// One line for `check`: name, source, topics, delivery, audience and format.
+    /// A warning when the route looks like it carries one user's or one tenant's messages
+    /// (a topic template with a placeholder and a word such as `user` or `tenant`) while its
+    /// audience is `all`: then anyone who subscribes to `user:alice` receives alice's frames.
+    pub fn exposure_warning(&self) -> Option<String> {
+        const PERSONAL: &[&str] = &["user", "tenant", "account", "customer", "owner", "member"];
+        if !matches!(self.audience, Audience::All) {
+            return None;
+        }
+        let topic = self.topics.iter().find(|topic| {
+            let source = topic.source().to_ascii_lowercase();
+            topic.placeholders().next().is_some()
+                && PERSONAL.iter().any(|word| source.contains(word))
+        })?;
+        Some(format!(
+            "route `{}`: topic `{}` looks per-user or per-tenant, but the audience is `all` (the default): anyone who subscribes to it receives its frames; give the route an audience such as {{user: \"{{payload.user_id}}\"}}",
+            self.name,
+            topic.source()
+        ))
+    }
+
     pub fn describe(&self) -> String {
         let mut out = format!("{}: ", self.name);
         match &self.source {

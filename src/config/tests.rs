@@ -360,7 +360,7 @@ fn unknown_key_inside_a_route_and_sections() {
     );
     assert_eq!(
         one_error(&format!("websocket:\n  bogus: 1\n{MINIMAL}")),
-        "2:3 websocket.bogus: unknown key `bogus` (expected one of: path, allowed_origins, max_connections, max_frame_bytes, max_subscriptions, send_queue, slow_client, ping_interval, idle_timeout, client_rate, connect_rate_per_ip, handshake_timeout, welcome)"
+        "2:3 websocket.bogus: unknown key `bogus` (expected one of: path, allowed_origins, max_connections, max_connections_per_user, max_connections_per_ip, max_frame_bytes, max_subscriptions, send_queue, slow_client, ping_interval, idle_timeout, client_rate, connect_rate_per_ip, handshake_timeout, welcome)"
     );
     assert_eq!(
         one_error(&format!("redis:\n  host: x\n{MINIMAL}")),
@@ -1055,4 +1055,22 @@ fn route_match_errors() {
     let config = ok("routes:\n  - name: a\n    channel: x\n    match: {type: user.*, data.n: 3}\n");
     assert!(config.routes[0].needs_payload());
     assert!(!config.routes[0].matcher.is_empty());
+}
+
+#[test]
+fn a_personal_looking_topic_open_to_all_is_warned_about() {
+    let load = |audience: &str| {
+        let text = format!(
+            "auth:\n  mode: optional\n  jwt: {{ algorithms: [HS256], secret: 0123456789abcdef0123456789abcdef }}\nroutes:\n  - name: inbox\n    channel: c\n    topic: \"user:{{payload.user_id}}\"\n{audience}  - name: news\n    channel: n\n    topic: news\n"
+        );
+        Config::from_str(&text, Path::new("t.yaml")).unwrap()
+    };
+    let warnings = load("").warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("route `inbox`"), "{}", warnings[0]);
+    assert!(
+        load("    audience: { user: \"{payload.user_id}\" }\n")
+            .warnings()
+            .is_empty()
+    );
 }

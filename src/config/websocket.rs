@@ -14,6 +14,13 @@ pub struct WebSocketSettings {
     pub allowed_origins: Vec<String>,
     /// Open connections above which upgrades get HTTP 503 (default 10000).
     pub max_connections: usize,
+    /// Open connections one authenticated user may hold (default 100); past it upgrades get
+    /// HTTP 429, so one credential cannot take every slot.
+    pub max_connections_per_user: usize,
+    /// Open connections from one client address (default 1000; an IPv6 address counts by
+    /// its /64); past it upgrades get HTTP 429. The address is the forwarded one behind
+    /// `trusted_proxies`.
+    pub max_connections_per_ip: usize,
     /// Largest inbound client frame; above it the connection closes with 1009 (default 65536).
     pub max_frame_bytes: usize,
     /// Topics one connection may be subscribed to at once (default 1000, at least 1): a
@@ -71,6 +78,8 @@ const KEYS: &[&str] = &[
     "path",
     "allowed_origins",
     "max_connections",
+    "max_connections_per_user",
+    "max_connections_per_ip",
     "max_frame_bytes",
     "max_subscriptions",
     "send_queue",
@@ -132,6 +141,8 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
         None => usize::try_from(default).ok(),
     };
     let max_connections = size("max_connections", 10_000, 1);
+    let max_connections_per_user = size("max_connections_per_user", 100, 1);
+    let max_connections_per_ip = size("max_connections_per_ip", 1000, 1);
     let max_frame_bytes = size("max_frame_bytes", 65_536, 128);
     let max_subscriptions = size("max_subscriptions", 1000, 1);
     let send_queue = size("send_queue", 256, 1);
@@ -196,6 +207,8 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
         path: path?,
         allowed_origins: allowed_origins?,
         max_connections: max_connections?,
+        max_connections_per_user: max_connections_per_user?,
+        max_connections_per_ip: max_connections_per_ip?,
         max_frame_bytes: max_frame_bytes?,
         max_subscriptions: max_subscriptions?,
         send_queue: send_queue?,

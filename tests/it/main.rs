@@ -18,6 +18,9 @@
 //!   again, `gap` notices.
 //! - `abuse`: slow loris, oversized heads, garbage, bad keys, subscribe and command floods,
 //!   the per-address connection rate, and memory (RSS) bounded under floods.
+//! - `security`: one bounded answer per command, tokens with absurd expiries, restricted
+//!   origins, connection caps per user and address, what the welcome frame reveals, tokens
+//!   posing as API-key users.
 //! - `console`: the console page and `/client.js` as served, the `console` switch, and
 //!   the client library run under Node (reconnect, restored subscriptions, refresh).
 //! - `compat`: the five existing backends of COMPAT.md, each run from its `examples/` file
@@ -41,5 +44,6 @@ mod protocol;
 mod reload;
 mod resilience;
 mod routing;
+mod security;
 mod support;
 mod watchdog;

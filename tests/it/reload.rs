@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 
-use crate::support::tokens::{auth_section, now, sign, token};
+use crate::support::tokens::{ADMIN_KEY, SERVICE_KEY, auth_section, now, sha256_hex, sign, token};
 use crate::support::{
     ADMIN_TOKEN, Bridge, ConnectError, Publisher, RedisServer, WAIT, WsClient, assert_envelope,
     config, config_with, log_field, start, wait_until, wait_until_async,
@@ -1019,10 +1019,86 @@ async fn a_changed_secret_file_is_a_reload_of_its_own() {
         Ok(_) => panic!("a token of the old secret was accepted after the rotation"),
     }
     let mut after = connect_with_token(&bridge, &signed(SECOND)).await;
-    // The connection made with the old secret stays.
+    // The connection made with the old secret was closed by the reload: a rotated secret
+    // revokes what it signed, open connections included.
+    assert_eq!(
+        before.expect_close(WAIT).await,
+        (1008, "credential revoked".to_owned())
+    );
+    assert_eq!(metric(&bridge, "bridge_connections_revoked_total").await, 1);
     let mut p = Publisher::connect(&redis.url()).await;
     p.publish("sf:news", r#"{"n":1}"#).await;
-    for client in [&mut before, &mut after] {
+    assert_envelope(
+        &after.next_json().await,
+        "news",
+        "news",
+        1,
+        &json!({"n": 1}),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_closes_connections_whose_credential_no_longer_verifies() {
+    let route = r#"
+        - name: news
+          channel: rv:news
+          topic: news
+          delivery: auto
+        "#;
+    let redis = RedisServer::start();
+    let file = |auth: &str| config_with("", &with_admin(auth), route);
+    let bridge = Bridge::start(&redis, &file(&auth_section("optional", "", "")));
+    bridge.wait_ready().await;
+    let save_auth = |auth: &str, reloads: u64| {
+        let yaml = file(auth).replace("{redis_url}", &redis.url());
+        save(&bridge, Save::Rename, &yaml, 0);
+        wait_metric(&bridge, RELOADS_OK, reloads)
+    };
+    let connect_key = |key: &'static str| {
+        let url = bridge.ws_url("/ws");
+        async move {
+            let mut c = WsClient::connect(&url, &[("X-API-Key", key)]).await;
+            c.welcome = c.next_json().await;
+            c
+        }
+    };
+    let mut service = connect_key(SERVICE_KEY).await;
+    let mut robot = connect_key(ADMIN_KEY).await;
+    let mut alice = connect_with_token(&bridge, &token("alice", &["user"], json!({}))).await;
+    let mut anonymous = bridge.client().await;
+
+    // The service key's line removed, as the example file says to revoke a key.
+    let without_service = auth_section("optional", "", "").replace(
+        &format!(
+            "    - {{ sha256: {}, user: svc, roles: [service] }}\n",
+            sha256_hex(SERVICE_KEY)
+        ),
+        "",
+    );
+    assert!(!without_service.contains(&sha256_hex(SERVICE_KEY)));
+    save_auth(&without_service, 1).await;
+    assert_eq!(
+        service.expect_close(WAIT).await,
+        (1008, "credential revoked".to_owned())
+    );
+    match WsClient::try_connect(&bridge.ws_url("/ws"), &[("X-API-Key", SERVICE_KEY)]).await {
+        Err(ConnectError::Status(401, _)) => {}
+        other => panic!("the removed key: expected 401, got {:?}", other.map(|_| ())),
+    }
+
+    // `required` now: the anonymous connection goes too; the others still verify.
+    save_auth(
+        &without_service.replace("mode: optional", "mode: required"),
+        2,
+    )
+    .await;
+    assert_eq!(
+        anonymous.expect_close(WAIT).await,
+        (1008, "credential revoked".to_owned())
+    );
+    let mut p = Publisher::connect(&redis.url()).await;
+    p.publish("rv:news", r#"{"n":1}"#).await;
+    for client in [&mut robot, &mut alice] {
         assert_envelope(
             &client.next_json().await,
             "news",
@@ -1031,4 +1107,10 @@ async fn a_changed_secret_file_is_a_reload_of_its_own() {
             &json!({"n": 1}),
         );
     }
+    assert_eq!(metric(&bridge, "bridge_connections_revoked_total").await, 2);
+    drop((service, anonymous));
+    wait_until_async(WAIT, "only the two valid connections left", || async {
+        bridge.stats().await["connections"] == 2
+    })
+    .await;
 }

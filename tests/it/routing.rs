@@ -642,7 +642,8 @@ async fn a_large_fan_out_reaches_every_subscriber_once_and_in_order() {
     // connection whoever writes.
     const SUBSCRIBERS: usize = 1_200;
     const MESSAGES: u64 = 30;
-    let (redis, bridge) = start("", JOB_ROUTE).await;
+    // Every test client comes from 127.0.0.1.
+    let (redis, bridge) = start("max_connections_per_ip: 2000", JOB_ROUTE).await;
     let mut subscribers = Vec::with_capacity(SUBSCRIBERS);
     for _ in 0..SUBSCRIBERS {
         let mut client = bridge.client().await;
