@@ -48,11 +48,17 @@ struct PeerAddr(SocketAddr);
 /// The client's address for logs: the TCP peer, or what `X-Forwarded-For` says when the peer
 /// is one of `trusted_proxies` (nginx in front of the bridge).
 fn client_address(config: &Config, peer: PeerAddr, headers: &HeaderMap) -> ClientAddr {
-    let forwarded = headers
+    // Read lossily: a client can put bytes that are not text into the header, and nginx
+    // appends the address it saw to the same value; skipping the whole value would make every
+    // such client look like the proxy itself (sharing its per-address limits).
+    let forwarded: Vec<_> = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|value| value.to_str().ok());
-    config.trusted_proxies.client(peer.0, forwarded)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()))
+        .collect();
+    config
+        .trusted_proxies
+        .client(peer.0, forwarded.iter().map(|value| value.as_ref()))
 }
 
 /// Serves HTTP on `listener` until shutdown.
@@ -736,8 +742,29 @@ fn is_valid_key(key: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{accept_key, is_valid_key, origin_allowed};
+    use super::{PeerAddr, accept_key, client_address, is_valid_key, origin_allowed};
+    use crate::config::Config;
     use http::{HeaderMap, HeaderValue};
+
+    #[test]
+    fn a_forwarded_value_with_bytes_that_are_not_text_still_names_the_client() {
+        let config = Config::from_str(
+            "trusted_proxies: [127.0.0.1]\nroutes:\n  - name: r\n    channel: c\n",
+            std::path::Path::new("t.yaml"),
+        )
+        .unwrap();
+        let mut headers = HeaderMap::new();
+        // What nginx sends when the client wrote junk: the junk, then the address it saw.
+        headers.append(
+            "x-forwarded-for",
+            HeaderValue::from_bytes(b"\xff\xfe, 198.51.100.7").unwrap(),
+        );
+        let peer = PeerAddr("127.0.0.1:5000".parse().unwrap());
+        assert_eq!(
+            client_address(&config, peer, &headers).ip(),
+            "198.51.100.7".parse::<std::net::IpAddr>().unwrap()
+        );
+    }
 
     #[test]
     fn a_restricted_origin_must_be_one_readable_allowed_value() {
