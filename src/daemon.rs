@@ -56,7 +56,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(reload::run(shared.clone(), subscriber, path, hangup));
     let server = tokio::spawn(http::serve(shared.clone(), listener));
     // Started after the bind: its READY=1 needs "listening" as well as "subscribed".
-    tokio::spawn(systemd::run(shared.clone()));
+    let follower = shared.clone();
+    tokio::spawn(async move {
+        systemd::follow(&follower.systemd, follower.redis_changes.subscribe()).await
+    });
     tracing::info!(addr = %local, epoch = %shared.epoch, version = env!("CARGO_PKG_VERSION"), "listening");
 
     let signal_name = tokio::select! {

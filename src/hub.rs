@@ -251,14 +251,6 @@ impl Hub {
         removed
     }
 
-    /// How many topics a connection is subscribed to.
-    pub fn subscription_count(&self, id: ConnId) -> usize {
-        self.read()
-            .connections
-            .get(&id)
-            .map_or(0, |entry| entry.topics.len())
-    }
-
     /// Replaces a connection's identity, keeping the user index true.
     pub fn set_identity(&self, connection: &Connection, identity: Identity) {
         let mut indexes = self.write();
@@ -512,7 +504,7 @@ mod tests {
         let lost = hub.retain_topics(|topic| topic == "keep");
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].1, ["drop"]);
-        assert_eq!(hub.subscription_count(1), 1);
+        assert_eq!(hub.read().connections[&1].topics.len(), 1);
     }
 
     #[tokio::test]

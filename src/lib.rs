@@ -11,27 +11,32 @@
 //! in [`template`]) before anything else sees it. ARCHITECTURE.md has the whole map and the
 //! invariants.
 
-pub mod assets;
-pub mod audience;
-pub mod auth;
+// What the binary runs.
 pub mod cli;
 pub mod config;
 pub mod daemon;
-pub mod dispatch;
-pub mod glob;
-pub mod http;
-pub mod hub;
 pub mod logging;
-pub mod metrics;
-pub mod outbox;
+
+// The pure layers the fuzz targets drive directly.
+pub mod audience;
+pub mod auth;
+pub mod glob;
 pub mod protocol;
-pub mod proxy;
-pub mod pubsub;
-pub mod rate;
-pub mod reload;
-pub mod router;
-pub mod session;
-pub mod state;
-pub mod systemd;
 pub mod template;
 pub mod wsframe;
+
+// The daemon's insides.
+mod assets;
+mod dispatch;
+mod http;
+mod hub;
+mod metrics;
+mod outbox;
+mod proxy;
+mod pubsub;
+mod rate;
+mod reload;
+mod router;
+mod session;
+mod state;
+mod systemd;

@@ -15,6 +15,7 @@ use redis::io::tcp::{TcpSettings, socket2};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::config::RESERVED_PREFIX;
 use crate::dispatch::Dispatcher;
 use crate::router::Routing;
 use crate::state::Shared;
@@ -29,10 +30,6 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// How long written data may stay unacknowledged before the kernel drops the connection.
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Channels under this prefix belong to the bridge (the switch markers of reloads and the
-/// watchdog's heartbeats): they are never dispatched, whatever pattern routes match them.
-pub const RESERVED_PREFIX: &str = "__redis-ws-bridge__:";
 
 /// A batch of messages already delivered by Redis ends at this many messages or this many
 /// queued frames, whichever comes first: coalescing must not make the first recipients wait

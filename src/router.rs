@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use crate::audience::{self, Resolved};
 use crate::auth::Identity;
-use crate::config::{Config, Delivery, Format, Route, Source};
+use crate::config::{Config, Delivery, Format, PayloadMatch, Route, Source};
 use crate::glob;
 use crate::metrics::{Metrics, RouteCounters};
 use crate::protocol::ErrorCode;
@@ -234,7 +234,7 @@ impl Told {
                     channel_known = true;
                 }
                 Placeholder::Payload(path) if !path.is_empty() => {
-                    if !route.matcher.may_admit(path, text) {
+                    if !payload_may_match(&route.matcher, path, text) {
                         return None;
                     }
                     // The same field placed twice in a topic must read the same both times.
@@ -317,7 +317,47 @@ fn segment_key(segment: &PathSegment) -> String {
 /// Whether `route` takes `message` at all: its `match`, when it has one, holds for the
 /// payload. A message it does not take is not counted for it, as one from another channel.
 pub fn takes(route: &Route, message: &Incoming) -> bool {
-    route.matcher.is_empty() || route.matcher.admits(message.json())
+    route.matcher.is_empty() || payload_matches(&route.matcher, message.json())
+}
+
+/// Whether a message's payload (`None` when it is not JSON) meets every condition of a
+/// route's `match`.
+fn payload_matches(matcher: &PayloadMatch, payload: Option<&Value>) -> bool {
+    let Some(payload) = payload else { return false };
+    matcher.conditions().iter().all(|(path, patterns)| {
+        crate::template::lookup(payload, path)
+            .and_then(scalar_text)
+            .is_some_and(|text| any_glob(patterns, &text))
+    })
+}
+
+/// Whether a message whose field at `path` has the text `text` can meet the `match`
+/// condition on that path (true when there is none). A subscribe uses it with what a topic
+/// tells of the payload (`{payload.channel}` matched against the topic gives the channel).
+fn payload_may_match(matcher: &PayloadMatch, path: &[PathSegment], text: &str) -> bool {
+    matcher
+        .conditions()
+        .iter()
+        .filter(|(condition, _)| condition.as_slice() == path)
+        .all(|(_, patterns)| any_glob(patterns, text))
+}
+
+/// The text a scalar JSON value is matched as: a string's own text, a number's or a
+/// boolean's JSON text (as templates render them); `None` for anything else.
+fn scalar_text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
+    use std::borrow::Cow;
+    match value {
+        Value::String(text) => Some(Cow::Borrowed(text)),
+        Value::Number(n) => Some(Cow::Owned(n.to_string())),
+        Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        _ => None,
+    }
+}
+
+fn any_glob(patterns: &[String], text: &str) -> bool {
+    patterns
+        .iter()
+        .any(|pattern| glob::captures(pattern, text).is_some())
 }
 
 /// Topics and audience of `route` for `message`; `None` when a placeholder has no value.

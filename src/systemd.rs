@@ -9,13 +9,11 @@
 //! should wait for that.
 
 use std::future::pending;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use sd_notify::NotifyState;
+use tokio::sync::watch;
 use tokio::time::{Interval, MissedTickBehavior};
-
-use crate::state::Shared;
 
 /// The daemon's side of the notification socket.
 #[derive(Debug)]
@@ -86,13 +84,13 @@ impl Drop for Reloading<'_> {
     }
 }
 
-/// Follows the Redis state until the process exits: READY=1 the first time every route is
+/// Follows the Redis state (`redis`: whether every route is subscribed) until the process
+/// exits: READY=1 the first time every route is
 /// subscribed, a STATUS= line at each change, and WATCHDOG=1 every half `WATCHDOG_USEC`.
 ///
 /// The watchdog is kept by a task of the runtime on purpose: if the runtime stops running
 /// tasks (a deadlock, every worker blocked), the pings stop and systemd restarts the daemon.
-pub async fn run(shared: Arc<Shared>) {
-    let notifier = &shared.systemd;
+pub async fn follow(notifier: &Notifier, mut redis: watch::Receiver<bool>) {
     if !notifier.enabled {
         return;
     }
@@ -102,7 +100,6 @@ pub async fn run(shared: Arc<Shared>) {
         ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
         ticks
     });
-    let mut redis = shared.redis_changes.subscribe();
     // The subscriber may have finished before this task started: look at the current value.
     redis.mark_changed();
     loop {

@@ -32,6 +32,11 @@ pub use websocket::{Rate, SlowClient, WebSocketSettings, Welcome};
 use sha2::{Digest, Sha256};
 
 use crate::proxy::TrustedProxies;
+
+/// Channels under this prefix belong to the bridge (the switch markers of reloads and the
+/// watchdog's heartbeats): they are never dispatched, whatever pattern routes match them, and
+/// no route may name one.
+pub const RESERVED_PREFIX: &str = "__redis-ws-bridge__:";
 use yaml::{Ctx, fields};
 
 /// The validated routing file.

@@ -58,27 +58,10 @@ impl PayloadMatch {
         self.conditions.is_empty()
     }
 
-    /// Whether a message's payload (`None` when it is not JSON) meets every condition.
-    pub fn admits(&self, payload: Option<&serde_json::Value>) -> bool {
-        if self.conditions.is_empty() {
-            return true;
-        }
-        let Some(payload) = payload else { return false };
-        self.conditions.iter().all(|(path, patterns)| {
-            crate::template::lookup(payload, path)
-                .and_then(scalar_text)
-                .is_some_and(|text| any_glob(patterns, &text))
-        })
-    }
-
-    /// Whether a message whose field at `path` has the text `text` can meet the condition
-    /// on that path (true when there is none). A subscribe uses it with what a topic tells
-    /// of the payload (`{payload.channel}` matched against the topic gives the channel).
-    pub fn may_admit(&self, path: &[PathSegment], text: &str) -> bool {
-        self.conditions
-            .iter()
-            .filter(|(condition, _)| condition.as_slice() == path)
-            .all(|(_, patterns)| any_glob(patterns, text))
+    /// The conditions: each payload path with the glob patterns one of which its value must
+    /// match. The router applies them to messages.
+    pub fn conditions(&self) -> &[(Vec<PathSegment>, Vec<String>)] {
+        &self.conditions
     }
 
     /// `type=[user.created,user.deleted], data.kind=[gpu*]`, for `check`.
@@ -89,24 +72,6 @@ impl PayloadMatch {
             .collect::<Vec<_>>()
             .join(", ")
     }
-}
-
-/// The text a scalar JSON value is matched as: a string's own text, a number's or a
-/// boolean's JSON text (as templates render them); `None` for anything else.
-fn scalar_text(value: &serde_json::Value) -> Option<std::borrow::Cow<'_, str>> {
-    use std::borrow::Cow;
-    match value {
-        serde_json::Value::String(text) => Some(Cow::Borrowed(text)),
-        serde_json::Value::Number(n) => Some(Cow::Owned(n.to_string())),
-        serde_json::Value::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        _ => None,
-    }
-}
-
-fn any_glob(patterns: &[String], text: &str) -> bool {
-    patterns
-        .iter()
-        .any(|pattern| crate::glob::captures(pattern, text).is_some())
 }
 
 /// Who gets a route's frames without asking.
@@ -440,10 +405,10 @@ fn channel_source(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Source> {
         ctx.error(node, path, message);
         return None;
     }
-    if channel.starts_with(crate::pubsub::RESERVED_PREFIX) {
+    if channel.starts_with(super::RESERVED_PREFIX) {
         let message = format!(
             "channels starting with `{}` are the bridge's own (reload markers, heartbeats) and never delivered",
-            crate::pubsub::RESERVED_PREFIX
+            super::RESERVED_PREFIX
         );
         ctx.error(node, path, message);
         return None;
