@@ -54,7 +54,7 @@ SERVER_CPU="${SERVER_CPU:-0}"
 TOOL_CPU="${TOOL_CPU:-1}"
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
-  cargo build --release --quiet --bin redis-ws-bridge --bin bridge-bench
+  cargo build --release --quiet -p redis-ws-bridge -p bridge-bench
 fi
 
 started=()
