@@ -470,18 +470,13 @@ fn consume(
     replies: &mut Vec<u8>,
 ) -> Step {
     let mut at = 0;
-    loop {
-        let frame = match wsclient::parse(&bytes[at..]) {
-            Ok(Some((frame, used))) => {
-                at += used;
-                frame
-            }
-            Ok(None) => break,
-            Err(err) => return Step::Closed(format!("bad_frame:{err}")),
-        };
+    while let Some((frame, used)) = wsclient::parse(&bytes[at..]) {
+        at += used;
         match frame.opcode {
             _ if frame.masked => {}
-            OpCode::Data(_) => on_data(worker, client, topics, frame.payload, now),
+            OpCode::Data(Data::Text | Data::Binary | Data::Continue) => {
+                on_data(worker, client, topics, frame.payload, now);
+            }
             OpCode::Control(Control::Ping) => replies.extend(wsclient::encode(
                 OpCode::Control(Control::Pong),
                 frame.payload,
@@ -499,7 +494,7 @@ fn consume(
                 ));
                 return Step::Closed(format!("close:{code}"));
             }
-            OpCode::Control(_) => {}
+            _ => {}
         }
     }
     if at < bytes.len() {
