@@ -45,15 +45,16 @@ DURATION="${DURATION:-10s}"
 export BENCH_JWT_SECRET="${BENCH_JWT_SECRET:-bridge-bench-secret-0123456789abcdef0123456789}"
 mkdir -p bench/results
 OUT="${OUT:-bench/results/$(date -u +%Y%m%d-%H%M%S).jsonl}"
-# The servers' own output (logs, tracebacks of dropped connections) goes here.
-LOG="${OUT%.jsonl}.servers.log"
+# The servers' own output (logs, tracebacks of dropped connections) goes here, always under
+# the ignored bench/results/, even when OUT points into a committed folder.
+LOG="bench/results/$(basename "${OUT%.jsonl}").servers.log"
 BRIDGE_BIN="${BRIDGE_BIN:-$root/target/release/redis-ws-bridge}"
 BENCH_BIN="${BENCH_BIN:-$root/target/release/bridge-bench}"
 SERVER_CPU="${SERVER_CPU:-0}"
 TOOL_CPU="${TOOL_CPU:-1}"
 
 if [ "${NO_BUILD:-0}" != 1 ]; then
-  cargo build --release --quiet --bin redis-ws-bridge --bin bridge-bench
+  cargo build --release --quiet -p redis-ws-bridge -p bridge-bench
 fi
 
 started=()

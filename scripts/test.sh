@@ -58,11 +58,12 @@ done
 echo "== cargo fmt --check" >&2
 cargo fmt --check
 
-echo "== cargo clippy --all-targets -- -D warnings" >&2
-cargo clippy --all-targets -- -D warnings
+# --workspace: the load tool (bench/bridge-bench) is built, linted and unit-tested too.
+echo "== cargo clippy --workspace --all-targets -- -D warnings" >&2
+cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== cargo test" >&2
-cargo test
+echo "== cargo test --workspace" >&2
+cargo test --workspace
 
 echo "== fuzz targets (FUZZ_SECONDS=${FUZZ_SECONDS:-30} each)" >&2
 bash scripts/fuzz.sh

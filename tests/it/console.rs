@@ -1,4 +1,4 @@
-//! The console page and the browser client (SPEC §5): what `GET /`, `/console.js`,
+//! The console page and the browser client (README.md, "The browser client"): what `GET /`, `/console.js`,
 //! `/console.css` and `/client.js` answer, the `console` switch (at start and by a reload),
 //! and `assets/client.js` itself run under Node against the real daemon
 //! (`tests/clients/node/drive.js`, with the `ws` package): reconnect with backoff after a

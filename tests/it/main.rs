@@ -23,9 +23,11 @@
 //!   posing as API-key users.
 //! - `console`: the console page and `/client.js` as served, the `console` switch, and
 //!   the client library run under Node (reconnect, restored subscriptions, refresh).
-//! - `compat`: the five existing backends of COMPAT.md, each run from its `examples/` file
-//!   with its workers' payloads sent by a real Python (redis-py) or Node (node-redis)
-//!   publisher.
+//! - `compat`: the five existing backends of README.md's "Migrating an existing backend",
+//!   each run from its `examples/` file with its workers' payloads sent by a real Python
+//!   (redis-py) or Node (node-redis) publisher.
+//! - `conformance`: RFC 6455 from the client's side, after Autobahn|Testsuite's server case
+//!   groups 1-7 and 9 (docs/conformance.md), with frames built byte by byte.
 //!
 //! Every test starts its own Redis and bridge on free ports, so they run in parallel.
 //! Absence is proven with a marker: publish what must not arrive, then a marker that must,
@@ -36,6 +38,7 @@ mod admin;
 mod auth;
 mod cli;
 mod compat;
+mod conformance;
 mod console;
 mod nginx;
 mod ops;

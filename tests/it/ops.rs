@@ -360,7 +360,7 @@ async fn metrics_parse_as_prometheus_text_and_every_counter_moves() {
     bridge.wait_ready().await;
 
     let before = Scrape::take(&bridge).await;
-    // SPEC §7's set, with the types a Prometheus server expects (the parser names counter
+    // README.md's table of metrics, with the types a Prometheus server expects (the parser names counter
     // families without their `_total`).
     for (family, kind) in [
         ("bridge_connections", "gauge"),

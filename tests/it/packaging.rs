@@ -58,7 +58,7 @@ fn the_unit_passes_systemd_analyze_verify() {
         "systemd-analyze verify warns:\n{stderr}"
     );
 
-    // What the issue and the README promise about it.
+    // What the README promises about it.
     for (key, value) in [
         ("Type", "notify"),
         ("ExecReload", "/bin/kill -HUP $MAINPID"),

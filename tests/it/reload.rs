@@ -1,4 +1,4 @@
-//! Live reload (SPEC §6): every trigger (an edit in place, a rename-over, a ConfigMap symlink
+//! Live reload (docs/routing.md, "Reloads"): every trigger (an edit in place, a rename-over, a ConfigMap symlink
 //! swap, an edit through a symlink, SIGHUP), validation first, the switch that neither loses
 //! nor repeats a message, Redis subscriptions changed by difference on the live connection,
 //! `route_removed`, limits for new connections, and keys that need a restart.

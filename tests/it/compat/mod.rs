@@ -1,4 +1,4 @@
-//! The five existing backends (../shared/COMPAT.md), each served by its example routing file
+//! The five existing backends (README.md, "Migrating an existing backend"), each served by its example routing file
 //! under `examples/`, unchanged but for the variables it reads (listen address, Redis URL,
 //! secret file, admin token), with the payloads its workers publish sent by a real publisher
 //! in the worker's own language: redis-py (`tests/publishers/publish.py`) for the Python

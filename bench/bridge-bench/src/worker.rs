@@ -15,10 +15,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
+use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
 use crate::stats::{Histogram, now_ns, raise_fd_limit, topic_of};
 use crate::target::Target;
-use crate::wsclient::{self, OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+use crate::wsclient;
 use crate::{ClientArgs, jwt};
 
 /// A command from the coordinating process.
@@ -362,7 +363,11 @@ async fn run_client(
     let mut ending = None;
     for frame in &frames {
         if let Err(err) = stream
-            .write_all(&wsclient::encode(OP_TEXT, frame.as_bytes(), mask))
+            .write_all(&wsclient::encode(
+                OpCode::Data(Data::Text),
+                frame.as_bytes(),
+                mask,
+            ))
             .await
         {
             ending = Some(format!("io:{:?}", err.kind()));
@@ -468,17 +473,22 @@ fn consume(
     while let Some((frame, used)) = wsclient::parse(&bytes[at..]) {
         at += used;
         match frame.opcode {
-            OP_TEXT | OP_BINARY | OP_CONTINUATION => {
+            _ if frame.masked => {}
+            OpCode::Data(Data::Text | Data::Binary | Data::Continue) => {
                 on_data(worker, client, topics, frame.payload, now);
             }
-            OP_PING => replies.extend(wsclient::encode(OP_PONG, frame.payload, client.mask)),
-            OP_CLOSE => {
+            OpCode::Control(Control::Ping) => replies.extend(wsclient::encode(
+                OpCode::Control(Control::Pong),
+                frame.payload,
+                client.mask,
+            )),
+            OpCode::Control(Control::Close) => {
                 let code = frame
                     .payload
                     .get(..2)
                     .map_or(1005, |code| u16::from_be_bytes([code[0], code[1]]));
                 replies.extend(wsclient::encode(
-                    OP_CLOSE,
+                    OpCode::Control(Control::Close),
                     &frame.payload[..frame.payload.len().min(2)],
                     client.mask,
                 ));
