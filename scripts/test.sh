@@ -55,8 +55,8 @@ for node_dir in tests/publishers/node tests/clients/node; do
   fi
 done
 
-echo "== cargo fmt --check" >&2
-cargo fmt --check
+echo "== cargo fmt --all --check" >&2
+cargo fmt --all --check
 
 # --workspace: the load tool (bench/bridge-bench) is built, linted and unit-tested too.
 echo "== cargo clippy --workspace --all-targets -- -D warnings" >&2
