@@ -10,10 +10,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{FutureExt, StreamExt};
 use redis::IntoConnectionInfo;
-use redis::aio::PubSubSink;
+use redis::aio::{PubSubSink, PubSubStream};
 use redis::io::tcp::{TcpSettings, socket2};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Interval;
 
 use crate::config::RESERVED_PREFIX;
 use crate::dispatch::Dispatcher;
@@ -99,180 +100,331 @@ struct Pending {
     give_up: JoinHandle<String>,
 }
 
-async fn run(shared: Arc<Shared>, mut requests: mpsc::Receiver<Control>) {
-    let mut dispatcher = Dispatcher::new(shared.clone());
-    let mut retry = FIRST_RETRY;
-    let mut ever_connected = false;
-    let mut last_error = String::new();
-    // Numbers the switch markers of this process.
-    let mut switches: u64 = 0;
-    // When the last subscriber connection was lost, for the gap notices.
-    let mut lost_at = String::new();
-    loop {
-        let url = shared.config().redis.url.clone();
-        let connected = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            connected = connect(&url) => connected,
+/// The subscriber task: one subscribed connection at a time, replaced when it is lost.
+struct Task {
+    shared: Arc<Shared>,
+    requests: mpsc::Receiver<Control>,
+    dispatcher: Dispatcher,
+    /// The wait before the next connection attempt (capped exponential backoff).
+    retry: Duration,
+    /// Whether a connection was ever made: the next one is a reconnect, with gap notices.
+    ever_connected: bool,
+    /// The last connection error logged, so that a Redis that stays down is logged once.
+    last_error: String,
+    /// Numbers the switch markers of this process.
+    switches: u64,
+    /// When the last subscriber connection was lost, for the gap notices.
+    lost_at: String,
+}
+
+/// One subscribed connection, and the work in flight on it.
+struct Link {
+    url: String,
+    sink: PubSubSink,
+    stream: PubSubStream,
+    subscribed: Subscriptions,
+    /// This process's heartbeat channel, subscribed with the routes.
+    heartbeat_channel: String,
+    /// The task that PUBLISHes the heartbeats.
+    heartbeats: JoinHandle<()>,
+    last_heartbeat: Instant,
+    watchdog: Interval,
+    heartbeat_timeout: Duration,
+    /// A reload waiting for its marker.
+    pending: Option<Pending>,
+}
+
+/// What woke the task while connected.
+enum Event {
+    Shutdown,
+    /// The pending switch gave up on its marker, for this reason.
+    GaveUp(String),
+    Request(Option<Control>),
+    WatchdogTick,
+    Message(Option<redis::Msg>),
+}
+
+/// Why a connection is dropped and replaced.
+type Lost = &'static str;
+
+async fn run(shared: Arc<Shared>, requests: mpsc::Receiver<Control>) {
+    let mut task = Task {
+        dispatcher: Dispatcher::new(shared.clone()),
+        shared,
+        requests,
+        retry: FIRST_RETRY,
+        ever_connected: false,
+        last_error: String::new(),
+        switches: 0,
+        lost_at: String::new(),
+    };
+    while let Some(mut link) = task.connect().await {
+        let Some(reason) = task.serve(&mut link).await else {
+            return;
         };
-        let (mut sink, mut stream) = match connected {
-            Ok(pubsub) => pubsub.split(),
-            Err(err) => {
-                let err = err.to_string();
-                if err != last_error {
-                    tracing::warn!(redis = %redact(&url), error = %err, retry_in = ?retry, "redis unavailable");
-                    last_error = err;
+        task.lose(link, reason);
+    }
+}
+
+impl Task {
+    /// Connects and subscribes, retrying with backoff until it works; `None` on shutdown.
+    async fn connect(&mut self) -> Option<Link> {
+        loop {
+            let url = self.shared.config().redis.url.clone();
+            let connected = tokio::select! {
+                _ = self.shared.shutdown.cancelled() => return None,
+                connected = connect(&url) => connected,
+            };
+            let subscribed = match connected {
+                Ok(pubsub) => self.subscribe_all(url.clone(), pubsub).await,
+                Err(err) => Err(err),
+            };
+            match subscribed {
+                Ok(link) => {
+                    self.announce(&link);
+                    return Some(link);
                 }
-                if !wait_retry(&shared, &mut requests, retry).await {
-                    return;
+                Err(err) => {
+                    let err = err.to_string();
+                    if err != self.last_error {
+                        tracing::warn!(redis = %redact(&url), error = %err, retry_in = ?self.retry, "redis unavailable");
+                        self.last_error = err;
+                    }
+                    if !wait_retry(&self.shared, &mut self.requests, self.retry).await {
+                        return None;
+                    }
+                    self.retry = (self.retry * 2).min(MAX_RETRY);
                 }
-                retry = (retry * 2).min(MAX_RETRY);
-                continue;
             }
-        };
+        }
+    }
+
+    /// Subscribes the routing table in force and the heartbeat on a new connection, and
+    /// starts the heartbeats.
+    async fn subscribe_all(
+        &self,
+        url: String,
+        pubsub: redis::aio::PubSub,
+    ) -> redis::RedisResult<Link> {
+        let (mut sink, stream) = pubsub.split();
         let mut subscribed = Subscriptions::default();
-        let routing = shared.routing.load_full();
-        let heartbeat_channel = format!("{RESERVED_PREFIX}heartbeat:{}", shared.epoch);
-        if let Err(err) = subscribe_difference(
+        let routing = self.shared.routing.load_full();
+        let heartbeat_channel = format!("{RESERVED_PREFIX}heartbeat:{}", self.shared.epoch);
+        subscribe_difference(
             &mut sink,
             &mut subscribed,
             &routing,
             Some(&heartbeat_channel),
         )
-        .await
-        {
-            tracing::warn!(error = %err, "redis subscribe failed");
-            if !wait_retry(&shared, &mut requests, retry).await {
-                return;
-            }
-            retry = (retry * 2).min(MAX_RETRY);
-            continue;
-        }
-        retry = FIRST_RETRY;
-        last_error.clear();
-        if ever_connected {
-            shared
-                .metrics
-                .redis_reconnects
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let recovered = ever_connected;
-        ever_connected = true;
-        shared.set_redis_ready(true);
-        if recovered {
-            // Whatever was published meanwhile is lost: clients are told to refetch.
-            let notified = shared.hub.notify_gap(&lost_at, &shared.metrics);
-            tracing::info!(connections = notified, "gap notices sent");
-        }
-        tracing::info!(
-            redis = %redact(&url),
-            channels = subscribed.channels.len(),
-            patterns = subscribed.patterns.len(),
-            "redis subscribed"
-        );
-        let settings = routing.config.redis.clone();
+        .await?;
+        let settings = &routing.config.redis;
         let heartbeats = tokio::spawn(send_heartbeats(
             url.clone(),
             heartbeat_channel.clone(),
             settings.heartbeat_interval,
         ));
-        let mut last_heartbeat = Instant::now();
-        let mut watchdog = tokio::time::interval(settings.heartbeat_interval);
-        let mut pending: Option<Pending> = None;
-        let reason = loop {
-            // Reload requests before messages: a sustained flood must not hold a reload back.
-            tokio::select! {
-                biased;
-                _ = shared.shutdown.cancelled() => return,
-                reason = gave_up(&mut pending) => {
-                    let Some(pending) = pending.take() else { continue };
-                    tracing::warn!(reason = %reason, "switching without a marker: messages published during this reload may be routed by either configuration");
-                    if let Err(err) = finish_switch(&shared, &mut sink, &mut subscribed, pending).await {
-                        tracing::warn!(error = %err, "redis subscription change failed");
-                        break "subscription change failed";
-                    }
+        Ok(Link {
+            url,
+            sink,
+            stream,
+            subscribed,
+            heartbeat_channel,
+            heartbeats,
+            last_heartbeat: Instant::now(),
+            watchdog: tokio::time::interval(settings.heartbeat_interval),
+            heartbeat_timeout: settings.heartbeat_timeout,
+            pending: None,
+        })
+    }
+
+    /// A connection is subscribed: ready, and after a loss, the gap notices.
+    fn announce(&mut self, link: &Link) {
+        let shared = &self.shared;
+        self.retry = FIRST_RETRY;
+        self.last_error.clear();
+        let recovered = self.ever_connected;
+        if recovered {
+            shared
+                .metrics
+                .redis_reconnects
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        self.ever_connected = true;
+        shared.set_redis_ready(true);
+        if recovered {
+            // Whatever was published meanwhile is lost: clients are told to refetch.
+            let notified = shared.hub.notify_gap(&self.lost_at, &shared.metrics);
+            tracing::info!(connections = notified, "gap notices sent");
+        }
+        tracing::info!(
+            redis = %redact(&link.url),
+            channels = link.subscribed.channels.len(),
+            patterns = link.subscribed.patterns.len(),
+            "redis subscribed"
+        );
+    }
+
+    /// Serves a connection until it is lost (and why), or `None` when the task must end.
+    async fn serve(&mut self, link: &mut Link) -> Option<Lost> {
+        loop {
+            let handled = match self.next_event(link).await {
+                Event::Shutdown | Event::Request(None) => return None,
+                Event::GaveUp(reason) => self.switch_without_marker(link, reason).await,
+                Event::Request(Some(Control::Apply { routing, done })) => {
+                    self.begin_switch(link, routing, done).await
                 }
-                request = requests.recv(), if pending.is_none() => {
-                    let Some(Control::Apply { routing, done }) = request else { return };
-                    if routing.config.redis.url != url {
-                        // The next connection subscribes the new table from scratch.
-                        shared.routing.store(routing);
-                        let _ = done.send(());
-                        break "redis.url changed";
-                    }
-                    switches += 1;
-                    let marker = format!("{RESERVED_PREFIX}switch:{}:{switches}", shared.epoch);
-                    if let Err(err) = subscribe_difference(&mut sink, &mut subscribed, &routing, Some(&marker)).await {
-                        tracing::warn!(error = %err, "redis subscription change failed");
-                        // In force all the same: the next connection subscribes it.
-                        shared.routing.store(routing);
-                        let _ = done.send(());
-                        break "subscription change failed";
-                    }
-                    let give_up = tokio::spawn(publish_marker(url.clone(), marker.clone()));
-                    pending = Some(Pending { routing, done, marker, give_up });
-                }
-                _ = watchdog.tick() => {
-                    let silent = last_heartbeat.elapsed();
-                    if silent > settings.heartbeat_timeout {
-                        shared.metrics.redis_stalls.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(
-                            silent_ms = silent.as_millis() as u64,
-                            timeout = ?settings.heartbeat_timeout,
-                            "redis subscription stalled: the heartbeat did not come back; replacing the connection"
-                        );
-                        break "subscription stalled";
-                    }
-                }
-                message = stream.next() => {
-                    let Some(mut message) = message else { break "connection closed" };
-                    // Everything Redis has already delivered is dispatched before anything is
-                    // written, so that a backlog leaves in few writes per connection.
-                    let mut batch = 0;
-                    let ended = loop {
-                        let channel = message.get_channel_name();
-                        if channel == heartbeat_channel {
-                            last_heartbeat = Instant::now();
-                        } else if channel.starts_with(RESERVED_PREFIX) {
-                            if let Some(pending) = pending.take_if(|p| p.marker == channel) {
-                                // The switch changes the routing: what was routed by the old
-                                // one leaves first.
-                                dispatcher.flush();
-                                if let Err(err) = finish_switch(&shared, &mut sink, &mut subscribed, pending).await {
-                                    tracing::warn!(error = %err, "redis subscription change failed");
-                                    break Some("subscription change failed");
-                                }
-                            }
-                        } else {
-                            let received_at = Instant::now();
-                            let pattern: Option<String> = message.get_pattern().ok().flatten();
-                            dispatcher.dispatch(channel, pattern.as_deref(), message.get_payload_bytes(), received_at);
-                        }
-                        batch += 1;
-                        if batch == MAX_BATCH_MESSAGES || dispatcher.pending() >= MAX_BATCH_FRAMES {
-                            break None;
-                        }
-                        match stream.next().now_or_never() {
-                            Some(Some(next)) => message = next,
-                            Some(None) => break Some("connection closed"),
-                            None => break None,
-                        }
-                    };
-                    dispatcher.flush();
-                    if let Some(reason) = ended {
-                        break reason;
-                    }
-                }
+                Event::WatchdogTick => self.check_heartbeat(link),
+                Event::Message(None) => Err("connection closed"),
+                Event::Message(Some(message)) => self.dispatch_batch(link, message).await,
+            };
+            if let Err(reason) = handled {
+                return Some(reason);
+            }
+        }
+    }
+
+    async fn next_event(&mut self, link: &mut Link) -> Event {
+        // Reload requests before messages: a sustained flood must not hold a reload back.
+        tokio::select! {
+            biased;
+            _ = self.shared.shutdown.cancelled() => Event::Shutdown,
+            reason = gave_up(&mut link.pending) => Event::GaveUp(reason),
+            request = self.requests.recv(), if link.pending.is_none() => Event::Request(request),
+            _ = link.watchdog.tick() => Event::WatchdogTick,
+            message = link.stream.next() => Event::Message(message),
+        }
+    }
+
+    /// A reload: subscribes what the new table adds with a marker channel, and publishes the
+    /// marker; the switch happens where it comes back (see [`Pending`]).
+    async fn begin_switch(
+        &mut self,
+        link: &mut Link,
+        routing: Arc<Routing>,
+        done: oneshot::Sender<()>,
+    ) -> Result<(), Lost> {
+        if routing.config.redis.url != link.url {
+            // The next connection subscribes the new table from scratch.
+            self.shared.routing.store(routing);
+            let _ = done.send(());
+            return Err("redis.url changed");
+        }
+        self.switches += 1;
+        let marker = format!(
+            "{RESERVED_PREFIX}switch:{}:{}",
+            self.shared.epoch, self.switches
+        );
+        let added = subscribe_difference(
+            &mut link.sink,
+            &mut link.subscribed,
+            &routing,
+            Some(&marker),
+        );
+        if let Err(err) = added.await {
+            tracing::warn!(error = %err, "redis subscription change failed");
+            // In force all the same: the next connection subscribes it.
+            self.shared.routing.store(routing);
+            let _ = done.send(());
+            return Err("subscription change failed");
+        }
+        let give_up = tokio::spawn(publish_marker(link.url.clone(), marker.clone()));
+        link.pending = Some(Pending {
+            routing,
+            done,
+            marker,
+            give_up,
+        });
+        Ok(())
+    }
+
+    async fn switch_without_marker(&mut self, link: &mut Link, reason: String) -> Result<(), Lost> {
+        let Some(pending) = link.pending.take() else {
+            return Ok(());
+        };
+        tracing::warn!(reason = %reason, "switching without a marker: messages published during this reload may be routed by either configuration");
+        self.finish(link, pending).await
+    }
+
+    async fn finish(&mut self, link: &mut Link, pending: Pending) -> Result<(), Lost> {
+        let finished = finish_switch(&self.shared, &mut link.sink, &mut link.subscribed, pending);
+        finished.await.map_err(|err| {
+            tracing::warn!(error = %err, "redis subscription change failed");
+            "subscription change failed"
+        })
+    }
+
+    fn check_heartbeat(&self, link: &Link) -> Result<(), Lost> {
+        let silent = link.last_heartbeat.elapsed();
+        if silent <= link.heartbeat_timeout {
+            return Ok(());
+        }
+        self.shared
+            .metrics
+            .redis_stalls
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::error!(
+            silent_ms = silent.as_millis() as u64,
+            timeout = ?link.heartbeat_timeout,
+            "redis subscription stalled: the heartbeat did not come back; replacing the connection"
+        );
+        Err("subscription stalled")
+    }
+
+    /// Dispatches `message` and everything else Redis has already delivered (up to a batch)
+    /// before anything is written, so that a backlog leaves in few writes per connection.
+    async fn dispatch_batch(&mut self, link: &mut Link, first: redis::Msg) -> Result<(), Lost> {
+        let mut message = first;
+        let mut batch = 0;
+        let ended = loop {
+            if let Err(reason) = self.take_message(link, &message).await {
+                break Err(reason);
+            }
+            batch += 1;
+            if batch == MAX_BATCH_MESSAGES || self.dispatcher.pending() >= MAX_BATCH_FRAMES {
+                break Ok(());
+            }
+            match link.stream.next().now_or_never() {
+                Some(Some(next)) => message = next,
+                Some(None) => break Err("connection closed"),
+                None => break Ok(()),
             }
         };
-        if let Some(pending) = pending.take() {
+        self.dispatcher.flush();
+        ended
+    }
+
+    /// One message: a heartbeat, a switch's marker, or one for the routes.
+    async fn take_message(&mut self, link: &mut Link, message: &redis::Msg) -> Result<(), Lost> {
+        let channel = message.get_channel_name();
+        if channel == link.heartbeat_channel {
+            link.last_heartbeat = Instant::now();
+        } else if channel.starts_with(RESERVED_PREFIX) {
+            if let Some(pending) = link.pending.take_if(|p| p.marker == channel) {
+                // The switch changes the routing: what was routed by the old one leaves first.
+                self.dispatcher.flush();
+                self.finish(link, pending).await?;
+            }
+        } else {
+            let received_at = Instant::now();
+            let pattern: Option<String> = message.get_pattern().ok().flatten();
+            let payload = message.get_payload_bytes();
+            self.dispatcher
+                .dispatch(channel, pattern.as_deref(), payload, received_at);
+        }
+        Ok(())
+    }
+
+    /// The connection is gone: a pending reload is put in force for the next one.
+    fn lose(&mut self, link: Link, reason: Lost) {
+        if let Some(pending) = link.pending {
             // No connection to switch on: the next one subscribes what is in force.
             pending.give_up.abort();
-            shared.routing.store(pending.routing);
+            self.shared.routing.store(pending.routing);
             let _ = pending.done.send(());
         }
-        heartbeats.abort();
-        lost_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        shared.set_redis_ready(false);
+        link.heartbeats.abort();
+        self.lost_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        self.shared.set_redis_ready(false);
         tracing::warn!(reason, "redis connection lost; reconnecting");
     }
 }

@@ -90,11 +90,13 @@ fn fragments(opcode: u8, message: &[u8], size: usize) -> Vec<u8> {
     bytes
 }
 
-/// A `ping` command of exactly `len` bytes (at least 15): its `id` (or, when too short for
-/// one, trailing whitespace) fills it up.
+/// A command of exactly `len` bytes (at least 15) that the bridge answers with its content: a
+/// `subscribe` to a `job:` topic as long as needed (the `subscribed` answer names it; an `id`
+/// is bounded, a topic only by the frame), or, when too short for one, a `ping` padded with
+/// trailing whitespace.
 fn command(len: usize) -> Vec<u8> {
     const BARE: &str = r#"{"type":"ping"}"#;
-    let (head, tail) = (r#"{"type":"ping","id":""#, r#""}"#);
+    let (head, tail) = (r#"{"type":"subscribe","topics":["job:"#, r#""]}"#);
     let fill = len
         .checked_sub(head.len() + tail.len())
         .map(|n| format!("{head}{}{tail}", "*".repeat(n)))
@@ -210,12 +212,18 @@ impl Wire {
         assert_eq!(frame.payload, payload, "the pong's payload");
     }
 
-    /// The answer to a `ping` command sent as `sent`: a `pong` echoing its `id` exactly.
+    /// The answer to a command made by [`command`] or [`command_with_id`]: a `pong` echoing
+    /// a ping's `id`, or `subscribed` naming the subscribe's topics, exactly.
     async fn answered(&mut self, sent: &[u8]) {
         let command: Value = serde_json::from_slice(sent).expect("the command is JSON");
         let reply = self.json().await;
-        assert_eq!(reply["type"], "pong", "answer to a command: {reply}");
-        assert_eq!(reply.get("id"), command.get("id"), "the echoed id");
+        if command["type"] == "subscribe" {
+            assert_eq!(reply["type"], "subscribed", "answer to a command: {reply}");
+            assert_eq!(reply["topics"], command["topics"], "the echoed topics");
+        } else {
+            assert_eq!(reply["type"], "pong", "answer to a command: {reply}");
+            assert_eq!(reply.get("id"), command.get("id"), "the echoed id");
+        }
     }
 
     /// An `error` frame with `code`; returns its message.
