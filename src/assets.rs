@@ -1,4 +1,4 @@
-//! The files served to browsers (SPEC §5): the console page `GET /` with its script and
+//! The files served to browsers (README, "The browser client"): the console page `GET /` with its script and
 //! style, and the client library `GET /client.js`. They are compiled in from `assets/`, so
 //! an installed binary needs no files beside it. Pure: built once, answered from memory.
 

@@ -7,7 +7,7 @@
 //! placeholder without a value makes the whole render return `None`, and the caller skips
 //! the message for that route.
 //!
-//! Syntax (SPEC §3 "Templates"):
+//! Syntax (docs/routing.md, "Templates"):
 //! - `{1}` … `{9}`, `{channel}`, `{payload}`, `{payload.a.b}`, `{claims}`, `{claims.a.b}`,
 //!   `{topic}`, `{seq}`, `{now}`, `{connection_id}`;
 //! - a path segment made of digits (`items.0`) is an array index on arrays and a key on objects;

@@ -221,7 +221,7 @@ fn jwt(ctx: &mut Ctx, node: &Node) -> Option<JwtSettings> {
         required.push("iss");
     }
     if audience.is_empty() {
-        // Not checked when not configured, whatever `aud` the token carries (SPEC §3).
+        // Not checked when not configured, whatever `aud` the token carries (docs/routing.md).
         validation.validate_aud = false;
     } else {
         validation.set_audience(&audience);

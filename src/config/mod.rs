@@ -1,4 +1,4 @@
-//! The routing file (SPEC §3): YAML → validated, compiled [`Config`].
+//! The routing file (docs/routing.md): YAML → validated, compiled [`Config`].
 //!
 //! Loading is pure apart from reading the file and the environment (`${VAR}`): no socket is
 //! bound, nothing is spawned. Layout:

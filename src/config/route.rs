@@ -83,7 +83,7 @@ pub enum Delivery {
     Subscribe,
 }
 
-/// Which connections a route's frames may reach (SPEC §3 "Audiences"). The templates
+/// Which connections a route's frames may reach (docs/routing.md, "Audiences"). The templates
 /// resolve against the message (captures, channel, payload); the results are compared with
 /// the connection's identity and claims.
 #[derive(Clone, Debug)]

@@ -68,7 +68,7 @@ pub struct Rate {
 /// The first frame sent to a new connection.
 #[derive(Clone, Debug)]
 pub enum Welcome {
-    /// The `connected` frame of SPEC §4 (`native`, the default).
+    /// The `connected` frame of docs/protocol.md (`native`, the default).
     Native,
     /// A JSON template; its placeholders: `{connection_id}`, `{claims.…}`, `{now}`.
     Template(JsonTemplate),
@@ -92,7 +92,7 @@ const KEYS: &[&str] = &[
     "welcome",
 ];
 
-/// Paths the HTTP server uses for its own endpoints (SPEC §5).
+/// Paths the HTTP server uses for its own endpoints (listed in the README).
 const RESERVED_PATHS: &[&str] = &[
     "/",
     "/healthz",
