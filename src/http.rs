@@ -35,7 +35,7 @@ use crate::outbox::{self, Outbox};
 use crate::proxy::ClientAddr;
 use crate::pubsub;
 use crate::session::{self, Peer};
-use crate::state::{Full, Shared, SlotRequest};
+use crate::state::{Full, Shared, Slot, SlotRequest};
 
 /// The most a request's head may take; a larger one is refused (431) without growing the
 /// buffer further, so a request costs at most this much memory before it is checked.
@@ -527,7 +527,7 @@ fn publish_request(body: &[u8]) -> Result<(String, Vec<u8>), String> {
     Ok((channel, payload))
 }
 
-/// Checks the handshake, then answers 101 and hands the socket to a session.
+/// The WebSocket endpoint: admission, then 101 and a session; or the refusal's answer.
 fn upgrade(
     shared: Arc<Shared>,
     headers: HeaderMap,
@@ -535,120 +535,184 @@ fn upgrade(
     peer: PeerAddr,
     query: Option<String>,
 ) -> Response {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let is_upgrade = header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-        && header("connection").is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        });
-    let Some(on_upgrade) = on_upgrade.filter(|_| is_upgrade) else {
-        return reject(
-            &shared,
-            StatusCode::BAD_REQUEST,
-            RejectReason::BadRequest,
-            "expected a WebSocket upgrade",
-        );
+    let request = UpgradeRequest {
+        shared: &shared,
+        headers: &headers,
+        peer,
+        query: query.as_deref(),
     };
-    if header("sec-websocket-version") != Some("13") {
-        let mut response = reject(
-            &shared,
-            StatusCode::BAD_REQUEST,
-            RejectReason::BadRequest,
-            "unsupported Sec-WebSocket-Version",
-        );
-        response.headers_mut().insert(
-            "sec-websocket-version",
-            http::HeaderValue::from_static("13"),
-        );
-        return response;
+    match request.admit(on_upgrade) {
+        Ok(response) => response,
+        Err(refused) => *refused,
     }
-    let Some(key) = header("sec-websocket-key").filter(|key| is_valid_key(key)) else {
-        return reject(
-            &shared,
-            StatusCode::BAD_REQUEST,
-            RejectReason::BadRequest,
-            "missing or malformed Sec-WebSocket-Key",
-        );
-    };
-    let config = shared.config();
-    let settings = &config.websocket;
-    if !origin_allowed(&settings.allowed_origins, &headers) {
-        return reject(
-            &shared,
+}
+
+/// The HTTP answer of a refused upgrade (boxed: a response is large, and most requests are
+/// admitted).
+type Refused = Box<Response>;
+
+/// A request to `websocket.path`, on its way through admission.
+struct UpgradeRequest<'a> {
+    shared: &'a Arc<Shared>,
+    headers: &'a HeaderMap,
+    peer: PeerAddr,
+    query: Option<&'a str>,
+}
+
+/// An admitted connection, before its session starts.
+struct Admitted {
+    identity: Identity,
+    credential: Option<Credential>,
+    client: ClientAddr,
+    slot: Slot,
+}
+
+impl UpgradeRequest<'_> {
+    /// Admission, cheapest and least revealing checks first: the handshake, the Origin, the
+    /// address's connection rate, the credential, a connection slot. Each refusal is an HTTP
+    /// answer, counted by reason; an admitted request gets its session and the 101.
+    fn admit(&self, on_upgrade: Option<OnUpgrade>) -> Result<Response, Refused> {
+        let (on_upgrade, key) = self.handshake(on_upgrade)?;
+        let config = self.shared.config();
+        self.origin(&config)?;
+        let client = client_address(&config, self.peer, self.headers);
+        self.connect_rate(&config, &client)?;
+        let (identity, credential) = self.authenticate(&config, &client)?;
+        let slot = self.slot(&config, &identity, &client)?;
+        let admitted = Admitted {
+            identity,
+            credential,
+            client,
+            slot,
+        };
+        spawn_session(self.shared, &config, admitted, on_upgrade);
+        Ok(switching_protocols(key))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn refuse(&self, status: StatusCode, reason: RejectReason, message: &str) -> Refused {
+        Box::new(reject(self.shared, status, reason, message))
+    }
+
+    /// An HTTP/1.1 upgrade to WebSocket version 13 with a well-formed key.
+    fn handshake(&self, on_upgrade: Option<OnUpgrade>) -> Result<(OnUpgrade, &str), Refused> {
+        let bad = |message| self.refuse(StatusCode::BAD_REQUEST, RejectReason::BadRequest, message);
+        let is_upgrade = self
+            .header("upgrade")
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+            && self.header("connection").is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            });
+        let Some(on_upgrade) = on_upgrade.filter(|_| is_upgrade) else {
+            return Err(bad("expected a WebSocket upgrade"));
+        };
+        if self.header("sec-websocket-version") != Some("13") {
+            let mut response = bad("unsupported Sec-WebSocket-Version");
+            response.headers_mut().insert(
+                "sec-websocket-version",
+                http::HeaderValue::from_static("13"),
+            );
+            return Err(response);
+        }
+        match self
+            .header("sec-websocket-key")
+            .filter(|key| is_valid_key(key))
+        {
+            Some(key) => Ok((on_upgrade, key)),
+            None => Err(bad("missing or malformed Sec-WebSocket-Key")),
+        }
+    }
+
+    fn origin(&self, config: &Config) -> Result<(), Refused> {
+        if origin_allowed(&config.websocket.allowed_origins, self.headers) {
+            return Ok(());
+        }
+        Err(self.refuse(
             StatusCode::FORBIDDEN,
             RejectReason::Origin,
             "origin not allowed",
-        );
+        ))
     }
-    let client = client_address(&config, peer, &headers);
-    if let Some(rate) = settings.connect_rate_per_ip
-        && !shared
-            .connects_per_ip
-            .try_take(client.limit_key(), rate, Instant::now())
-    {
-        return reject(
-            &shared,
+
+    fn connect_rate(&self, config: &Config, client: &ClientAddr) -> Result<(), Refused> {
+        let Some(rate) = config.websocket.connect_rate_per_ip else {
+            return Ok(());
+        };
+        let connects = &self.shared.connects_per_ip;
+        if connects.try_take(client.limit_key(), rate, Instant::now()) {
+            return Ok(());
+        }
+        Err(self.refuse(
             StatusCode::TOO_MANY_REQUESTS,
             RejectReason::RateLimited,
             "too many new connections from this address",
-        );
+        ))
     }
-    let (identity, credential) = match connection_identity(&config, &headers, query.as_deref()) {
-        Ok(admitted) => admitted,
-        Err(rejection) => {
+
+    fn authenticate(
+        &self,
+        config: &Config,
+        client: &ClientAddr,
+    ) -> Result<(Identity, Option<Credential>), Refused> {
+        connection_identity(config, self.headers, self.query).map_err(|rejection| {
             tracing::debug!(
                 peer = %client,
                 reason = rejection.code(),
                 "upgrade refused: unauthorized"
             );
-            shared.metrics.rejected(RejectReason::Unauthorized);
-            return unauthorized(&rejection);
-        }
-    };
-    let request = SlotRequest {
-        max_connections: settings.max_connections,
-        user: identity
-            .user
-            .clone()
-            .map(|user| (user, settings.max_connections_per_user)),
-        address: (client.limit_key(), settings.max_connections_per_ip),
-    };
-    let slot = match shared.take_slot(request) {
-        Ok(slot) => slot,
-        Err(Full::Process) => {
-            return reject(
-                &shared,
+            self.shared.metrics.rejected(RejectReason::Unauthorized);
+            Box::new(unauthorized(&rejection))
+        })
+    }
+
+    /// A place under `max_connections` and the user's and the address's caps.
+    fn slot(
+        &self,
+        config: &Config,
+        identity: &Identity,
+        client: &ClientAddr,
+    ) -> Result<Slot, Refused> {
+        let settings = &config.websocket;
+        let request = SlotRequest {
+            max_connections: settings.max_connections,
+            user: identity
+                .user
+                .clone()
+                .map(|user| (user, settings.max_connections_per_user)),
+            address: (client.limit_key(), settings.max_connections_per_ip),
+        };
+        self.shared.take_slot(request).map_err(|full| match full {
+            Full::Process => self.refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 RejectReason::Capacity,
                 "too many connections",
-            );
-        }
-        Err(Full::User) => {
-            return reject(
-                &shared,
+            ),
+            Full::User => self.refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 RejectReason::UserLimit,
                 "too many connections for this user",
-            );
-        }
-        Err(Full::Address) => {
-            return reject(
-                &shared,
+            ),
+            Full::Address => self.refuse(
                 StatusCode::TOO_MANY_REQUESTS,
                 RejectReason::AddressLimit,
                 "too many connections from this address",
-            );
-        }
-    };
-    let accept = accept_key(key);
+            ),
+        })
+    }
+}
+
+/// Runs the session once hyper has switched protocols and handed the socket back.
+fn spawn_session(shared: &Arc<Shared>, config: &Config, admitted: Admitted, on_upgrade: OnUpgrade) {
+    let settings = &config.websocket;
     let (send_queue, slow_client, max_frame_bytes) = (
         settings.send_queue,
         settings.slow_client,
         settings.max_frame_bytes,
     );
-    let peer = Peer {
-        address: client.to_string(),
-    };
     let task_shared = shared.clone();
     shared.sessions.spawn(async move {
         let upgraded = match on_upgrade.await {
@@ -672,32 +736,38 @@ fn upgrade(
         let connection = Arc::new(Connection::new(
             task_shared.next_connection_id(),
             uuid::Uuid::new_v4().to_string(),
-            identity,
-            credential,
+            admitted.identity,
+            admitted.credential,
             outbox,
         ));
         let start = session::Start {
             connection,
-            peer,
-            slot,
+            peer: Peer {
+                address: admitted.client.to_string(),
+            },
+            slot: admitted.slot,
             max_frame_bytes,
             early_input: parts.read_buf,
         };
         session::run(task_shared, start).await;
     });
+}
+
+/// The 101 answer to a handshake with `key`.
+fn switching_protocols(key: &str) -> Response {
     let mut response = Response::new(Default::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let response_headers = response.headers_mut();
-    response_headers.insert(
+    let headers = response.headers_mut();
+    headers.insert(
         http::header::UPGRADE,
         http::HeaderValue::from_static("websocket"),
     );
-    response_headers.insert(
+    headers.insert(
         http::header::CONNECTION,
         http::HeaderValue::from_static("Upgrade"),
     );
-    if let Ok(accept) = http::HeaderValue::from_str(&accept) {
-        response_headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Ok(accept) = http::HeaderValue::from_str(&accept_key(key)) {
+        headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
     }
     response
 }

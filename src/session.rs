@@ -80,33 +80,7 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
             settings.client_rate,
         )
     };
-    // The welcome is written before the connection is in the hub: once there, the dispatcher
-    // may queue frames to it, and the welcome must come first.
-    let welcome = welcome(
-        &shared,
-        &shared.routing.load(),
-        &connection,
-        &connection.identity.load(),
-    );
-    connection
-        .outbox
-        .send(wsframe::text(welcome.as_bytes()), &shared.metrics);
-    let registration = Registration::new(shared.clone(), connection.clone(), slot);
-    if shared.shutdown.is_cancelled() {
-        // Accepted while shutting down, after the hub's connections were told.
-        connection.outbox.close(1001, "server shutting down");
-    }
-    {
-        let identity = connection.identity.load();
-        tracing::info!(
-            connection = %connection.public_id,
-            peer = %peer.address,
-            user = identity.user.as_deref().unwrap_or("-"),
-            roles = ?identity.roles,
-            "connection open"
-        );
-    }
-
+    let registration = open(&shared, &connection, &peer, slot);
     let mut session = Session {
         commands: Commands {
             shared: &shared,
@@ -142,6 +116,35 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
         reason = closing.reason,
         "connection closed"
     );
+}
+
+/// Sends the welcome, then puts the connection in the hub.
+fn open(
+    shared: &Arc<Shared>,
+    connection: &Arc<Connection>,
+    peer: &Peer,
+    slot: Slot,
+) -> Registration {
+    // The welcome is written before the connection is in the hub: once there, the dispatcher
+    // may queue frames to it, and the welcome must come first.
+    let identity = connection.identity.load();
+    let welcome = welcome(shared, &shared.routing.load(), connection, &identity);
+    connection
+        .outbox
+        .send(wsframe::text(welcome.as_bytes()), &shared.metrics);
+    let registration = Registration::new(shared.clone(), connection.clone(), slot);
+    if shared.shutdown.is_cancelled() {
+        // Accepted while shutting down, after the hub's connections were told.
+        connection.outbox.close(1001, "server shutting down");
+    }
+    tracing::info!(
+        connection = %connection.public_id,
+        peer = %peer.address,
+        user = identity.user.as_deref().unwrap_or("-"),
+        roles = ?identity.roles,
+        "connection open"
+    );
+    registration
 }
 
 /// A connection's place in the hub, the gauges and its slot, given back when dropped: at the
@@ -234,6 +237,77 @@ fn deadline(expires_at: SystemTime) -> tokio::time::Instant {
     tokio::time::Instant::now() + left
 }
 
+/// A session's clocks: the next ping, the token's expiry, since when writes have been refused.
+struct Timers {
+    ping_interval: Duration,
+    idle_timeout: Duration,
+    next_ping: tokio::time::Instant,
+    /// The token expiry the deadline was computed for (a `refresh` replaces the identity),
+    /// and when to look at it next.
+    expiry: Option<(SystemTime, tokio::time::Instant)>,
+    /// Since when the socket has refused writes: past idle_timeout the client is gone.
+    blocked_since: Option<Instant>,
+}
+
+/// What the session's timer found due.
+enum Due {
+    Nothing,
+    Expired,
+    WriteTimedOut,
+    Idle,
+    Ping,
+}
+
+impl Timers {
+    fn new(ping_interval: Duration, idle_timeout: Duration) -> Timers {
+        Timers {
+            ping_interval,
+            idle_timeout,
+            next_ping: tokio::time::Instant::now() + ping_interval,
+            expiry: None,
+            blocked_since: None,
+        }
+    }
+
+    /// When the timer must fire next, for an identity that expires at `expires_at`.
+    fn wake_at(&mut self, expires_at: Option<SystemTime>) -> tokio::time::Instant {
+        if self.expiry.map(|(at, _)| at) != expires_at {
+            self.expiry = expires_at.map(|at| (at, deadline(at)));
+        }
+        let expiry = self.expiry.map(|(_, deadline)| deadline);
+        expiry.map_or(self.next_ping, |at| at.min(self.next_ping))
+    }
+
+    /// What is due now that the timer fired; `last_seen` is when the client last sent
+    /// anything.
+    fn due(&mut self, last_seen: Instant) -> Due {
+        let now = tokio::time::Instant::now();
+        if let Some((at, deadline_at)) = self.expiry
+            && deadline_at <= now
+        {
+            if SystemTime::now() >= at {
+                return Due::Expired;
+            }
+            // The timer was capped: the token has time left.
+            self.expiry = Some((at, deadline(at)));
+        }
+        if self.next_ping > now {
+            return Due::Nothing;
+        }
+        self.next_ping = now + self.ping_interval;
+        if self
+            .blocked_since
+            .is_some_and(|since| since.elapsed() >= self.idle_timeout)
+        {
+            Due::WriteTimedOut
+        } else if last_seen.elapsed() >= self.idle_timeout {
+            Due::Idle
+        } else {
+            Due::Ping
+        }
+    }
+}
+
 struct Session<'a> {
     commands: Commands<'a>,
     decoder: Decoder,
@@ -253,13 +327,9 @@ impl Session<'_> {
         let connection = self.commands.connection;
         let outbox = &connection.outbox;
         let socket = outbox.socket();
-        let mut next_ping = tokio::time::Instant::now() + ping_interval;
-        let timer = tokio::time::sleep_until(next_ping);
+        let mut timers = Timers::new(ping_interval, idle_timeout);
+        let timer = tokio::time::sleep_until(timers.next_ping);
         tokio::pin!(timer);
-        // The token expiry the deadline was computed for: a `refresh` replaces the identity.
-        let mut expiry: Option<(SystemTime, tokio::time::Instant)> = None;
-        // Since when the socket has refused writes: past idle_timeout the client is gone.
-        let mut blocked_since: Option<Instant> = None;
         std::future::poll_fn(|cx| {
             loop {
                 outbox.register(cx.waker());
@@ -268,7 +338,7 @@ impl Session<'_> {
                     return Poll::Ready(closing);
                 }
                 if blocked {
-                    blocked_since.get_or_insert_with(Instant::now);
+                    timers.blocked_since.get_or_insert_with(Instant::now);
                     match socket.poll_write_ready(cx) {
                         Poll::Ready(Ok(())) => {
                             outbox.write_backlog(&shared.metrics);
@@ -281,7 +351,7 @@ impl Session<'_> {
                         Poll::Pending => {}
                     }
                 } else {
-                    blocked_since = None;
+                    timers.blocked_since = None;
                 }
                 match socket.poll_read_ready(cx) {
                     Poll::Ready(Ok(())) => {
@@ -298,48 +368,36 @@ impl Session<'_> {
                     }
                     Poll::Pending => {}
                 }
-                let expires_at = connection.identity.load().expires_at;
-                if expiry.map(|(at, _)| at) != expires_at {
-                    expiry = expires_at.map(|at| (at, deadline(at)));
-                }
-                let expiry_deadline = expiry.map(|(_, deadline)| deadline);
-                let wake_at = expiry_deadline.map_or(next_ping, |at| at.min(next_ping));
+                let wake_at = timers.wake_at(connection.identity.load().expires_at);
                 if timer.deadline() != wake_at {
                     timer.as_mut().reset(wake_at);
                 }
                 if timer.as_mut().poll(cx).is_pending() {
                     return Poll::Pending;
                 }
-                let now = tokio::time::Instant::now();
-                if let Some((at, deadline_at)) = expiry
-                    && deadline_at <= now
-                    && SystemTime::now() < at
-                {
-                    // The timer was capped: the token has time left.
-                    expiry = Some((at, deadline(at)));
-                    continue;
-                }
-                if expiry_deadline.is_some_and(|at| at <= now) {
-                    self.commands.reply_error(
-                        None,
-                        ErrorCode::TokenExpired,
-                        "the token has expired; reconnect with a new one (send `refresh` before exp to stay connected)",
-                        None,
-                    );
-                    outbox.close(1008, "token expired");
-                } else if next_ping <= now {
-                    next_ping = now + ping_interval;
-                    if blocked_since.is_some_and(|since| since.elapsed() >= idle_timeout) {
-                        outbox.close(1006, "write timed out");
-                    } else if self.last_seen.elapsed() >= idle_timeout {
-                        outbox.close(1001, "idle timeout");
-                    } else {
-                        outbox.send(wsframe::ping(&[]), &shared.metrics);
-                    }
-                }
+                self.on_timer(timers.due(self.last_seen));
             }
         })
         .await
+    }
+
+    fn on_timer(&self, due: Due) {
+        let outbox = &self.commands.connection.outbox;
+        match due {
+            Due::Nothing => {}
+            Due::Expired => {
+                self.commands.reply_error(
+                    None,
+                    ErrorCode::TokenExpired,
+                    "the token has expired; reconnect with a new one (send `refresh` before exp to stay connected)",
+                    None,
+                );
+                outbox.close(1008, "token expired");
+            }
+            Due::WriteTimedOut => outbox.close(1006, "write timed out"),
+            Due::Idle => outbox.close(1001, "idle timeout"),
+            Due::Ping => outbox.send(wsframe::ping(&[]), &self.commands.shared.metrics),
+        }
     }
 
     /// Reads what the socket has, without waiting; false when it may have more than one turn
