@@ -661,3 +661,67 @@ async fn the_jwt_secret_is_read_from_the_credentials_directory() {
         Ok(_) => panic!("a token signed with another secret was accepted"),
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// HEAD
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_wherever_get_is_with_the_same_headers_and_no_body() {
+    use crate::support::{ADMIN_TOKEN, http_get_response, http_head_response, http_post};
+
+    let redis = RedisServer::start();
+    let bridge = Bridge::start(&redis, &config("", JOBS_ROUTE));
+    bridge.wait_ready().await;
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    for (path, headers) in [
+        ("/", &[][..]),
+        ("/console.js", &[][..]),
+        ("/console.css", &[][..]),
+        ("/client.js", &[][..]),
+        ("/healthz", &[][..]),
+        ("/readyz", &[][..]),
+        ("/metrics", &[][..]),
+        ("/ws/stats", &[("Authorization", admin.as_str())][..]),
+        // Refusals too: HEAD learns what GET would be told.
+        ("/ws/stats", &[][..]),
+        ("/no-such-page", &[][..]),
+    ] {
+        let get = http_get_response(bridge.addr(), path, headers).await;
+        let head = http_head_response(bridge.addr(), path, headers).await;
+        assert_eq!(head.status, get.status, "HEAD {path}");
+        assert_eq!(head.body, "", "HEAD {path} sent a body");
+        for name in ["content-type", "etag", "cache-control"] {
+            if get.has_header(name) {
+                assert_eq!(head.header(name), get.header(name), "HEAD {path}: {name}");
+            }
+        }
+        // The length of what GET sends (/metrics and /ws/stats change between two requests).
+        if !["/metrics", "/ws/stats"].contains(&path) && get.has_header("content-length") {
+            assert_eq!(
+                head.header("content-length"),
+                get.body.len().to_string(),
+                "HEAD {path}: content-length"
+            );
+        }
+    }
+
+    // HEAD never upgrades, even with the handshake's headers: RFC 6455 upgrades GET only.
+    let handshake = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let head = http_head_response(bridge.addr(), "/ws", &handshake).await;
+    assert_eq!(head.status, 400, "{head:?}");
+    let (_, metrics) = bridge.get("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "bridge_connections 0"),
+        "{metrics}"
+    );
+
+    // Other methods are still refused where only GET is served.
+    let (status, _) = http_post(bridge.addr(), "/healthz", &[], "{}").await;
+    assert_eq!(status, 405);
+}
