@@ -1,5 +1,6 @@
 //! The binary: command line → logging → routing file → daemon. The only place that exits.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -10,6 +11,9 @@ use redis_ws_bridge::{daemon, logging};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let path = cli.config_path();
+    if cli.command == Some(Command::Check) {
+        return check(&path);
+    }
     let config = match Config::load(&path) {
         Ok(config) => config,
         Err(errors) => {
@@ -17,17 +21,6 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if cli.command == Some(Command::Check) {
-        eprintln!(
-            "{}: valid, {} route(s)",
-            path.display(),
-            config.routes.len()
-        );
-        for route in &config.routes {
-            println!("{}", route.describe());
-        }
-        return ExitCode::SUCCESS;
-    }
     if let Err(err) = logging::init(cli.log_format, cli.log_level.as_deref()) {
         eprintln!("redis-ws-bridge: {err}");
         return ExitCode::FAILURE;
@@ -50,4 +43,27 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `check`: the routes of a valid file on stdout, what is wrong or still missing on stderr.
+fn check(path: &Path) -> ExitCode {
+    let checked = match Config::check(path) {
+        Ok(checked) => checked,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "{}: valid, {} route(s)",
+        path.display(),
+        checked.routes.len()
+    );
+    for absent in &checked.absent {
+        eprintln!("warning: {absent}");
+    }
+    for route in &checked.routes {
+        println!("{route}");
+    }
+    ExitCode::SUCCESS
 }
