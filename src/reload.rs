@@ -16,6 +16,7 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use notify::event::{AccessKind, AccessMode};
@@ -334,6 +335,11 @@ pub async fn reload(
         };
         connection.outbox.send(notice.to_frame(), &shared.metrics);
     }
+    let max_connections = routing.config.websocket.max_connections as u64;
+    shared
+        .metrics
+        .connections_max
+        .store(max_connections, Ordering::Relaxed);
     shared.metrics.reload(true);
     shared.set_config_status(Some(SystemTime::now()), None);
     tracing::info!(path = %path.display(), routes, connections_notified = orphaned.len(), "reloaded");

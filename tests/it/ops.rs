@@ -364,6 +364,7 @@ async fn metrics_parse_as_prometheus_text_and_every_counter_moves() {
     // families without their `_total`).
     for (family, kind) in [
         ("bridge_connections", "gauge"),
+        ("bridge_connections_max", "gauge"),
         ("bridge_connections_accepted", "counter"),
         ("bridge_connections_rejected", "counter"),
         ("bridge_redis_messages", "counter"),
@@ -396,6 +397,11 @@ async fn metrics_parse_as_prometheus_text_and_every_counter_moves() {
     );
     assert_eq!(before.get("bridge_redis_connected"), 1.0);
     assert_eq!(before.get("bridge_connections"), 0.0);
+    assert_eq!(
+        before.get("bridge_connections_max"),
+        10_000.0,
+        "the default"
+    );
     let buckets: Vec<f64> = before
         .label_values("bridge_delivery_seconds_bucket", "le")
         .iter()
@@ -463,10 +469,20 @@ async fn metrics_parse_as_prometheus_text_and_every_counter_moves() {
     assert!(drops > 0.0, "no frame dropped for the stalled client");
     drop(stalled);
 
-    // Reloads, good and bad.
+    // Reloads, good and bad; the limit in force follows a good one.
+    let smaller = config(
+        "send_queue: 4\nslow_client: drop_oldest\nmax_connections: 50",
+        METRICS_ROUTES,
+    );
+    std::fs::write(
+        bridge.config_path(),
+        smaller.replace("{redis_url}", &redis.url()),
+    )
+    .expect("rewrite the file");
     bridge.signal("HUP");
     wait_scrape(&bridge, "a successful reload", |s| {
         s.get("bridge_config_reloads_total{result=\"ok\"}") >= 1.0
+            && s.get("bridge_connections_max") == 50.0
     })
     .await;
     std::fs::write(bridge.config_path(), "routes: [oops\n").expect("break the file");
