@@ -44,6 +44,8 @@ install -D -m 0644 "$root/README.md" "$doc/README.md"
 install -D -m 0644 "$root/packaging/debian/copyright" "$doc/copyright"
 install -D -m 0644 "$root/bridge.example.yaml" "$doc/examples/bridge.example.yaml"
 install -D -m 0644 "$root/packaging/nginx/$name.conf" "$doc/examples/nginx/$name.conf"
+install -D -m 0644 "$root/packaging/prometheus/alerts.yml" "$doc/examples/prometheus/alerts.yml"
+install -D -m 0644 "$root/packaging/grafana/$name.json" "$doc/examples/grafana/$name.json"
 
 # The binary needs the glibc version of the newest symbol it links, and libgcc_s (unwinding).
 glibc=$(objdump -T "$stage/usr/bin/$name" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)

@@ -169,6 +169,14 @@ fn the_debian_package_holds_the_daemon_its_unit_its_config_and_scripts() {
             "-rw-r--r-- root/root",
             "./usr/share/doc/redis-ws-bridge/examples/nginx/redis-ws-bridge.conf",
         ),
+        (
+            "-rw-r--r-- root/root",
+            "./usr/share/doc/redis-ws-bridge/examples/prometheus/alerts.yml",
+        ),
+        (
+            "-rw-r--r-- root/root",
+            "./usr/share/doc/redis-ws-bridge/examples/grafana/redis-ws-bridge.json",
+        ),
     ] {
         assert!(
             listing
