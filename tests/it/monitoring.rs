@@ -1,6 +1,7 @@
 //! What operators monitor with: the alert rules of packaging/prometheus/ (promtool's checks
 //! and unit tests on synthetic series, then a real Prometheus scraping a real bridge and
-//! evaluating the shipped file) and the Grafana dashboard of packaging/grafana/ (every
+//! evaluating the shipped file: an alert with `for` is seen pending within seconds, one
+//! without fires) and the Grafana dashboard of packaging/grafana/ (every
 //! query's metrics exist in what a running bridge exports, and a real Prometheus accepts
 //! every query).
 
@@ -341,6 +342,30 @@ async fn a_real_prometheus_loads_the_rules_scrapes_the_bridge_and_alerts_when_re
             data["alerts"].as_array().is_some_and(Vec::is_empty)
         })
         .await;
+
+    // An alert without `for` fires at the next evaluation: a rejected reload.
+    std::fs::write(bridge.config_path(), "routes: [oops\n").expect("break the file");
+    bridge.signal("HUP");
+    let data = prometheus
+        .wait("alerts", "RedisWsBridgeReloadFailed firing", |data| {
+            data["alerts"].as_array().is_some_and(|alerts| {
+                alerts.iter().any(|a| {
+                    a["labels"]["alertname"] == "RedisWsBridgeReloadFailed"
+                        && a["state"] == "firing"
+                })
+            })
+        })
+        .await;
+    let alerts = data["alerts"].as_array().expect("alerts");
+    assert_eq!(alerts.len(), 1, "only the reload alert: {alerts:#?}");
+    assert_eq!(alerts[0]["labels"]["instance"], instance);
+    assert_eq!(
+        alerts[0]["annotations"]["summary"],
+        format!(
+            "redis-ws-bridge {instance} rejected a reload of its routing file: the previous \
+             configuration is still in force"
+        )
+    );
 
     // Every query of the dashboard is valid PromQL for this Prometheus.
     for expr in dashboard_queries() {
