@@ -57,7 +57,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the daemon (the default)
     Run,
-    /// Validate the routing file and print its routes; exit 0 when valid, 1 otherwise
+    /// Validate the routing file and print its routes; exit 0 when valid (a key or secret
+    /// file it names that does not exist yet is a warning), 1 otherwise
     Check,
     /// Write the manual page redis-ws-bridge(1) to stdout, in roff (for packages)
     #[command(hide = true)]
