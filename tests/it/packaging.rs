@@ -514,7 +514,7 @@ fn the_rpm_holds_the_same_daemon_unit_config_and_user_as_the_debian_package() {
             &[
                 "/etc/redis-ws-bridge/jwt.secret",
                 "chown root:redis-ws-bridge",
-                "systemctl enable redis-ws-bridge.service",
+                "systemctl --no-reload enable redis-ws-bridge.service",
                 "systemctl --no-block start redis-ws-bridge.service",
             ][..],
         ),
@@ -562,4 +562,21 @@ fn rpmlint_finds_nothing_but_what_packaging_rpm_rpmlint_toml_explains() {
         "rpmlint:\n{report}"
     );
     assert!(output.status.success(), "rpmlint:\n{report}");
+}
+
+#[test]
+fn the_rpm_installs_upgrades_and_erases_cleanly() {
+    // Needs root for its throwaway root (mount namespace, overlay, chroot); CI runs as root.
+    let uid = text(&run(Command::new("id").arg("-u")));
+    if uid.trim() != "0" {
+        eprintln!("skipped: installing the package in a throwaway root needs root");
+        return;
+    }
+    let output =
+        run(Command::new(repo().join("packaging/check-rpm-install.sh")).arg(rpm_package()));
+    let report = text(&output);
+    assert!(
+        report.contains("ok: rpm -e:"),
+        "the install checks did not finish:\n{report}"
+    );
 }
