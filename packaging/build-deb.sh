@@ -6,9 +6,15 @@
 #                          --out DIR       write the .deb into DIR
 #                          --compression gzip|xz|zstd   (default xz; the tests use gzip for speed)
 #
+# The Maintainer is whoever builds and ships the package: PACKAGE_MAINTAINER='Name <address>',
+# or DEBFULLNAME and DEBEMAIL as Debian's tools read them.
+#
 # Prints the path of the .deb on stdout.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=packaging/common.sh
+. "$root/packaging/common.sh"
+maintainer=$(package_maintainer)
 
 binary=""
 out="$root/target/debian"
@@ -27,8 +33,7 @@ if [ -z "$binary" ]; then
   binary="$root/target/release/redis-ws-bridge"
 fi
 
-name=redis-ws-bridge
-version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$root/Cargo.toml" | head -n 1)
+version=$(package_version "$root")
 arch=$(dpkg --print-architecture)
 stage=$(mktemp -d)
 chmod 0755 "$stage"
@@ -44,6 +49,21 @@ install -D -m 0644 "$root/README.md" "$doc/README.md"
 install -D -m 0644 "$root/packaging/debian/copyright" "$doc/copyright"
 install -D -m 0644 "$root/bridge.example.yaml" "$doc/examples/bridge.example.yaml"
 install -D -m 0644 "$root/packaging/nginx/$name.conf" "$doc/examples/nginx/$name.conf"
+install -D -m 0644 "$root/packaging/prometheus/alerts.yml" "$doc/examples/prometheus/alerts.yml"
+install -D -m 0644 "$root/packaging/grafana/$name.json" "$doc/examples/grafana/$name.json"
+# Deliberate departures from Debian's defaults, each said why in the file.
+install -D -m 0644 "$root/packaging/debian/lintian-overrides" "$stage/usr/share/lintian/overrides/$name"
+# A native package's changelog, and the two manual pages, compressed as Debian wants them.
+mkdir -p "$stage/usr/share/man/man1" "$stage/usr/share/man/man5"
+epoch=$(build_epoch)
+{
+  printf '%s (%s) unstable; urgency=medium\n\n' "$name" "$version"
+  printf '  * Version %s, built from the redis-ws-bridge sources.\n\n' "$version"
+  printf ' -- %s  %s\n' "$maintainer" "$(LC_ALL=C date -u -R -d "@$epoch")"
+} | gzip -9n > "$doc/changelog.gz"
+command_manual "$binary" | gzip -9n > "$stage/usr/share/man/man1/$name.1.gz"
+routing_file_manual "$root" "$version" | gzip -9n > "$stage/usr/share/man/man5/$name.yaml.5.gz"
+chmod 0644 "$doc/changelog.gz" "$stage/usr/share/man/man1/$name.1.gz" "$stage/usr/share/man/man5/$name.yaml.5.gz"
 
 # The binary needs the glibc version of the newest symbol it links, and libgcc_s (unwinding).
 glibc=$(objdump -T "$stage/usr/bin/$name" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
@@ -57,17 +77,13 @@ cat > "$stage/DEBIAN/control" <<CONTROL
 Package: $name
 Version: $version
 Architecture: $arch
-Maintainer: ${DEB_MAINTAINER:-redis-ws-bridge maintainers <redis-ws-bridge@localhost>}
+Maintainer: $maintainer
 Installed-Size: $(du -sk --exclude=DEBIAN "$stage" | cut -f1)
 Depends: libc6 (>= $glibc), libgcc-s1, adduser
 Section: net
 Priority: optional
 Description: Redis pub/sub to WebSocket bridge
- A standalone daemon that subscribes to Redis channels and patterns, routes every
- message by one YAML file into topics, and delivers JSON frames to the WebSocket
- clients that subscribed and that the route's audience admits (JWT or API keys).
- Runs under systemd (Type=notify, reload on SIGHUP or file change) behind nginx,
- with Prometheus metrics on /metrics.
+$(description | sed 's/^/ /')
 CONTROL
 printf '/etc/%s/bridge.yaml\n/etc/%s/environment\n' "$name" "$name" > "$stage/DEBIAN/conffiles"
 for script in postinst prerm postrm; do

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh Debian 12 machine as well as on a developer's:
-# installs what is missing (redis-server, nginx, openssl, systemd-analyze, node and npm, as root
-# or through sudo; prometheus-client and redis into .venv; node-redis into
-# tests/publishers/node; ws into tests/clients/node), then formatting, lints and all tests
-# (the Debian package is built from the debug binary and installed in a throwaway root by the
-# tests).
+# installs what is missing (redis-server, nginx, openssl, systemd-analyze, prometheus,
+# lintian, rpm, rpmlint, node and npm, as root or through sudo; prometheus-client and redis
+# into .venv; node-redis into tests/publishers/node; ws into tests/clients/node), then
+# formatting, lints and all tests (the Debian and RPM packages are built from the debug
+# binary by the tests, the .deb installed in a throwaway root).
 # The tests start their own redis-server and nginx on free ports, so a system Redis or nginx
 # left running by their packages does not matter.
 set -euo pipefail
@@ -23,6 +23,12 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v adduser >/dev/null 2>&1 || [ -x /usr/sbin/adduser ] || missing+=(adduser)
 python3 -m venv --help >/dev/null 2>&1 || missing+=(python3-venv)
+# The alert rules run in promtool and in a real Prometheus; the packages are checked with
+# lintian (the .deb), rpmbuild and rpmlint (the .rpm).
+command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v lintian >/dev/null 2>&1 || missing+=(lintian)
+command -v rpmbuild >/dev/null 2>&1 || missing+=(rpm)
+command -v rpmlint >/dev/null 2>&1 || missing+=(rpmlint)
 # The compatibility tests publish from a real Node worker (tests/publishers/node); the console
 # tests run the browser client under Node (tests/clients/node).
 command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -86,6 +86,13 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |mut request: http::Request<Body>| {
                 request.extensions_mut().insert(PeerAddr(peer));
+                // HEAD is answered wherever GET is, by GET itself: hyper remembers the method
+                // it parsed and sends the headers without the body. Never an upgrade, which
+                // RFC 6455 allows on GET only.
+                if request.method() == http::Method::HEAD {
+                    *request.method_mut() = http::Method::GET;
+                    request.extensions_mut().remove::<OnUpgrade>();
+                }
                 service.clone().call(request)
             });
             let connection = hyper::server::conn::http1::Builder::new()

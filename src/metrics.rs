@@ -114,6 +114,8 @@ impl Histogram {
 pub struct Metrics {
     /// Open WebSocket connections.
     pub connections: AtomicI64,
+    /// `websocket.max_connections` in force: alerts compare `connections` with it.
+    pub connections_max: AtomicU64,
     /// Upgrades completed since start.
     pub connections_accepted: AtomicU64,
     rejected: [AtomicU64; RejectReason::ALL.len()],
@@ -191,6 +193,12 @@ impl Metrics {
             "bridge_connections",
             "Open WebSocket connections.",
             self.connections.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
+            "bridge_connections_max",
+            "Open connections above which upgrades are refused (websocket.max_connections).",
+            i64::try_from(load(&self.connections_max)).unwrap_or(i64::MAX),
         );
         counter(
             &mut out,

@@ -16,6 +16,7 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use notify::event::{AccessKind, AccessMode};
@@ -339,6 +340,11 @@ pub async fn reload(
         connection.outbox.send(notice.to_frame(), &shared.metrics);
     }
     let revoked = verify_connections_again(shared, &routing.config).await;
+    let max_connections = routing.config.websocket.max_connections as u64;
+    shared
+        .metrics
+        .connections_max
+        .store(max_connections, Ordering::Relaxed);
     shared.metrics.reload(true);
     shared.set_config_status(Some(SystemTime::now()), None);
     tracing::info!(path = %path.display(), routes, connections_notified = orphaned.len(), connections_revoked = revoked, "reloaded");
@@ -391,7 +397,7 @@ async fn verify_connections_again(shared: &Shared, config: &Config) -> usize {
         shared
             .metrics
             .connections_revoked
-            .fetch_add(revoked as u64, std::sync::atomic::Ordering::Relaxed);
+            .fetch_add(revoked as u64, Ordering::Relaxed);
         tracing::warn!(
             connections = revoked,
             "closed connections whose credential no longer verifies"

@@ -120,6 +120,9 @@ impl<K: Eq + Hash> Counts<K> {
 impl Shared {
     pub fn new(config: Config) -> Arc<Shared> {
         let metrics = Metrics::default();
+        metrics
+            .connections_max
+            .store(config.websocket.max_connections as u64, Ordering::Relaxed);
         let routing = Routing::new(Arc::new(config), &metrics);
         Arc::new(Shared {
             routing: ArcSwap::from_pointee(routing),

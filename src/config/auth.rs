@@ -346,7 +346,11 @@ fn verification_key(
                 (secret.into_bytes(), secret_node, "auth.jwt.secret")
             }
             (None, Some(file_node)) => {
-                let bytes = read_file(ctx, file_node, "auth.jwt.secret_file")?;
+                let make = "a random secret: `openssl rand -base64 48 > FILE`";
+                let Some(bytes) = read_file(ctx, file_node, "auth.jwt.secret_file", make)? else {
+                    // Only `check` gets here, and its configuration is never run.
+                    return Some(DecodingKey::from_secret(&[]));
+                };
                 (trim_newline(bytes), file_node, "auth.jwt.secret_file")
             }
             (None, None) => {
@@ -402,7 +406,11 @@ fn verification_key(
         return None;
     };
     let path = "auth.jwt.public_key_file";
-    let pem = read_file(ctx, file_node, path)?;
+    let make = "the PEM public key of the tokens' issuer";
+    let Some(pem) = read_file(ctx, file_node, path, make)? else {
+        // Only `check` gets here, and its configuration is never run.
+        return Some(DecodingKey::from_secret(&[]));
+    };
     if String::from_utf8_lossy(&pem).contains("PRIVATE KEY-----") {
         let message = "holds a private key: give the bridge the public key only \
                        (`openssl pkey -in private.pem -pubout`)";
@@ -434,7 +442,9 @@ fn verification_key(
     Some(key)
 }
 
-fn read_file(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Vec<u8>> {
+/// Reads a key, secret or token file: `Some(None)` when it does not exist and `ctx`
+/// tolerates that (`check`; the note says how to `make` it), `None` after an error.
+fn read_file(ctx: &mut Ctx, node: &Node, path: &str, make: &str) -> Option<Option<Vec<u8>>> {
     let name = yaml::string(ctx, node, path)?;
     if name.is_empty() {
         ctx.error(node, path, "expected a file path");
@@ -442,7 +452,19 @@ fn read_file(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Vec<u8>> {
     }
     let file = ctx.resolve(&name);
     match ctx.read(&file) {
-        Ok(bytes) => Some(bytes),
+        Ok(bytes) => Some(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && ctx.tolerate_absent => {
+            let message = format!(
+                "`{}` does not exist yet: the daemon will not start without it ({})",
+                file.display(),
+                make.replace("FILE", &file.display().to_string())
+            );
+            ctx.error(node, path, message);
+            if let Some(note) = ctx.errors.pop() {
+                ctx.absent.push(note);
+            }
+            Some(None)
+        }
         Err(e) => {
             let message = format!("cannot read `{}`: {e}", file.display());
             ctx.error(node, path, message);
@@ -640,8 +662,12 @@ pub(super) fn compile_admin(
         }
         (Some(token_node), None) => yaml::string(ctx, token_node, "admin.token")
             .map(|t| Some((t.into_bytes(), token_node, "admin.token"))),
-        (None, Some(file_node)) => read_file(ctx, file_node, "admin.token_file")
-            .map(|bytes| Some((trim_newline(bytes), file_node, "admin.token_file"))),
+        (None, Some(file_node)) => {
+            let make = "a random token: `openssl rand -hex 32 > FILE`";
+            read_file(ctx, file_node, "admin.token_file", make).map(|bytes| {
+                bytes.map(|bytes| (trim_newline(bytes), file_node, "admin.token_file"))
+            })
+        }
         (None, None) => Some(None),
     };
     let token_sha256 = match token? {

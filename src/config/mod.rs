@@ -149,22 +149,44 @@ impl Config {
         Config::from_read(path, std::fs::read(path))
     }
 
+    /// Validates the routing file at `path` as [`Config::load`] does, except that a key,
+    /// secret or token file that does not exist yet is reported in [`Checked::absent`]
+    /// instead of failing: the routing file itself is valid, and a fresh checkout, or a
+    /// pipeline that validates the file where the secrets are not, must be able to say so.
+    /// The daemon still refuses to start without them.
+    pub fn check(path: &Path) -> Result<Checked, ConfigErrors> {
+        let text = Config::read_text(path, std::fs::read(path))?;
+        let mut ctx = Ctx::new(path, &|name| std::env::var_os(name));
+        ctx.tolerate_absent = true;
+        let (config, absent) = Config::compile_text(ctx, &text, path)?;
+        Ok(Checked {
+            routes: config.routes.iter().map(Route::describe).collect(),
+            warnings: config.warnings(),
+            absent,
+        })
+    }
+
     /// Validates the routing file at `path` from the outcome of reading it, so that a reload,
     /// which compares the bytes with those in force first, loads exactly what it compared.
     pub fn from_read(path: &Path, read: io::Result<Vec<u8>>) -> Result<Config, ConfigErrors> {
+        let text = Config::read_text(path, read)?;
+        Config::from_str(&text, path)
+    }
+
+    /// The routing file's text, or why it cannot be read.
+    fn read_text(path: &Path, read: io::Result<Vec<u8>>) -> Result<String, ConfigErrors> {
         let text = read.and_then(|bytes| {
             String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
         });
-        match text {
-            Ok(text) => Config::from_str(&text, path),
-            Err(e) => Err(ConfigErrors(vec![ConfigError {
+        text.map_err(|e| {
+            ConfigErrors(vec![ConfigError {
                 file: path.to_path_buf(),
                 line: None,
                 column: None,
                 key: String::new(),
                 message: format!("cannot read the routing file: {e}"),
-            }])),
-        }
+            }])
+        })
     }
 
     /// Validates routing-file text; `source` names the file in errors and in
@@ -181,7 +203,15 @@ impl Config {
         source: &Path,
         env: &dyn Fn(&str) -> Option<OsString>,
     ) -> Result<Config, ConfigErrors> {
-        let mut ctx = Ctx::new(source, env);
+        Config::compile_text(Ctx::new(source, env), text, source).map(|(config, _)| config)
+    }
+
+    /// Compiles `text` in `ctx`; with the files that `ctx` tolerated being absent.
+    fn compile_text(
+        mut ctx: Ctx,
+        text: &str,
+        source: &Path,
+    ) -> Result<(Config, Vec<ConfigError>), ConfigErrors> {
         let root = match ctx.load_tree(text) {
             Ok(root) => root,
             Err(syntax) => {
@@ -200,7 +230,7 @@ impl Config {
             Some(mut config) if errors.is_empty() => {
                 config.inputs.push(Input::new(source, text.as_bytes()));
                 config.inputs.append(&mut ctx.inputs);
-                Ok(config)
+                Ok((config, ctx.absent))
             }
             _ => {
                 errors.sort_by_key(|e| (e.line.unwrap_or(u64::MAX), e.column.unwrap_or(u64::MAX)));
@@ -208,6 +238,18 @@ impl Config {
             }
         }
     }
+}
+
+/// What `check` found in a valid routing file.
+#[derive(Debug)]
+pub struct Checked {
+    /// One line per route ([`Route::describe`]).
+    pub routes: Vec<String>,
+    /// What is valid but probably not meant ([`Config::warnings`]).
+    pub warnings: Vec<String>,
+    /// Key, secret and token files named by the file that do not exist yet, each with how to
+    /// make it.
+    pub absent: Vec<ConfigError>,
 }
 
 /// Builds the config from the tree; `None` (with errors in `ctx`) when some part is invalid.

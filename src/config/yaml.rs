@@ -174,6 +174,11 @@ pub(super) struct Ctx<'a> {
     pub(super) errors: Vec<ConfigError>,
     /// The files read besides the routing file (see [`Ctx::read`]).
     pub(super) inputs: Vec<Input>,
+    /// Whether a key, secret or token file that does not exist is noted in `absent` rather
+    /// than an error: `check` only, whose configuration is never run.
+    pub(super) tolerate_absent: bool,
+    /// The files found absent under `tolerate_absent`, each with how to make it.
+    pub(super) absent: Vec<ConfigError>,
 }
 
 impl<'a> Ctx<'a> {
@@ -183,6 +188,8 @@ impl<'a> Ctx<'a> {
             env,
             errors: Vec::new(),
             inputs: Vec::new(),
+            tolerate_absent: false,
+            absent: Vec::new(),
         }
     }
 

@@ -88,22 +88,25 @@ fn route_names(yaml: &str) -> Vec<String> {
 }
 
 #[test]
-fn check_accepts_the_example_file_and_prints_one_line_per_route() {
+fn check_accepts_the_example_file_as_shipped_and_prints_one_line_per_route() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("bridge.example.yaml");
     let text = std::fs::read_to_string(&example).expect("bridge.example.yaml at the repo root");
     let names = route_names(&text);
     assert!(!names.is_empty(), "bridge.example.yaml has no routes");
-    // A copy beside the secret file that scripts/run.sh generates on its first run (the
-    // example's `auth.jwt.secret_file`; it is not in the repository).
+    // A fresh checkout: the example's `auth.jwt.secret_file` (jwt.secret beside it) is made
+    // by scripts/run.sh on its first run and is not in the repository.
     let tmp = tempfile::tempdir().unwrap();
     let copy = tmp.path().join("bridge.example.yaml");
     std::fs::write(&copy, &text).unwrap();
-    std::fs::write(tmp.path().join("jwt.secret"), "s".repeat(64)).unwrap();
-    let exit = run_binary(
-        &["check".into(), "--config".into(), copy.into()],
-        &[],
-        tmp.path(),
-    );
+    let secret = tmp.path().join("jwt.secret");
+    let check = || {
+        run_binary(
+            &["check".into(), "--config".into(), copy.clone().into()],
+            &[],
+            tmp.path(),
+        )
+    };
+    let exit = check();
     assert_eq!(
         exit.code,
         Some(0),
@@ -130,6 +133,77 @@ fn check_accepts_the_example_file_and_prints_one_line_per_route() {
             exit.stdout
         );
     }
+    // ...but it says what is still missing, where, and how to make it.
+    let warning = format!("warning: {}:", copy.display());
+    let warned: Vec<&str> = exit
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with(&warning))
+        .collect();
+    assert_eq!(warned.len(), 1, "one warning on stderr:\n{}", exit.stderr);
+    for needle in [
+        "auth.jwt.secret_file",
+        &format!("`{}` does not exist yet", secret.display()),
+        "the daemon will not start without it",
+        &format!("openssl rand -base64 48 > {}", secret.display()),
+    ] {
+        assert!(warned[0].contains(needle), "{needle} in {}", warned[0]);
+    }
+
+    // The daemon does refuse to start without it, naming the line.
+    let run = run_binary(
+        &["run".into(), "--config".into(), copy.clone().into()],
+        &[],
+        tmp.path(),
+    );
+    let mut run = run;
+    run.config = copy.clone();
+    assert_located_error(
+        &run,
+        "run without jwt.secret",
+        None,
+        &["auth.jwt.secret_file", "cannot read"],
+    );
+
+    // Made as the warning says (a random secret of 64 characters): no warning any more.
+    std::fs::write(&secret, format!("{}\n", "s".repeat(64))).unwrap();
+    let exit = check();
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    assert!(!exit.stderr.contains("warning"), "{}", exit.stderr);
+    assert_eq!(
+        exit.stdout.lines().filter(|l| !l.trim().is_empty()).count(),
+        names.len()
+    );
+}
+
+#[test]
+fn check_still_refuses_a_secret_file_that_exists_but_is_unusable() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("short.secret"), "too short\n").unwrap();
+    let yaml = dedent(
+        r#"
+        auth:
+          mode: required
+          jwt: { algorithms: [HS256], secret_file: short.secret }
+        admin: { token_file: no-such.token }
+        routes:
+          - { name: jobs, channel: jobs }
+        "#,
+    );
+    let config = tmp.path().join("bridge.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let mut exit = run_binary(
+        &["check".into(), "--config".into(), config.clone().into()],
+        &[],
+        tmp.path(),
+    );
+    exit.config = config;
+    assert_located_error(
+        &exit,
+        "check",
+        Some(3),
+        &["auth.jwt.secret_file", "the secret is 9 bytes"],
+    );
 }
 
 #[test]

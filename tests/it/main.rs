@@ -13,6 +13,8 @@
 //!   difference, `route_removed`, limits.
 //! - `ops`: systemd notifications, `/metrics` through the Prometheus parser, trusted proxies.
 //! - `nginx`: wss through a real nginx running the shipped site file.
+//! - `monitoring`: the Prometheus alert rules (promtool, then a real Prometheus scraping a
+//!   real bridge) and the Grafana dashboard's queries against the metrics exported.
 //! - `packaging`: the systemd unit (systemd-analyze) and the Debian package.
 //! - `watchdog`: a black-holed subscription detected and replaced, Redis restarted again and
 //!   again, `gap` notices.
@@ -40,6 +42,7 @@ mod cli;
 mod compat;
 mod conformance;
 mod console;
+mod monitoring;
 mod nginx;
 mod ops;
 mod packaging;

@@ -364,6 +364,7 @@ async fn metrics_parse_as_prometheus_text_and_every_counter_moves() {
     // families without their `_total`).
     for (family, kind) in [
         ("bridge_connections", "gauge"),
+        ("bridge_connections_max", "gauge"),
         ("bridge_connections_accepted", "counter"),
         ("bridge_connections_rejected", "counter"),
         ("bridge_redis_messages", "counter"),
@@ -396,6 +397,11 @@ async fn metrics_parse_as_prometheus_text_and_every_counter_moves() {
     );
     assert_eq!(before.get("bridge_redis_connected"), 1.0);
     assert_eq!(before.get("bridge_connections"), 0.0);
+    assert_eq!(
+        before.get("bridge_connections_max"),
+        10_000.0,
+        "the default"
+    );
     let buckets: Vec<f64> = before
         .label_values("bridge_delivery_seconds_bucket", "le")
         .iter()
@@ -463,10 +469,20 @@ async fn metrics_parse_as_prometheus_text_and_every_counter_moves() {
     assert!(drops > 0.0, "no frame dropped for the stalled client");
     drop(stalled);
 
-    // Reloads, good and bad.
+    // Reloads, good and bad; the limit in force follows a good one.
+    let smaller = config(
+        "send_queue: 4\nslow_client: drop_oldest\nmax_connections: 50",
+        METRICS_ROUTES,
+    );
+    std::fs::write(
+        bridge.config_path(),
+        smaller.replace("{redis_url}", &redis.url()),
+    )
+    .expect("rewrite the file");
     bridge.signal("HUP");
     wait_scrape(&bridge, "a successful reload", |s| {
         s.get("bridge_config_reloads_total{result=\"ok\"}") >= 1.0
+            && s.get("bridge_connections_max") == 50.0
     })
     .await;
     std::fs::write(bridge.config_path(), "routes: [oops\n").expect("break the file");
@@ -660,4 +676,68 @@ async fn the_jwt_secret_is_read_from_the_credentials_directory() {
         Err(other) => panic!("expected 401, got {other:?}"),
         Ok(_) => panic!("a token signed with another secret was accepted"),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// HEAD
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn head_is_answered_wherever_get_is_with_the_same_headers_and_no_body() {
+    use crate::support::{ADMIN_TOKEN, http_get_response, http_head_response, http_post};
+
+    let redis = RedisServer::start();
+    let bridge = Bridge::start(&redis, &config("", JOBS_ROUTE));
+    bridge.wait_ready().await;
+    let admin = format!("Bearer {ADMIN_TOKEN}");
+    for (path, headers) in [
+        ("/", &[][..]),
+        ("/console.js", &[][..]),
+        ("/console.css", &[][..]),
+        ("/client.js", &[][..]),
+        ("/healthz", &[][..]),
+        ("/readyz", &[][..]),
+        ("/metrics", &[][..]),
+        ("/ws/stats", &[("Authorization", admin.as_str())][..]),
+        // Refusals too: HEAD learns what GET would be told.
+        ("/ws/stats", &[][..]),
+        ("/no-such-page", &[][..]),
+    ] {
+        let get = http_get_response(bridge.addr(), path, headers).await;
+        let head = http_head_response(bridge.addr(), path, headers).await;
+        assert_eq!(head.status, get.status, "HEAD {path}");
+        assert_eq!(head.body, "", "HEAD {path} sent a body");
+        for name in ["content-type", "etag", "cache-control"] {
+            if get.has_header(name) {
+                assert_eq!(head.header(name), get.header(name), "HEAD {path}: {name}");
+            }
+        }
+        // The length of what GET sends (/metrics and /ws/stats change between two requests).
+        if !["/metrics", "/ws/stats"].contains(&path) && get.has_header("content-length") {
+            assert_eq!(
+                head.header("content-length"),
+                get.body.len().to_string(),
+                "HEAD {path}: content-length"
+            );
+        }
+    }
+
+    // HEAD never upgrades, even with the handshake's headers: RFC 6455 upgrades GET only.
+    let handshake = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    let head = http_head_response(bridge.addr(), "/ws", &handshake).await;
+    assert_eq!(head.status, 400, "{head:?}");
+    let (_, metrics) = bridge.get("/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "bridge_connections 0"),
+        "{metrics}"
+    );
+
+    // Other methods are still refused where only GET is served.
+    let (status, _) = http_post(bridge.addr(), "/healthz", &[], "{}").await;
+    assert_eq!(status, 405);
 }

@@ -794,6 +794,17 @@ pub async fn http_get_response(
     parse_http_response_full(&raw)
 }
 
+/// HEAD over a raw HTTP/1.1 connection (`Connection: close`), with the answer's headers; the
+/// body is whatever the server sent after them (nothing, if it is right).
+pub async fn http_head_response(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> HttpResponse {
+    let raw = http_exchange(addr, "HEAD", path, headers, None).await;
+    parse_http_response_full(&raw)
+}
+
 async fn http_request(
     addr: SocketAddr,
     method: &str,
