@@ -1,6 +1,6 @@
 //! The console page and the browser client (SPEC §5): what `GET /`, `/console.js`,
 //! `/console.css` and `/client.js` answer, the `console` switch (at start and by a reload),
-//! and `assets/client.js` itself run under Node against the real daemon
+//! and `clients/js/client.js` itself run under Node against the real daemon
 //! (`tests/clients/node/drive.js`, with the `ws` package): reconnect with backoff after a
 //! restart, subscriptions restored with their filters, refresh by hand and before `exp`, a
 //! fresh token after "token expired", refused handshakes that back off, and `seq` jumps
@@ -20,8 +20,9 @@ use crate::support::{
     node_project, pick_port, publish, repo, start, wait_until_async,
 };
 
+/// A file of the repository, as the binary compiled it in.
 fn asset(name: &str) -> String {
-    let path = repo().join("assets").join(name);
+    let path = repo().join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
@@ -60,7 +61,7 @@ async fn the_console_and_the_client_are_served_with_their_headers() {
     assert!(!csp.contains("unsafe"), "{csp}");
     assert_eq!(
         page.body,
-        asset("console.html").replace("{{WS_PATH}}", "/ws"),
+        asset("assets/console.html").replace("{{WS_PATH}}", "/ws"),
         "the page, with the WebSocket path in it"
     );
     // Under `script-src 'self'` an inline script would not run: every script is a file.
@@ -72,19 +73,19 @@ async fn the_console_and_the_client_are_served_with_their_headers() {
     for (path, file, content_type, cache) in [
         (
             "/client.js",
-            "client.js",
+            "clients/js/client.js",
             "text/javascript; charset=utf-8",
             "public, max-age=300",
         ),
         (
             "/console.js",
-            "console.js",
+            "assets/console.js",
             "text/javascript; charset=utf-8",
             "no-cache",
         ),
         (
             "/console.css",
-            "console.css",
+            "assets/console.css",
             "text/css; charset=utf-8",
             "no-cache",
         ),
@@ -436,8 +437,12 @@ async fn the_node_client_comes_back_after_a_restart_with_its_subscriptions() {
     bridge.wait_ready().await;
     let reopened = node.event("open", |_| true).await["value"].clone();
     assert_ne!(reopened["epoch"], welcome["epoch"], "a new process");
+    // A new epoch: the gap says the bridge restarted, not merely that the client was away.
     let gap = node.event("gap", |_| true).await["value"].clone();
-    assert_eq!(gap, json!({"reason": "reconnected", "topics": ["news"]}));
+    assert_eq!(
+        gap,
+        json!({"reason": "restarted", "topics": ["news"], "epoch": reopened["epoch"]})
+    );
     node.event("frame", |f| {
         f["type"] == "subscribed" && f["topics"] == json!(["news"])
     })
