@@ -20,6 +20,9 @@
 //!   the per-address connection rate, and memory (RSS) bounded under floods.
 //! - `console`: the console page and `/client.js` as served, the `console` switch, and
 //!   the client library run under Node (reconnect, restored subscriptions, refresh).
+//! - `browser`: Debian's Chromium driven by playwright-core: the console against the daemon,
+//!   the client library through nginx across expiry, cuts and restarts; the client package
+//!   (`npm pack`, the generated ES module, `tsc` on its declarations).
 //! - `compat`: the five existing backends of COMPAT.md, each run from its `examples/` file
 //!   with its workers' payloads sent by a real Python (redis-py) or Node (node-redis)
 //!   publisher.
@@ -31,6 +34,7 @@
 mod abuse;
 mod admin;
 mod auth;
+mod browser;
 mod cli;
 mod compat;
 mod console;
