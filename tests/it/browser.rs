@@ -24,17 +24,50 @@ use crate::support::{
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// Chromium driven by `drive.js`, with a profile of its own.
+struct Browser {
+    driver: Driver,
+    /// The profile (`--user-data-dir`), removed after the browser.
+    _profile: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Browser {
+    type Target = Driver;
+    fn deref(&self) -> &Driver {
+        &self.driver
+    }
+}
+
+impl std::ops::DerefMut for Browser {
+    fn deref_mut(&mut self) -> &mut Driver {
+        &mut self.driver
+    }
+}
+
+impl Browser {
+    /// Shuts the browser and waits for the driver to end by itself.
+    async fn finish(self) {
+        self.driver.finish().await;
+    }
+}
+
 /// Chromium with a fresh profile, trusting the certificate whose public key hashes to
 /// `spki` (if any), `width` pixels wide.
-async fn browser(spki: Option<&str>, width: u32) -> Driver {
+async fn browser(spki: Option<&str>, width: u32) -> Browser {
     assert!(
         Path::new(CHROMIUM).exists(),
         "no {CHROMIUM}: run scripts/test.sh once (it installs Debian's chromium)"
     );
+    let profile = tempfile::tempdir().expect("a profile directory");
     let mut driver = Driver::start("tests/clients/browser", "playwright-core");
-    driver.send(json!({"op": "launch", "spki": spki, "width": width, "height": 800}));
+    driver.send(json!({
+        "op": "launch", "profile": profile.path(), "spki": spki, "width": width, "height": 800,
+    }));
     driver.reply("launch").await;
-    driver
+    Browser {
+        driver,
+        _profile: profile,
+    }
 }
 
 /// Sends `command` and returns its reply's value, which must be a success.

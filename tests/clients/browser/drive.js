@@ -4,9 +4,9 @@
 // side drives both the same way.
 //
 // Usage: node drive.js, then one JSON command per stdin line:
-//   {"op": "launch", "spki": BASE64?, "width": W?, "height": H?}
-//       Chromium with a fresh profile; `spki` (the SHA-256 of a certificate's public key) is
-//       the one test certificate it trusts.
+//   {"op": "launch", "profile": DIR, "spki": BASE64?, "width": W?, "height": H?}
+//       Chromium with its profile in the empty directory DIR (the test owns it); `spki`
+//       (the SHA-256 of a certificate's public key) is the one test certificate it trusts.
 //   {"op": "goto", "url"}                       opens a page
 //   {"op": "fill", "selector", "value"}, {"op": "click", "selector"},
 //   {"op": "text", "selector"}                  its textContent
@@ -32,8 +32,6 @@
 'use strict';
 
 const crypto = require('crypto');
-const fs = require('fs');
-const os = require('os');
 const path = require('path');
 const readline = require('readline');
 const { chromium } = require('playwright-core');
@@ -45,7 +43,6 @@ const EVENTS = [
 
 let context = null;
 let page = null;
-let profile = null;
 let mint = null;
 let calls = 0;
 
@@ -66,8 +63,7 @@ function sign({ secret, user, ttls }, call) {
   return { token: `${unsigned}.${signature}`, exp };
 }
 
-async function launch({ spki, width = 1000, height = 800 }) {
-  profile = fs.mkdtempSync(path.join(os.tmpdir(), 'bridge-chromium-'));
+async function launch({ profile, spki, width = 1000, height = 800 }) {
   const args = [
     '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
@@ -262,6 +258,5 @@ input.on('line', (line) => {
 input.on('close', () => {
   queue.then(async () => {
     if (context) await context.close();
-    if (profile) fs.rmSync(profile, { recursive: true, force: true });
   });
 });
