@@ -208,7 +208,7 @@ class RedisWsBridge {
     this.#expiresAt = token ? expiry(token) : null;
     ws.onmessage = (event) => this.#receive(event.data);
     // The close event that follows tells what happened; browsers say nothing more.
-    ws.onerror = () => {};
+    ws.onerror = ignore;
     ws.onclose = (event) => this.#closed(ws, event.code, event.reason);
   }
 
@@ -227,7 +227,10 @@ class RedisWsBridge {
   #detach() {
     const ws = this.#ws;
     if (!ws) return;
-    ws.onmessage = ws.onerror = ws.onclose = null;
+    ws.onmessage = ws.onclose = null;
+    // A socket closed while connecting still reports an error, which Node's `ws` would
+    // throw if nothing listened.
+    ws.onerror = ignore;
     this.#ws = null;
     this.#welcomed = false;
   }
@@ -501,6 +504,8 @@ class RedisWsBridge {
     }
   }
 }
+
+function ignore() {}
 
 // The epoch of a `connected` frame; undefined for a configured welcome, which has none.
 function epochOf(frame) {

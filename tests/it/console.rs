@@ -3,8 +3,8 @@
 //! and `clients/js/client.js` itself run under Node against the real daemon
 //! (`tests/clients/node/drive.js`, with the `ws` package): reconnect with backoff after a
 //! restart, subscriptions restored with their filters, refresh by hand and before `exp`, a
-//! fresh token after "token expired", refused handshakes that back off, and `seq` jumps
-//! reported as gaps.
+//! fresh token after "token expired", refused handshakes that back off, `seq` jumps
+//! reported as gaps, and a close while connecting that leaves nothing behind.
 
 use std::time::Duration;
 
@@ -444,4 +444,42 @@ async fn the_node_client_keeps_its_token_fresh_and_backs_off_when_refused() {
         node.event("close", |v| v["reconnect"] == false).await;
         node.finish().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_client_closed_while_connecting_leaves_nothing_behind() {
+    // A server that takes the TCP connection and never answers the handshake.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let mut node = node_client();
+    node.send(json!({
+        "op": "connect", "url": url, "tokens": ["a-token"], "options": {"requestTimeout": 300},
+    }));
+    node.event("token", |_| true).await;
+    let (_socket, _) = tokio::task::spawn_blocking(move || listener.accept())
+        .await
+        .expect("accept thread")
+        .expect("the client's connection");
+    // Queued while connecting, then timed out: never sent, rejected with `timeout`.
+    node.send(json!({"op": "subscribe", "topics": ["news"]}));
+    let reply = node
+        .expect("the subscribe's answer", |line| {
+            line["reply"] == "subscribe"
+        })
+        .await;
+    assert_eq!(
+        (&reply["ok"], &reply["code"]),
+        (&json!(false), &json!("timeout")),
+        "{reply}"
+    );
+    node.send(json!({"op": "close"}));
+    let close = node.event("close", |_| true).await["value"].clone();
+    assert_eq!(
+        close,
+        json!({"code": 1000, "reason": "closed by the client", "reconnect": false})
+    );
+    assert!(node.seen("open").is_empty(), "{}", node.transcript());
+    // The socket still connecting is let go of without an unhandled error, and no timer is
+    // left: the process ends by itself, successfully.
+    node.finish().await;
 }

@@ -24,7 +24,8 @@
 //   {"op": "subscribe", "topics", "filter"}, {"op": "unsubscribe", "topics"}, {"op": "ping"},
 //   {"op": "refresh"}, {"op": "close"}          the harness's client, as in the Node driver
 //   {"op": "leftovers"}                         after close(): {timers, sockets: [{readyState,
-//       handlers}]}: what the client still holds
+//       handlers}]}: what the client still holds (`handlers`: whether a message or close
+//       event of the socket would still reach it)
 // Output lines: {"event": NAME, "value", "t"} for the client's events, each token minted
 // ("token"), and the page's errors ("pageerror", "console" errors, "csp" violations);
 // {"reply": OP, "ok", "value" | "message"} for every command. Commands run one at a time, in
@@ -221,7 +222,7 @@ async function run(command) {
         timers: window.pendingTimers(),
         sockets: window.sockets.map((ws) => ({
           readyState: ws.readyState,
-          handlers: Boolean(ws.onmessage || ws.onclose || ws.onerror),
+          handlers: Boolean(ws.onmessage || ws.onclose),
         })),
       }));
     default:
