@@ -263,6 +263,33 @@ async fn the_console_in_chromium_subscribes_receives_and_publishes_as_an_adminis
     let shown = run(&mut driver, json!({"op": "count", "selector": "#send"})).await;
     assert_eq!(shown, 1);
 
+    // A subscription's own button drops it; what is published next does not come.
+    click(&mut driver, "#subscriptions li[data-topic='news'] button").await;
+    wait_text(&mut driver, "#log", "unsubscribe: ok").await;
+    let left = run(
+        &mut driver,
+        json!({"op": "count", "selector": "#subscriptions li"}),
+    )
+    .await;
+    assert_eq!(left, 0);
+    assert_eq!(
+        run(&mut driver, json!({"op": "count", "selector": "#none"})).await,
+        1
+    );
+    publish(
+        &redis.url(),
+        "news",
+        r#"{"kind":"a","headline":"after unsubscribing"}"#,
+    )
+    .await;
+    publish(&redis.url(), "alerts", r#"{"text":"auto marker"}"#).await;
+    wait_text(&mut driver, "#log", "auto marker").await;
+    assert!(
+        !text(&mut driver, "#log")
+            .await
+            .contains("after unsubscribing")
+    );
+
     click(&mut driver, "#disconnect").await;
     wait_text(&mut driver, "#status", "closed").await;
     assert_no_page_errors(
