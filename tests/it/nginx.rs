@@ -22,7 +22,7 @@ pub struct Nginx {
     dir: tempfile::TempDir,
     pub addr: SocketAddr,
     /// The self-signed certificate (PEM) that clients must trust.
-    pub cert: Vec<u8>,
+    cert: Vec<u8>,
 }
 
 impl Nginx {
@@ -94,7 +94,7 @@ impl Nginx {
         self.request("GET", path, &[], "").await
     }
 
-    pub fn error_log(&self) -> String {
+    fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
 
