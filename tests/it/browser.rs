@@ -396,8 +396,12 @@ async fn the_client_in_chromium_through_nginx_survives_expiry_cuts_and_restarts(
     let mut driver = browser(Some(&spki_hash(&nginx.cert_path())), 800).await;
 
     // An application page loads /client.js from the bridge through nginx, with a script tag.
-    let global = run(&mut driver, json!({"op": "harness", "origin": origin})).await;
-    assert_eq!(global, "function", "the global RedisWsBridge");
+    let loaded = run(&mut driver, json!({"op": "harness", "origin": origin})).await;
+    assert_eq!(
+        loaded,
+        json!({"type": "function", "globals": ["RedisWsBridge"]}),
+        "one global, RedisWsBridge"
+    );
     // The ES module is the same client.
     let esm_token = token("esm", &[], json!({}));
     let esm = run(

@@ -17,6 +17,7 @@
 //   {"op": "harness", "origin"}
 //       opens ORIGIN/harness.html (answered here), which loads ORIGIN/client.js with a
 //       classic script tag, as an application page would; timers and sockets are counted.
+//       Resolves with {type: typeof RedisWsBridge, globals: the names the script added}.
 //   {"op": "esm", "url", "token"}               in the harness: imports client.mjs (answered
 //       here from clients/js/), connects a client with it and closes it; resolves with its
 //       welcome
@@ -124,6 +125,9 @@ const TIMERS = `(() => {
   window.TrackedWebSocket = class extends WebSocket {
     constructor(url) { super(url); window.sockets.push(this); }
   };
+  // What the page defines before the client's script: the globals that script adds are the
+  // others.
+  window.globalsBefore = new Set([...Object.getOwnPropertyNames(window), 'globalsBefore']);
 })();`;
 
 async function harness({ origin }) {
@@ -134,7 +138,10 @@ async function harness({ origin }) {
   await page.route(`${origin}/client.mjs`, (route) =>
     route.fulfill({ status: 200, contentType: 'text/javascript', path: CLIENT_MJS }));
   await page.goto(`${origin}/harness.html`);
-  return page.evaluate(() => typeof RedisWsBridge);
+  return page.evaluate(() => ({
+    type: typeof RedisWsBridge,
+    globals: Object.getOwnPropertyNames(window).filter((name) => !globalsBefore.has(name)),
+  }));
 }
 
 async function connect({ url, options, mint: minting }) {
