@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh Debian 12 machine as well as on a developer's:
 # installs what is missing (redis-server, nginx, openssl, systemd-analyze, prometheus,
-# lintian, rpm, rpmlint, node and npm, as root or through sudo; prometheus-client and redis
-# into .venv; node-redis into tests/publishers/node; ws into tests/clients/node), then
-# formatting, lints and all tests (the Debian and RPM packages are built from the debug
-# binary by the tests, the .deb installed in a throwaway root).
+# lintian, rpm, rpmlint, chromium, node and npm, as root or through sudo; prometheus-client
+# and redis into .venv; node-redis into tests/publishers/node; ws into tests/clients/node;
+# playwright-core and typescript into tests/clients/browser), then formatting, lints and all
+# tests (the Debian and RPM packages are built from the debug binary by the tests, the .deb
+# installed in a throwaway root).
 # The tests start their own redis-server and nginx on free ports, so a system Redis or nginx
 # left running by their packages does not matter.
 set -euo pipefail
@@ -29,6 +30,8 @@ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || 
 command -v lintian >/dev/null 2>&1 || missing+=(lintian)
 command -v rpmbuild >/dev/null 2>&1 || missing+=(rpm)
 command -v rpmlint >/dev/null 2>&1 || missing+=(rpmlint)
+# The browser tests drive Debian's Chromium (never a downloaded browser) with playwright-core.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
 # The compatibility tests publish from a real Node worker (tests/publishers/node); the console
 # tests run the browser client under Node (tests/clients/node).
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
@@ -51,9 +54,10 @@ fi
 export BRIDGE_TEST_PYTHON="$PWD/.venv/bin/python"
 
 # ...and as mangamotion's Node worker does, with node-redis; the browser client runs under
-# Node with `ws`. Both at the versions of their committed package-lock.json (again whenever
-# that file changed since the last install).
-for node_dir in tests/publishers/node tests/clients/node; do
+# Node with `ws`, and in Chromium driven by playwright-core, its declarations checked by
+# typescript. Each at the versions of its committed package-lock.json (again whenever that
+# file changed since the last install).
+for node_dir in tests/publishers/node tests/clients/node tests/clients/browser; do
   if [ ! -f "$node_dir/node_modules/.package-lock.json" ] ||
     [ "$node_dir/package-lock.json" -nt "$node_dir/node_modules/.package-lock.json" ]; then
     echo "== npm ci in $node_dir" >&2

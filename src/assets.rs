@@ -1,6 +1,7 @@
-//! The files served to browsers (README, "The browser client"): the console page `GET /` with its script and
-//! style, and the client library `GET /client.js`. They are compiled in from `assets/`, so
-//! an installed binary needs no files beside it. Pure: built once, answered from memory.
+//! The files served to browsers (README, "The browser client"): the console page `GET /`
+//! with its script and style, and the client library `GET /client.js`. They are compiled in
+//! from `assets/` and `clients/js/`, so an installed binary needs no files beside it. Pure:
+//! built once, answered from memory.
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
@@ -131,7 +132,7 @@ impl Assets {
                 None,
             ),
             client_js: Asset::new(
-                include_str!("../assets/client.js"),
+                include_str!("../clients/js/client.js"),
                 "text/javascript; charset=utf-8",
                 CLIENT_CACHE,
                 None,

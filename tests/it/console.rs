@@ -1,27 +1,25 @@
 //! The console page and the browser client (README.md, "The browser client"): what `GET /`, `/console.js`,
 //! `/console.css` and `/client.js` answer, the `console` switch (at start and by a reload),
-//! and `assets/client.js` itself run under Node against the real daemon
+//! and `clients/js/client.js` itself run under Node against the real daemon
 //! (`tests/clients/node/drive.js`, with the `ws` package): reconnect with backoff after a
 //! restart, subscriptions restored with their filters, refresh by hand and before `exp`, a
-//! fresh token after "token expired", refused handshakes that back off, and `seq` jumps
-//! reported as gaps.
+//! fresh token after "token expired", refused handshakes that back off, `seq` jumps
+//! reported as gaps, and a close while connecting that leaves nothing behind.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::support::tokens::{SECRET, auth_section, now};
+use crate::support::driver::Driver;
+use crate::support::tokens::{auth_section, now};
 use crate::support::{
-    Bridge, HttpResponse, RedisServer, WAIT, config, config_with, http_get_response, node,
-    node_project, pick_port, publish, repo, start, wait_until_async,
+    Bridge, HttpResponse, RedisServer, WAIT, config, config_with, http_get_response, pick_port,
+    publish, repo, start, wait_until_async,
 };
 
+/// A file of the repository, as the binary compiled it in.
 fn asset(name: &str) -> String {
-    let path = repo().join("assets").join(name);
+    let path = repo().join(name);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
@@ -60,7 +58,7 @@ async fn the_console_and_the_client_are_served_with_their_headers() {
     assert!(!csp.contains("unsafe"), "{csp}");
     assert_eq!(
         page.body,
-        asset("console.html").replace("{{WS_PATH}}", "/ws"),
+        asset("assets/console.html").replace("{{WS_PATH}}", "/ws"),
         "the page, with the WebSocket path in it"
     );
     // Under `script-src 'self'` an inline script would not run: every script is a file.
@@ -72,19 +70,19 @@ async fn the_console_and_the_client_are_served_with_their_headers() {
     for (path, file, content_type, cache) in [
         (
             "/client.js",
-            "client.js",
+            "clients/js/client.js",
             "text/javascript; charset=utf-8",
             "public, max-age=300",
         ),
         (
             "/console.js",
-            "console.js",
+            "assets/console.js",
             "text/javascript; charset=utf-8",
             "no-cache",
         ),
         (
             "/console.css",
-            "console.css",
+            "assets/console.css",
             "text/css; charset=utf-8",
             "no-cache",
         ),
@@ -184,164 +182,9 @@ fn the_console_switch_is_a_boolean() {
 // client.js under Node
 // ---------------------------------------------------------------------------------------
 
-/// `drive.js` running one client: commands in, events out.
-struct NodeClient {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    /// Every line read so far, for assertions on what did not happen and for failures.
-    seen: Vec<Value>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl NodeClient {
-    fn start() -> NodeClient {
-        let dir = node_project("tests/clients/node", "ws");
-        let node = node();
-        let mut child = Command::new(node)
-            .arg(dir.join("drive.js"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("run {} drive.js: {e}", node.display()));
-        let (tx, lines) = mpsc::channel();
-        let stdout = child.stdout.take().expect("stdout pipe");
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut pipe = child.stderr.take().expect("stderr pipe");
-        let sink = Arc::clone(&stderr);
-        std::thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            sink.lock().unwrap().push_str(&text);
-        });
-        NodeClient {
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr,
-        }
-    }
-
-    fn send(&mut self, command: Value) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{command}").expect("write a command to drive.js");
-    }
-
-    /// Connects with a token function that signs a new token for `user` on every call, the
-    /// n-th valid for `ttls[n]` seconds (the last one repeated).
-    fn connect_minting(&mut self, url: &str, user: &str, ttls: &[u64], options: Value) {
-        let mint = json!({"secret": SECRET, "user": user, "ttls": ttls});
-        self.send(json!({"op": "connect", "url": url, "mint": mint, "options": options}));
-    }
-
-    /// The expiry of the token the n-th call of the token function returned.
-    fn token_exp(&self, call: u64) -> Value {
-        self.seen("token")
-            .into_iter()
-            .find(|token| token["call"] == call)
-            .unwrap_or_else(|| panic!("no token call {call}: {}", self.transcript()))["exp"]
-            .clone()
-    }
-
-    /// The next line that satisfies `pred` (earlier ones are kept in `seen`).
-    async fn expect(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match self.lines.try_recv() {
-                Ok(line) => line,
-                Err(mpsc::TryRecvError::Empty) if !left.is_zero() => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-                Err(_) => panic!(
-                    "no {what} from drive.js within {WAIT:?}; it said:\n{}\nstderr:\n{}",
-                    self.transcript(),
-                    self.stderr.lock().unwrap()
-                ),
-            };
-            let value: Value = serde_json::from_str(&line)
-                .unwrap_or_else(|e| panic!("drive.js line is not JSON ({e}): {line}"));
-            self.seen.push(value.clone());
-            if pred(&value) {
-                return value;
-            }
-        }
-    }
-
-    async fn event(&mut self, name: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        self.expect(&format!("`{name}` event"), |line| {
-            line["event"] == name && pred(&line["value"])
-        })
-        .await
-    }
-
-    /// The answer to the last command `op`; it must have succeeded.
-    async fn reply(&mut self, op: &str) -> Value {
-        let line = self
-            .expect(&format!("answer to {op}"), |line| line["reply"] == op)
-            .await;
-        assert_eq!(line["ok"], true, "{op} failed: {line}");
-        line["value"].clone()
-    }
-
-    fn seen(&self, name: &str) -> Vec<&Value> {
-        self.seen
-            .iter()
-            .filter(|line| line["event"] == name)
-            .map(|line| &line["value"])
-            .collect()
-    }
-
-    fn transcript(&self) -> String {
-        self.seen
-            .iter()
-            .map(Value::to_string)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Closes stdin and waits for the process to end by itself, which it does only when the
-    /// client holds no socket and no timer: nothing is left to reconnect.
-    async fn finish(mut self) {
-        drop(self.stdin.take());
-        let deadline = Instant::now() + WAIT;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "drive.js still running {WAIT:?} after close: a reconnect is pending; it said:\n{}",
-                    self.transcript()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        assert!(
-            status.success(),
-            "drive.js failed ({status}); stderr:\n{}",
-            self.stderr.lock().unwrap()
-        );
-    }
-}
-
-impl Drop for NodeClient {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `tests/clients/node/drive.js`: the client library under Node, with `ws`.
+fn node_client() -> Driver {
+    Driver::start("tests/clients/node", "ws")
 }
 
 /// `news` for everyone, `feed` frames each for one user.
@@ -366,7 +209,7 @@ fn fixed_port_config(redis: &RedisServer, port: u16) -> String {
 /// Checks the reconnect events seen so far: attempts 1, 2, … with delays between half and
 /// all of `min_delay` · 2^(n-1) (capped at `max_delay`), and each attempt made no earlier
 /// than its delay after the one before.
-fn assert_backoff(node: &NodeClient, min_delay: u64, max_delay: u64) -> usize {
+fn assert_backoff(node: &Driver, min_delay: u64, max_delay: u64) -> usize {
     let attempts: Vec<(u64, u64, u64)> = node
         .seen
         .iter()
@@ -405,7 +248,7 @@ async fn the_node_client_comes_back_after_a_restart_with_its_subscriptions() {
     bridge.wait_ready().await;
     let (min_delay, max_delay) = (100, 1000);
 
-    let mut node = NodeClient::start();
+    let mut node = node_client();
     node.connect_minting(
         &bridge.ws_url("/ws"),
         "ada",
@@ -436,8 +279,12 @@ async fn the_node_client_comes_back_after_a_restart_with_its_subscriptions() {
     bridge.wait_ready().await;
     let reopened = node.event("open", |_| true).await["value"].clone();
     assert_ne!(reopened["epoch"], welcome["epoch"], "a new process");
+    // A new epoch: the gap says the bridge restarted, not merely that the client was away.
     let gap = node.event("gap", |_| true).await["value"].clone();
-    assert_eq!(gap, json!({"reason": "reconnected", "topics": ["news"]}));
+    assert_eq!(
+        gap,
+        json!({"reason": "restarted", "topics": ["news"], "epoch": reopened["epoch"]})
+    );
     node.event("frame", |f| {
         f["type"] == "subscribed" && f["topics"] == json!(["news"])
     })
@@ -489,7 +336,7 @@ async fn the_node_client_keeps_its_token_fresh_and_backs_off_when_refused() {
 
     // Expiring without automatic refreshes: closed with 1008 "token expired", back at once
     // with the token function's next token, subscription restored.
-    let mut expiring = NodeClient::start();
+    let mut expiring = node_client();
     expiring.connect_minting(
         &url,
         "bob",
@@ -497,10 +344,10 @@ async fn the_node_client_keeps_its_token_fresh_and_backs_off_when_refused() {
         json!({"minDelay": 100, "refreshBefore": 0}),
     );
     // Refreshed before `exp` by itself: the first token's expiry passes unnoticed.
-    let mut refreshing = NodeClient::start();
+    let mut refreshing = node_client();
     refreshing.connect_minting(&url, "cy", &[5, 600], json!({"refreshBefore": 3000}));
     // Refused at every handshake (401): attempts back off instead of hammering.
-    let mut refused = NodeClient::start();
+    let mut refused = node_client();
     refused.send(json!({
         "op": "connect", "url": url, "tokens": ["not-a-jwt"],
         "options": {"minDelay": 100, "maxDelay": 800},
@@ -597,4 +444,42 @@ async fn the_node_client_keeps_its_token_fresh_and_backs_off_when_refused() {
         node.event("close", |v| v["reconnect"] == false).await;
         node.finish().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_client_closed_while_connecting_leaves_nothing_behind() {
+    // A server that takes the TCP connection and never answers the handshake.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
+    let mut node = node_client();
+    node.send(json!({
+        "op": "connect", "url": url, "tokens": ["a-token"], "options": {"requestTimeout": 300},
+    }));
+    node.event("token", |_| true).await;
+    let (_socket, _) = tokio::task::spawn_blocking(move || listener.accept())
+        .await
+        .expect("accept thread")
+        .expect("the client's connection");
+    // Queued while connecting, then timed out: never sent, rejected with `timeout`.
+    node.send(json!({"op": "subscribe", "topics": ["news"]}));
+    let reply = node
+        .expect("the subscribe's answer", |line| {
+            line["reply"] == "subscribe"
+        })
+        .await;
+    assert_eq!(
+        (&reply["ok"], &reply["code"]),
+        (&json!(false), &json!("timeout")),
+        "{reply}"
+    );
+    node.send(json!({"op": "close"}));
+    let close = node.event("close", |_| true).await["value"].clone();
+    assert_eq!(
+        close,
+        json!({"code": 1000, "reason": "closed by the client", "reconnect": false})
+    );
+    assert!(node.seen("open").is_empty(), "{}", node.transcript());
+    // The socket still connecting is let go of without an unhandled error, and no timer is
+    // left: the process ends by itself, successfully.
+    node.finish().await;
 }

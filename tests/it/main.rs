@@ -25,6 +25,9 @@
 //!   posing as API-key users.
 //! - `console`: the console page and `/client.js` as served, the `console` switch, and
 //!   the client library run under Node (reconnect, restored subscriptions, refresh).
+//! - `browser`: Debian's Chromium driven by playwright-core: the console against the daemon,
+//!   the client library through nginx across expiry, cuts and restarts; the client package
+//!   (`npm pack`, the generated ES module, `tsc` on its declarations).
 //! - `compat`: the five existing backends of README.md's "Migrating an existing backend",
 //!   each run from its `examples/` file with its workers' payloads sent by a real Python
 //!   (redis-py) or Node (node-redis) publisher.
@@ -38,6 +41,7 @@
 mod abuse;
 mod admin;
 mod auth;
+mod browser;
 mod cli;
 mod compat;
 mod conformance;

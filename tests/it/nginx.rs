@@ -15,18 +15,19 @@ use crate::support::tokens::{auth_section, token};
 use crate::support::{Bridge, Publisher, RedisServer, WAIT, WsClient, config, log_field};
 
 /// A real nginx on a free loopback port, in its own prefix directory; stopped on drop.
-struct Nginx {
-    child: Child,
+pub struct Nginx {
+    /// The master process; `None` while stopped.
+    child: Option<Child>,
     /// Prefix, configuration, certificate, logs and temp files.
     dir: tempfile::TempDir,
-    addr: SocketAddr,
+    pub addr: SocketAddr,
     /// The self-signed certificate (PEM) that clients must trust.
     cert: Vec<u8>,
 }
 
 impl Nginx {
     /// Starts nginx with the shipped site file, proxying to the bridge at `upstream`.
-    fn start(upstream: SocketAddr) -> Nginx {
+    pub fn start(upstream: SocketAddr) -> Nginx {
         let dir = tempfile::tempdir().expect("temp dir for nginx");
         let cert_path = dir.path().join("cert.pem");
         let key_path = dir.path().join("key.pem");
@@ -56,7 +57,7 @@ impl Nginx {
             match spawn(dir.path(), port) {
                 Ok(child) => {
                     return Nginx {
-                        child,
+                        child: Some(child),
                         dir,
                         addr: SocketAddr::from(([127, 0, 0, 1], port)),
                         cert,
@@ -96,25 +97,47 @@ impl Nginx {
     fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
     }
-}
 
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        // SIGTERM: a fast shutdown of the master and its workers (SIGKILL would orphan the
-        // workers).
+    /// The certificate's file.
+    pub fn cert_path(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+
+    /// Stops nginx: every connection through it is cut, and nothing listens on its port
+    /// until [`Nginx::resume`].
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SIGTERM: a fast shutdown of the master and its workers, which closes their
+        // connections (SIGKILL would orphan the workers).
         let _ = Command::new("kill")
             .arg("-TERM")
-            .arg(self.child.id().to_string())
+            .arg(child.id().to_string())
             .status();
         let deadline = Instant::now() + WAIT;
         while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
+            if let Ok(Some(_)) = child.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts nginx again, on the same port with the same configuration.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "nginx is running");
+        let child = spawn(self.dir.path(), self.addr.port())
+            .unwrap_or_else(|e| panic!("could not start nginx again: {e}"));
+        self.child = Some(child);
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -1,4 +1,4 @@
-// Drives the bridge's browser client (assets/client.js) under Node, with the `ws` package,
+// Drives the bridge's browser client (clients/js/client.js) under Node, with the `ws` package,
 // for tests/it/console.rs.
 //
 // Usage: node drive.js, then one JSON command per stdin line:
@@ -21,7 +21,7 @@ const crypto = require('crypto');
 const path = require('path');
 const readline = require('readline');
 const WebSocket = require('ws');
-const RedisWsBridge = require(path.join(__dirname, '../../../assets/client.js'));
+const RedisWsBridge = require(path.join(__dirname, '../../../clients/js/client.js'));
 
 const EVENTS = [
   'open', 'close', 'reconnecting', 'message', 'gap', 'unsubscribed', 'error', 'frame',

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod driver;
 pub mod tokens;
 
 use std::collections::hash_map::RandomState;

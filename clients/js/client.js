@@ -7,23 +7,30 @@
 //   bridge.connect();
 //   await bridge.subscribe(['job:42'], { status: ['running', 'failed'] });
 //
-// In Node (18 or later), `require` it and pass a WebSocket class: { WebSocket: require('ws') }.
+// This file is the source of the package `redis-ws-bridge-client` (clients/js/): a classic
+// script that defines the global `RedisWsBridge`, and a CommonJS module; `client.mjs`, the ES
+// module, is generated from it by `node build.mjs`. `client.d.ts` types every method, event
+// and frame. In Node (18 or later), pass a WebSocket class: { WebSocket: require('ws') }.
 //
 // Options:
-//   token         a JWT, or a function returning one (or a promise of one). A function is
-//                 called before every connection, so a reconnect never reuses a stale token.
-//   WebSocket     the WebSocket class (default: the browser's).
-//   minDelay      first reconnect delay in ms (500); it doubles with every failed attempt...
-//   maxDelay      ...up to this many ms (30000). Each delay is randomised between half of it
-//                 and all of it, so that the clients of a restarted bridge do not come back
-//                 all at once.
-//   refreshBefore with a token function: send `refresh` this many ms before the token's
-//                 `exp` (30000); 0 turns automatic refreshes off.
+//   token          a JWT, or a function returning one (or a promise of one). A function is
+//                  called before every connection, so a reconnect never reuses a stale token.
+//   WebSocket      the WebSocket class (default: the browser's).
+//   minDelay       first reconnect delay in ms (500); it doubles with every failed attempt...
+//   maxDelay       ...up to this many ms (30000). Each delay is randomised between half of it
+//                  and all of it, so that the clients of a restarted bridge do not come back
+//                  all at once.
+//   refreshBefore  with a token function: send `refresh` this many ms before the token's
+//                  `exp` (30000); 0 turns automatic refreshes off.
+//   requestTimeout a request not answered within this many ms (10000) is rejected with an
+//                  Error whose `code` is 'timeout'; 0 waits for ever. A subscribe made while
+//                  disconnected counts from the call.
 //
-// Methods: connect() (returns the client); close() for good, with no reconnect;
-// subscribe(topics, filter?), unsubscribe(topics), ping() and refresh(token?) return promises
-// of their answers; `state` (idle, connecting, open, reconnecting, closed), `subscriptions`
-// and lastSeq(topic) tell where the client is.
+// Methods: connect() (returns the client); close() for good: no reconnect, and no timer,
+// socket handler or pending request left behind; subscribe(topics, filter?),
+// unsubscribe(topics), ping() and refresh(token?) return promises of their answers; `state`
+// (idle, connecting, open, reconnecting, closed), `welcome` (the connection's first frame),
+// `subscriptions` and lastSeq(topic) tell where the client is.
 //
 // Events (`on(name, fn)` returns a function that removes the listener):
 //   open          the connection is up; fn(welcome frame). Subscriptions are already being
@@ -33,15 +40,18 @@
 //   message       a route frame: the parsed JSON, else the text, else an ArrayBuffer.
 //   gap           frames were or may have been missed; refetch the state of `topics`:
 //                 {reason: 'redis_reconnected', since, topics}  the bridge lost Redis;
-//                 {reason: 'reconnected', topics}  this client was disconnected (auto
-//                   routes' frames were missed too);
+//                 {reason: 'reconnected', topics}  this client was disconnected;
+//                 {reason: 'restarted', topics, epoch}  ...and the bridge is a new process
+//                   (its `epoch` changed): `seq` numbers start again.
+//                 After a reconnect, `topics` are the subscriptions held before it and the
+//                 new connection's `auto` topics.
 //                 {reason: 'seq', topics: [topic], missing: [from, to]}  a jump in an
 //                   envelope's `seq` on an unfiltered subscription or an auto route. `seq`
 //                   counts every frame of the topic, including those the route's audience
 //                   sends to others, so on a per-user audience a jump is expected.
 //   unsubscribed  fn({topics, reason}): the server dropped subscriptions (route_removed).
 //   error         an `error` frame that answers no pending request, or a failed automatic
-//                 refresh; an Error with `code`, `topic` and `frame`.
+//                 refresh or token function; an Error with `code`, `topic` and `frame`.
 //   frame         every frame received, parsed as for `message` (for logs and consoles).
 (function (root, factory) {
   const RedisWsBridge = factory();
@@ -70,24 +80,28 @@
     #ws = null;
     #state = 'idle';
     #stopped = true;
+    #welcome = null;
     #welcomed = false;
     #everOpened = false;
     #attempt = 0;
     #timer = null;
     #refreshTimer = null;
     #expiresAt = null;
-    #epoch = undefined;
     #nextId = 1;
     #opening = null; // the #open() in progress: a close() or a newer connect() outdates it
-    #pending = new Map(); // id -> {command, resolve, reject, keep, restore, sent, settled}
+    // id -> {command, resolve, reject, keep, restore, sent, settled, timer}
+    #pending = new Map();
     #topics = new Map(); // topic -> filter or null: what a reconnect restores
-    #lastSeq = new Map(); // topic -> last envelope seq seen
+    // topic -> last envelope seq seen: the position a resuming subscribe would start from
+    #lastSeq = new Map();
     #listeners = new Map();
 
     constructor(url, options = {}) {
       this.#url = url;
       this.#token = options.token;
-      this.#options = { minDelay: 500, maxDelay: 30000, refreshBefore: 30000, ...options };
+      this.#options = {
+        minDelay: 500, maxDelay: 30000, refreshBefore: 30000, requestTimeout: 10000, ...options,
+      };
       this.#WebSocket = options.WebSocket || globalThis.WebSocket;
       if (typeof this.#WebSocket !== 'function') {
         throw new TypeError('no WebSocket class: pass one as options.WebSocket');
@@ -97,6 +111,12 @@
     // idle, connecting, open, reconnecting or closed.
     get state() {
       return this.#state;
+    }
+
+    // The first frame of the current (or last) connection: `connected` (user, roles, auto
+    // topics, epoch) or the configured welcome; null before the first.
+    get welcome() {
+      return this.#welcome;
     }
 
     // The subscriptions a reconnect restores: [[topic, filter or null], ...].
@@ -126,15 +146,13 @@
       return this;
     }
 
+    // Closes for good (a later connect() starts again with the same subscriptions).
     close() {
-      this.#stopped = true;
-      clearTimeout(this.#timer);
-      clearTimeout(this.#refreshTimer);
-      if (this.#ws) {
-        this.#ws.close(1000);
-      } else if (this.#state === 'reconnecting' || this.#state === 'connecting') {
-        this.#finish({ code: 1000, reason: 'closed by the client', reconnect: false });
-      }
+      if (this.#state === 'closed') return;
+      const ws = this.#ws;
+      this.#detach();
+      if (ws) ws.close(1000);
+      this.#finish({ code: 1000, reason: 'closed by the client', reconnect: false });
     }
 
     // Resolves with the topics subscribed; rejects with the first `error` answer (topics of
@@ -176,8 +194,9 @@
       try {
         token = typeof this.#token === 'function' ? await this.#token() : this.#token;
       } catch (err) {
+        if (this.#stopped || this.#opening !== opening) return;
         this.#emit('error', err);
-        if (!this.#stopped && this.#opening === opening) this.#retry();
+        this.#retry();
         return;
       }
       if (this.#stopped || this.#opening !== opening) return;
@@ -194,7 +213,7 @@
       this.#expiresAt = token ? expiry(token) : null;
       ws.onmessage = (event) => this.#receive(event.data);
       // The close event that follows tells what happened; browsers say nothing more.
-      ws.onerror = () => {};
+      ws.onerror = ignore;
       ws.onclose = (event) => this.#closed(ws, event.code, event.reason);
     }
 
@@ -209,6 +228,18 @@
       return address.href;
     }
 
+    // Lets go of the socket: none of its events reaches the client any more.
+    #detach() {
+      const ws = this.#ws;
+      if (!ws) return;
+      ws.onmessage = ws.onclose = null;
+      // A socket closed while connecting still reports an error, which Node's `ws` would
+      // throw if nothing listened.
+      ws.onerror = ignore;
+      this.#ws = null;
+      this.#welcomed = false;
+    }
+
     #retry() {
       this.#attempt += 1;
       const { minDelay, maxDelay } = this.#options;
@@ -216,14 +247,17 @@
       const delay = Math.round(ceiling * (0.5 + Math.random() / 2));
       this.#state = 'reconnecting';
       this.#emit('reconnecting', { attempt: this.#attempt, delay });
-      this.#timer = setTimeout(() => this.#open(), delay);
+      this.#timer = setTimeout(() => {
+        this.#timer = null;
+        this.#open();
+      }, delay);
     }
 
     #closed(ws, code, reason) {
       if (ws !== this.#ws) return;
-      this.#ws = null;
-      this.#welcomed = false;
+      this.#detach();
       clearTimeout(this.#refreshTimer);
+      this.#refreshTimer = null;
       // A token that ran out is replaced by the token function's next one.
       const expired =
         code === 1008 && reason === 'token expired' && typeof this.#token === 'function';
@@ -232,8 +266,7 @@
         if (reconnect && entry.keep && !entry.settled) {
           entry.sent = false;
         } else {
-          this.#pending.delete(id);
-          if (!entry.settled) entry.reject(new Error(`connection closed (${code})`));
+          this.#drop(id, entry, new Error(`connection closed (${code})`));
         }
       }
       if (reconnect) {
@@ -246,11 +279,14 @@
 
     #finish(event) {
       this.#stopped = true;
+      this.#opening = null;
       this.#state = 'closed';
-      for (const entry of this.#pending.values()) {
-        if (!entry.settled) entry.reject(new Error('connection closed'));
+      clearTimeout(this.#timer);
+      clearTimeout(this.#refreshTimer);
+      this.#timer = this.#refreshTimer = null;
+      for (const [id, entry] of this.#pending) {
+        this.#drop(id, entry, new Error('connection closed'));
       }
-      this.#pending.clear();
       this.#emit('close', event);
     }
 
@@ -265,7 +301,7 @@
       }
       this.#emit('frame', frame);
       if (!this.#welcomed) {
-        this.#welcome(frame);
+        this.#opened(frame);
       } else if (frame && PROTOCOL_TYPES.has(frame.type)) {
         this.#answer(frame);
       } else {
@@ -274,29 +310,37 @@
     }
 
     // The first frame of a connection: the `connected` frame or the configured welcome.
-    #welcome(frame) {
-      const reconnected = this.#everOpened;
+    #opened(frame) {
+      const previous = this.#everOpened ? this.#welcome : undefined;
+      // What the application held before this connection: its frames may have been missed.
+      const held = [...this.#topics.keys()];
+      this.#welcome = frame;
       this.#welcomed = true;
       this.#everOpened = true;
       this.#attempt = 0;
       this.#state = 'open';
-      const epoch = frame && frame.type === 'connected' ? frame.epoch : undefined;
+      const epoch = epochOf(frame);
       // Another process numbers its frames from 1 again.
-      if (epoch !== this.#epoch) this.#lastSeq.clear();
-      this.#epoch = epoch;
-      this.#resubscribe();
+      const restarted = previous !== undefined && epoch !== epochOf(previous);
+      if (restarted) this.#lastSeq.clear();
+      this.#restore();
       for (const entry of this.#pending.values()) {
-        if (!entry.sent) this.#send(entry);
+        if (!entry.sent && !entry.settled) this.#send(entry);
       }
       this.#scheduleRefresh();
       this.#emit('open', frame);
-      if (reconnected) {
-        this.#emit('gap', { reason: 'reconnected', topics: [...this.#topics.keys()] });
+      if (previous !== undefined) {
+        const auto = Array.isArray(frame && frame.topics) ? frame.topics : [];
+        const topics = [...new Set([...held, ...auto])];
+        this.#emit('gap', restarted
+          ? { reason: 'restarted', topics, epoch }
+          : { reason: 'reconnected', topics });
       }
     }
 
-    // One subscribe per distinct filter.
-    #resubscribe() {
+    // Re-subscribes to every topic held, one command per distinct filter. A resume from
+    // #lastSeq would be added here, to the commands, when the bridge keeps history.
+    #restore() {
       const groups = new Map();
       for (const [topic, filter] of this.#topics) {
         const key = JSON.stringify(filter);
@@ -317,11 +361,42 @@
         }
         const id = this.#nextId++;
         const entry = {
-          command: { ...command, id }, resolve, reject, keep, restore, sent: false, settled: false,
+          command: { ...command, id }, resolve, reject, keep, restore,
+          sent: false, settled: false, timer: null,
         };
         this.#pending.set(id, entry);
+        const { requestTimeout } = this.#options;
+        if (requestTimeout > 0) {
+          entry.timer = setTimeout(() => this.#timedOut(id, entry), requestTimeout);
+        }
         if (this.#state === 'open') this.#send(entry);
       });
+    }
+
+    #timedOut(id, entry) {
+      entry.timer = null;
+      const err = Object.assign(new Error(`no answer to ${entry.command.type} in time`), {
+        code: 'timeout',
+      });
+      // A late answer to a command sent is still read (a `subscribed` records its topics);
+      // one never sent is not sent any more.
+      if (entry.sent) {
+        entry.settled = true;
+        entry.reject(err);
+      } else {
+        this.#drop(id, entry, err);
+      }
+    }
+
+    // Forgets a request, rejecting it with `err` if it is still waiting.
+    #drop(id, entry, err) {
+      clearTimeout(entry.timer);
+      entry.timer = null;
+      this.#pending.delete(id);
+      if (!entry.settled) {
+        entry.settled = true;
+        entry.reject(err);
+      }
     }
 
     #send(entry) {
@@ -336,7 +411,7 @@
           if (!entry) break;
           const { filter = null, topics } = entry.command;
           for (const topic of frame.topics) this.#topics.set(topic, filter);
-          // Refused on restore (forbidden, unknown_topic now): not ours any more.
+          // Refused on restore (listed in `refused`): not ours any more.
           if (entry.restore) {
             for (const topic of topics) {
               if (!frame.topics.includes(topic)) this.#topics.delete(topic);
@@ -351,15 +426,19 @@
             topic: frame.topic,
             frame,
           });
-          if (entry?.restore && frame.topic) this.#topics.delete(frame.topic);
+          // A subscribe answered with an error took none of its topics: on restore, none
+          // of them is ours any more.
+          if (entry?.restore) for (const topic of entry.command.topics) this.#topics.delete(topic);
           if (!entry || entry.settled) {
             this.#emit('error', err);
             break;
           }
+          clearTimeout(entry.timer);
+          entry.timer = null;
           entry.settled = true;
           entry.reject(err);
-          // A subscribe may still be answered `subscribed` for the topics it was granted.
-          if (entry.command.type !== 'subscribe') this.#pending.delete(frame.id);
+          // Every command gets exactly one answer.
+          this.#pending.delete(frame.id);
           break;
         }
         case 'unsubscribed':
@@ -386,8 +465,13 @@
     }
 
     #settle(frame, entry) {
+      clearTimeout(entry.timer);
+      entry.timer = null;
       this.#pending.delete(frame.id);
-      if (!entry.settled) entry.resolve(frame);
+      if (!entry.settled) {
+        entry.settled = true;
+        entry.resolve(frame);
+      }
     }
 
     #message(frame) {
@@ -404,10 +488,12 @@
 
     #scheduleRefresh() {
       clearTimeout(this.#refreshTimer);
+      this.#refreshTimer = null;
       const lead = this.#options.refreshBefore;
       if (typeof this.#token !== 'function' || !this.#expiresAt || !lead) return;
       const delay = Math.max(0, this.#expiresAt * 1000 - Date.now() - lead);
       this.#refreshTimer = setTimeout(() => {
+        this.#refreshTimer = null;
         this.refresh().catch((err) => this.#emit('error', err));
       }, Math.min(delay, MAX_TIMER));
     }
@@ -424,6 +510,13 @@
         }
       }
     }
+  }
+
+  function ignore() {}
+
+  // The epoch of a `connected` frame; undefined for a configured welcome, which has none.
+  function epochOf(frame) {
+    return frame && frame.type === 'connected' ? frame.epoch : undefined;
   }
 
   // The `exp` claim of a JWT (Unix seconds), or null.

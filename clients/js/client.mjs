@@ -1,0 +1,529 @@
+// Generated from client.js by build.mjs: edit client.js, then run `node build.mjs`.
+//
+// redis-ws-bridge browser client, served by the bridge as GET /client.js.
+//
+//   <script src="/client.js"></script>
+//   const bridge = new RedisWsBridge('wss://ws.example.com/ws', { token: () => fetchToken() });
+//   bridge.on('message', (frame) => render(frame));
+//   bridge.on('gap', ({ topics }) => refetch(topics));
+//   bridge.connect();
+//   await bridge.subscribe(['job:42'], { status: ['running', 'failed'] });
+//
+// This file is the source of the package `redis-ws-bridge-client` (clients/js/): a classic
+// script that defines the global `RedisWsBridge`, and a CommonJS module; `client.mjs`, the ES
+// module, is generated from it by `node build.mjs`. `client.d.ts` types every method, event
+// and frame. In Node (18 or later), pass a WebSocket class: { WebSocket: require('ws') }.
+//
+// Options:
+//   token          a JWT, or a function returning one (or a promise of one). A function is
+//                  called before every connection, so a reconnect never reuses a stale token.
+//   WebSocket      the WebSocket class (default: the browser's).
+//   minDelay       first reconnect delay in ms (500); it doubles with every failed attempt...
+//   maxDelay       ...up to this many ms (30000). Each delay is randomised between half of it
+//                  and all of it, so that the clients of a restarted bridge do not come back
+//                  all at once.
+//   refreshBefore  with a token function: send `refresh` this many ms before the token's
+//                  `exp` (30000); 0 turns automatic refreshes off.
+//   requestTimeout a request not answered within this many ms (10000) is rejected with an
+//                  Error whose `code` is 'timeout'; 0 waits for ever. A subscribe made while
+//                  disconnected counts from the call.
+//
+// Methods: connect() (returns the client); close() for good: no reconnect, and no timer,
+// socket handler or pending request left behind; subscribe(topics, filter?),
+// unsubscribe(topics), ping() and refresh(token?) return promises of their answers; `state`
+// (idle, connecting, open, reconnecting, closed), `welcome` (the connection's first frame),
+// `subscriptions` and lastSeq(topic) tell where the client is.
+//
+// Events (`on(name, fn)` returns a function that removes the listener):
+//   open          the connection is up; fn(welcome frame). Subscriptions are already being
+//                 restored.
+//   close         fn({code, reason, reconnect}): whether a reconnect follows.
+//   reconnecting  fn({attempt, delay}): the next attempt, in `delay` ms.
+//   message       a route frame: the parsed JSON, else the text, else an ArrayBuffer.
+//   gap           frames were or may have been missed; refetch the state of `topics`:
+//                 {reason: 'redis_reconnected', since, topics}  the bridge lost Redis;
+//                 {reason: 'reconnected', topics}  this client was disconnected;
+//                 {reason: 'restarted', topics, epoch}  ...and the bridge is a new process
+//                   (its `epoch` changed): `seq` numbers start again.
+//                 After a reconnect, `topics` are the subscriptions held before it and the
+//                 new connection's `auto` topics.
+//                 {reason: 'seq', topics: [topic], missing: [from, to]}  a jump in an
+//                   envelope's `seq` on an unfiltered subscription or an auto route. `seq`
+//                   counts every frame of the topic, including those the route's audience
+//                   sends to others, so on a per-user audience a jump is expected.
+//   unsubscribed  fn({topics, reason}): the server dropped subscriptions (route_removed).
+//   error         an `error` frame that answers no pending request, or a failed automatic
+//                 refresh or token function; an Error with `code`, `topic` and `frame`.
+//   frame         every frame received, parsed as for `message` (for logs and consoles).
+// Closes after which the bridge expects the client back: 1001 shutdown or idle timeout,
+// 1005 and 1006 connection lost (a refused handshake, 401 and 503 included, is a 1006),
+// 1011 internal error, 1012 restart, 1013 try again later, 4000 too slow (a new
+// connection starts with an empty queue). Other codes report a client bug (1008 rate
+// limit, 1009 frame too big): reconnecting would repeat it.
+const RECONNECT_CODES = new Set([1001, 1005, 1006, 1011, 1012, 1013, 4000]);
+const PROTOCOL_TYPES = new Set([
+  'subscribed', 'unsubscribed', 'pong', 'refreshed', 'gap', 'error',
+]);
+// setTimeout's limit: a longer delay fires at once.
+const MAX_TIMER = 2 ** 31 - 1;
+
+class RedisWsBridge {
+  #url;
+  #token;
+  #options;
+  #WebSocket;
+  #ws = null;
+  #state = 'idle';
+  #stopped = true;
+  #welcome = null;
+  #welcomed = false;
+  #everOpened = false;
+  #attempt = 0;
+  #timer = null;
+  #refreshTimer = null;
+  #expiresAt = null;
+  #nextId = 1;
+  #opening = null; // the #open() in progress: a close() or a newer connect() outdates it
+  // id -> {command, resolve, reject, keep, restore, sent, settled, timer}
+  #pending = new Map();
+  #topics = new Map(); // topic -> filter or null: what a reconnect restores
+  // topic -> last envelope seq seen: the position a resuming subscribe would start from
+  #lastSeq = new Map();
+  #listeners = new Map();
+
+  constructor(url, options = {}) {
+    this.#url = url;
+    this.#token = options.token;
+    this.#options = {
+      minDelay: 500, maxDelay: 30000, refreshBefore: 30000, requestTimeout: 10000, ...options,
+    };
+    this.#WebSocket = options.WebSocket || globalThis.WebSocket;
+    if (typeof this.#WebSocket !== 'function') {
+      throw new TypeError('no WebSocket class: pass one as options.WebSocket');
+    }
+  }
+
+  // idle, connecting, open, reconnecting or closed.
+  get state() {
+    return this.#state;
+  }
+
+  // The first frame of the current (or last) connection: `connected` (user, roles, auto
+  // topics, epoch) or the configured welcome; null before the first.
+  get welcome() {
+    return this.#welcome;
+  }
+
+  // The subscriptions a reconnect restores: [[topic, filter or null], ...].
+  get subscriptions() {
+    return [...this.#topics];
+  }
+
+  lastSeq(topic) {
+    return this.#lastSeq.get(topic);
+  }
+
+  on(event, fn) {
+    if (!this.#listeners.has(event)) this.#listeners.set(event, new Set());
+    this.#listeners.get(event).add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event, fn) {
+    this.#listeners.get(event)?.delete(fn);
+  }
+
+  connect() {
+    if (!this.#stopped) return this;
+    this.#stopped = false;
+    this.#attempt = 0;
+    this.#open();
+    return this;
+  }
+
+  // Closes for good (a later connect() starts again with the same subscriptions).
+  close() {
+    if (this.#state === 'closed') return;
+    const ws = this.#ws;
+    this.#detach();
+    if (ws) ws.close(1000);
+    this.#finish({ code: 1000, reason: 'closed by the client', reconnect: false });
+  }
+
+  // Resolves with the topics subscribed; rejects with the first `error` answer (topics of
+  // the same command that were admitted are subscribed all the same). Made while
+  // disconnected, it is sent once connected.
+  subscribe(topics, filter) {
+    const command = { type: 'subscribe', topics: [].concat(topics) };
+    if (filter) command.filter = filter;
+    return this.#request(command, true).then((frame) => frame.topics);
+  }
+
+  unsubscribe(topics) {
+    topics = [].concat(topics);
+    for (const topic of topics) this.#topics.delete(topic);
+    return this.#request({ type: 'unsubscribe', topics }, true).then((frame) => frame.topics);
+  }
+
+  ping() {
+    return this.#request({ type: 'ping' }).then(() => undefined);
+  }
+
+  // Sends `refresh` with `token`, or with a new one from the token function; resolves with
+  // the new expiry (Unix seconds).
+  async refresh(token) {
+    if (token === undefined) {
+      if (typeof this.#token !== 'function') throw new TypeError('refresh() needs a token');
+      token = await this.#token();
+    }
+    const frame = await this.#request({ type: 'refresh', token });
+    if (typeof this.#token !== 'function') this.#token = token;
+    return frame.expires_at;
+  }
+
+  async #open() {
+    const opening = {};
+    this.#opening = opening;
+    this.#state = 'connecting';
+    let token;
+    try {
+      token = typeof this.#token === 'function' ? await this.#token() : this.#token;
+    } catch (err) {
+      if (this.#stopped || this.#opening !== opening) return;
+      this.#emit('error', err);
+      this.#retry();
+      return;
+    }
+    if (this.#stopped || this.#opening !== opening) return;
+    let ws;
+    try {
+      ws = new this.#WebSocket(this.#address(token));
+    } catch (err) {
+      this.#finish({ code: 1006, reason: String(err.message || err), reconnect: false });
+      return;
+    }
+    ws.binaryType = 'arraybuffer';
+    this.#ws = ws;
+    this.#welcomed = false;
+    this.#expiresAt = token ? expiry(token) : null;
+    ws.onmessage = (event) => this.#receive(event.data);
+    // The close event that follows tells what happened; browsers say nothing more.
+    ws.onerror = ignore;
+    ws.onclose = (event) => this.#closed(ws, event.code, event.reason);
+  }
+
+  #address(token) {
+    let url = this.#url;
+    if (url.startsWith('/')) {
+      const { protocol, host } = globalThis.location;
+      url = `${protocol === 'https:' ? 'wss:' : 'ws:'}//${host}${url}`;
+    }
+    const address = new URL(url);
+    if (token) address.searchParams.set('token', token);
+    return address.href;
+  }
+
+  // Lets go of the socket: none of its events reaches the client any more.
+  #detach() {
+    const ws = this.#ws;
+    if (!ws) return;
+    ws.onmessage = ws.onclose = null;
+    // A socket closed while connecting still reports an error, which Node's `ws` would
+    // throw if nothing listened.
+    ws.onerror = ignore;
+    this.#ws = null;
+    this.#welcomed = false;
+  }
+
+  #retry() {
+    this.#attempt += 1;
+    const { minDelay, maxDelay } = this.#options;
+    const ceiling = Math.min(maxDelay, minDelay * 2 ** (this.#attempt - 1));
+    const delay = Math.round(ceiling * (0.5 + Math.random() / 2));
+    this.#state = 'reconnecting';
+    this.#emit('reconnecting', { attempt: this.#attempt, delay });
+    this.#timer = setTimeout(() => {
+      this.#timer = null;
+      this.#open();
+    }, delay);
+  }
+
+  #closed(ws, code, reason) {
+    if (ws !== this.#ws) return;
+    this.#detach();
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    // A token that ran out is replaced by the token function's next one.
+    const expired =
+      code === 1008 && reason === 'token expired' && typeof this.#token === 'function';
+    const reconnect = !this.#stopped && (RECONNECT_CODES.has(code) || expired);
+    for (const [id, entry] of this.#pending) {
+      if (reconnect && entry.keep && !entry.settled) {
+        entry.sent = false;
+      } else {
+        this.#drop(id, entry, new Error(`connection closed (${code})`));
+      }
+    }
+    if (reconnect) {
+      this.#emit('close', { code, reason, reconnect });
+      this.#retry();
+    } else {
+      this.#finish({ code, reason, reconnect });
+    }
+  }
+
+  #finish(event) {
+    this.#stopped = true;
+    this.#opening = null;
+    this.#state = 'closed';
+    clearTimeout(this.#timer);
+    clearTimeout(this.#refreshTimer);
+    this.#timer = this.#refreshTimer = null;
+    for (const [id, entry] of this.#pending) {
+      this.#drop(id, entry, new Error('connection closed'));
+    }
+    this.#emit('close', event);
+  }
+
+  #receive(data) {
+    let frame = data;
+    if (typeof data === 'string') {
+      try {
+        frame = JSON.parse(data);
+      } catch {
+        // A `raw` route's payload need not be JSON.
+      }
+    }
+    this.#emit('frame', frame);
+    if (!this.#welcomed) {
+      this.#opened(frame);
+    } else if (frame && PROTOCOL_TYPES.has(frame.type)) {
+      this.#answer(frame);
+    } else {
+      this.#message(frame);
+    }
+  }
+
+  // The first frame of a connection: the `connected` frame or the configured welcome.
+  #opened(frame) {
+    const previous = this.#everOpened ? this.#welcome : undefined;
+    // What the application held before this connection: its frames may have been missed.
+    const held = [...this.#topics.keys()];
+    this.#welcome = frame;
+    this.#welcomed = true;
+    this.#everOpened = true;
+    this.#attempt = 0;
+    this.#state = 'open';
+    const epoch = epochOf(frame);
+    // Another process numbers its frames from 1 again.
+    const restarted = previous !== undefined && epoch !== epochOf(previous);
+    if (restarted) this.#lastSeq.clear();
+    this.#restore();
+    for (const entry of this.#pending.values()) {
+      if (!entry.sent && !entry.settled) this.#send(entry);
+    }
+    this.#scheduleRefresh();
+    this.#emit('open', frame);
+    if (previous !== undefined) {
+      const auto = Array.isArray(frame && frame.topics) ? frame.topics : [];
+      const topics = [...new Set([...held, ...auto])];
+      this.#emit('gap', restarted
+        ? { reason: 'restarted', topics, epoch }
+        : { reason: 'reconnected', topics });
+    }
+  }
+
+  // Re-subscribes to every topic held, one command per distinct filter. A resume from
+  // #lastSeq would be added here, to the commands, when the bridge keeps history.
+  #restore() {
+    const groups = new Map();
+    for (const [topic, filter] of this.#topics) {
+      const key = JSON.stringify(filter);
+      if (!groups.has(key)) groups.set(key, { type: 'subscribe', topics: [] });
+      groups.get(key).topics.push(topic);
+      if (filter) groups.get(key).filter = filter;
+    }
+    for (const command of groups.values()) {
+      this.#request(command, false, true).catch(() => {});
+    }
+  }
+
+  #request(command, keep = false, restore = false) {
+    return new Promise((resolve, reject) => {
+      if (this.#state !== 'open' && !keep) {
+        reject(new Error('not connected'));
+        return;
+      }
+      const id = this.#nextId++;
+      const entry = {
+        command: { ...command, id }, resolve, reject, keep, restore,
+        sent: false, settled: false, timer: null,
+      };
+      this.#pending.set(id, entry);
+      const { requestTimeout } = this.#options;
+      if (requestTimeout > 0) {
+        entry.timer = setTimeout(() => this.#timedOut(id, entry), requestTimeout);
+      }
+      if (this.#state === 'open') this.#send(entry);
+    });
+  }
+
+  #timedOut(id, entry) {
+    entry.timer = null;
+    const err = Object.assign(new Error(`no answer to ${entry.command.type} in time`), {
+      code: 'timeout',
+    });
+    // A late answer to a command sent is still read (a `subscribed` records its topics);
+    // one never sent is not sent any more.
+    if (entry.sent) {
+      entry.settled = true;
+      entry.reject(err);
+    } else {
+      this.#drop(id, entry, err);
+    }
+  }
+
+  // Forgets a request, rejecting it with `err` if it is still waiting.
+  #drop(id, entry, err) {
+    clearTimeout(entry.timer);
+    entry.timer = null;
+    this.#pending.delete(id);
+    if (!entry.settled) {
+      entry.settled = true;
+      entry.reject(err);
+    }
+  }
+
+  #send(entry) {
+    this.#ws.send(JSON.stringify(entry.command));
+    entry.sent = true;
+  }
+
+  #answer(frame) {
+    const entry = frame.id === undefined ? undefined : this.#pending.get(frame.id);
+    switch (frame.type) {
+      case 'subscribed': {
+        if (!entry) break;
+        const { filter = null, topics } = entry.command;
+        for (const topic of frame.topics) this.#topics.set(topic, filter);
+        // Refused on restore (listed in `refused`): not ours any more.
+        if (entry.restore) {
+          for (const topic of topics) {
+            if (!frame.topics.includes(topic)) this.#topics.delete(topic);
+          }
+        }
+        this.#settle(frame, entry);
+        break;
+      }
+      case 'error': {
+        const err = Object.assign(new Error(frame.message || frame.code), {
+          code: frame.code,
+          topic: frame.topic,
+          frame,
+        });
+        // A subscribe answered with an error took none of its topics: on restore, none
+        // of them is ours any more.
+        if (entry?.restore) for (const topic of entry.command.topics) this.#topics.delete(topic);
+        if (!entry || entry.settled) {
+          this.#emit('error', err);
+          break;
+        }
+        clearTimeout(entry.timer);
+        entry.timer = null;
+        entry.settled = true;
+        entry.reject(err);
+        // Every command gets exactly one answer.
+        this.#pending.delete(frame.id);
+        break;
+      }
+      case 'unsubscribed':
+        if (entry) {
+          this.#settle(frame, entry);
+        } else {
+          for (const topic of frame.topics) this.#topics.delete(topic);
+          this.#emit('unsubscribed', { topics: frame.topics, reason: frame.reason });
+        }
+        break;
+      case 'refreshed':
+        if (frame.expires_at > this.#expiresAt) {
+          this.#expiresAt = frame.expires_at;
+          this.#scheduleRefresh();
+        }
+        if (entry) this.#settle(frame, entry);
+        break;
+      case 'gap':
+        this.#emit('gap', { reason: frame.reason, since: frame.since, topics: frame.topics });
+        break;
+      default:
+        if (entry) this.#settle(frame, entry);
+    }
+  }
+
+  #settle(frame, entry) {
+    clearTimeout(entry.timer);
+    entry.timer = null;
+    this.#pending.delete(frame.id);
+    if (!entry.settled) {
+      entry.settled = true;
+      entry.resolve(frame);
+    }
+  }
+
+  #message(frame) {
+    if (frame && typeof frame.topic === 'string' && Number.isInteger(frame.seq)) {
+      const last = this.#lastSeq.get(frame.topic);
+      if (last !== undefined && frame.seq > last + 1 && !this.#topics.get(frame.topic)) {
+        const missing = [last + 1, frame.seq - 1];
+        this.#emit('gap', { reason: 'seq', topics: [frame.topic], missing });
+      }
+      this.#lastSeq.set(frame.topic, frame.seq);
+    }
+    this.#emit('message', frame);
+  }
+
+  #scheduleRefresh() {
+    clearTimeout(this.#refreshTimer);
+    this.#refreshTimer = null;
+    const lead = this.#options.refreshBefore;
+    if (typeof this.#token !== 'function' || !this.#expiresAt || !lead) return;
+    const delay = Math.max(0, this.#expiresAt * 1000 - Date.now() - lead);
+    this.#refreshTimer = setTimeout(() => {
+      this.#refreshTimer = null;
+      this.refresh().catch((err) => this.#emit('error', err));
+    }, Math.min(delay, MAX_TIMER));
+  }
+
+  #emit(event, value) {
+    for (const fn of this.#listeners.get(event) || []) {
+      try {
+        fn(value);
+      } catch (err) {
+        // A listener's bug is reported, and does not break the connection.
+        queueMicrotask(() => {
+          throw err;
+        });
+      }
+    }
+  }
+}
+
+function ignore() {}
+
+// The epoch of a `connected` frame; undefined for a configured welcome, which has none.
+function epochOf(frame) {
+  return frame && frame.type === 'connected' ? frame.epoch : undefined;
+}
+
+// The `exp` claim of a JWT (Unix seconds), or null.
+function expiry(token) {
+  try {
+    const payload = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const exp = JSON.parse(atob(payload)).exp;
+    return Number.isFinite(exp) ? exp : null;
+  } catch {
+    return null;
+  }
+}
+
+export { RedisWsBridge };
+export default RedisWsBridge;
