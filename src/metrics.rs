@@ -187,147 +187,142 @@ impl Metrics {
     /// The Prometheus text exposition format, version 0.0.4.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        gauge(
+        self.render_connections(&mut out);
+        self.render_messages(&mut out);
+        self.render_redis(&mut out);
+        self.render_delivery(&mut out);
+        header(
             &mut out,
+            "bridge_build_info",
+            "gauge",
+            "Always 1; the version of the running binary is its label.",
+        );
+        let _ = writeln!(
+            out,
+            "bridge_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        process(&mut out);
+        out
+    }
+
+    fn render_connections(&self, out: &mut String) {
+        gauge(
+            out,
             "bridge_connections",
             "Open WebSocket connections.",
             self.connections.load(Ordering::Relaxed),
         );
         gauge(
-            &mut out,
+            out,
             "bridge_connections_max",
             "Open connections above which upgrades are refused (websocket.max_connections).",
             i64::try_from(load(&self.connections_max)).unwrap_or(i64::MAX),
         );
         counter(
-            &mut out,
+            out,
             "bridge_connections_accepted_total",
             "WebSocket upgrades completed.",
             load(&self.connections_accepted),
         );
         counter(
-            &mut out,
+            out,
             "bridge_connections_revoked_total",
             "Open connections closed by a reload because their credential no longer verifies.",
             load(&self.connections_revoked),
         );
-        header(
-            &mut out,
+        let rejected = RejectReason::ALL.map(|r| (r.label(), load(&self.rejected[r as usize])));
+        family(
+            out,
             "bridge_connections_rejected_total",
-            "counter",
             "Connections refused before the upgrade, by reason.",
+            "reason",
+            &rejected,
         );
-        for reason in RejectReason::ALL {
-            let _ = writeln!(
-                out,
-                "bridge_connections_rejected_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                load(&self.rejected[reason as usize])
-            );
-        }
         counter(
-            &mut out,
+            out,
+            "bridge_slow_client_disconnects_total",
+            "Connections closed because their send queue overflowed.",
+            load(&self.slow_client_disconnects),
+        );
+    }
+
+    fn render_messages(&self, out: &mut String) {
+        counter(
+            out,
             "bridge_redis_messages_received_total",
             "Messages received from Redis.",
             load(&self.redis_messages),
         );
         let routes = self.route_snapshot();
-        header(
-            &mut out,
-            "bridge_redis_messages_total",
-            "counter",
-            "Redis messages matched, by route.",
-        );
-        for (name, messages, _, _) in &routes {
-            let _ = writeln!(
-                out,
-                "bridge_redis_messages_total{{route=\"{}\"}} {messages}",
-                escape_label(name)
-            );
+        let names: Vec<String> = routes.iter().map(|route| escape_label(&route.0)).collect();
+        // Route counters by position: messages, delivered, unroutable.
+        let families = [
+            (
+                "bridge_redis_messages_total",
+                "Redis messages matched, by route.",
+            ),
+            (
+                "bridge_messages_delivered_total",
+                "Frames queued to connections, by route.",
+            ),
+            (
+                "bridge_messages_unroutable_total",
+                "Messages skipped because a placeholder had no value, by route.",
+            ),
+        ];
+        for (position, (name, help)) in families.into_iter().enumerate() {
+            let series: Vec<(&str, u64)> = names
+                .iter()
+                .zip(&routes)
+                .map(|(label, route)| (label.as_str(), [route.1, route.2, route.3][position]))
+                .collect();
+            family(out, name, help, "route", &series);
         }
-        header(
-            &mut out,
-            "bridge_messages_delivered_total",
-            "counter",
-            "Frames queued to connections, by route.",
-        );
-        for (name, _, delivered, _) in &routes {
-            let _ = writeln!(
-                out,
-                "bridge_messages_delivered_total{{route=\"{}\"}} {delivered}",
-                escape_label(name)
-            );
-        }
-        header(
-            &mut out,
-            "bridge_messages_unroutable_total",
-            "counter",
-            "Messages skipped because a placeholder had no value, by route.",
-        );
-        for (name, _, _, unroutable) in &routes {
-            let _ = writeln!(
-                out,
-                "bridge_messages_unroutable_total{{route=\"{}\"}} {unroutable}",
-                escape_label(name)
-            );
-        }
-        header(
-            &mut out,
+        let dropped = DropReason::ALL.map(|r| (r.label(), load(&self.dropped[r as usize])));
+        family(
+            out,
             "bridge_messages_dropped_total",
-            "counter",
             "Frames not delivered to a connection, by reason.",
+            "reason",
+            &dropped,
         );
-        for reason in DropReason::ALL {
-            let _ = writeln!(
-                out,
-                "bridge_messages_dropped_total{{reason=\"{}\"}} {}",
-                reason.label(),
-                load(&self.dropped[reason as usize])
-            );
-        }
-        counter(
-            &mut out,
-            "bridge_slow_client_disconnects_total",
-            "Connections closed because their send queue overflowed.",
-            load(&self.slow_client_disconnects),
-        );
+    }
+
+    fn render_redis(&self, out: &mut String) {
         gauge(
-            &mut out,
+            out,
             "bridge_redis_connected",
             "1 while Redis is connected and every route subscribed.",
             self.redis_connected.load(Ordering::Relaxed),
         );
         counter(
-            &mut out,
+            out,
             "bridge_redis_reconnects_total",
             "Redis subscriber connections re-established.",
             load(&self.redis_reconnects),
         );
         counter(
-            &mut out,
+            out,
             "bridge_redis_stalls_total",
             "Subscriber connections replaced because the heartbeat did not come back in time.",
             load(&self.redis_stalls),
         );
-        header(
-            &mut out,
+        family(
+            out,
             "bridge_config_reloads_total",
-            "counter",
             "Routing file reloads, by result.",
+            "result",
+            &[
+                ("ok", load(&self.reloads[0])),
+                ("error", load(&self.reloads[1])),
+            ],
         );
-        let _ = writeln!(
-            out,
-            "bridge_config_reloads_total{{result=\"ok\"}} {}",
-            load(&self.reloads[0])
-        );
-        let _ = writeln!(
-            out,
-            "bridge_config_reloads_total{{result=\"error\"}} {}",
-            load(&self.reloads[1])
-        );
+    }
+
+    fn render_delivery(&self, out: &mut String) {
         header(
-            &mut out,
+            out,
             "bridge_delivery_seconds",
             "histogram",
             "Time from Redis receipt to socket write of a frame.",
@@ -345,19 +340,18 @@ impl Metrics {
         let sum = load(&self.delivery.sum_nanos) as f64 / 1e9;
         let _ = writeln!(out, "bridge_delivery_seconds_sum {sum}");
         let _ = writeln!(out, "bridge_delivery_seconds_count {count}");
-        header(
-            &mut out,
-            "bridge_build_info",
-            "gauge",
-            "Always 1; the version of the running binary is its label.",
-        );
-        let _ = writeln!(
-            out,
-            "bridge_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        process(&mut out);
-        out
+    }
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// A counter with one label: its header, then one series per (label value, value).
+fn family(out: &mut String, name: &str, help: &str, label: &str, series: &[(&str, u64)]) {
+    header(out, name, "counter", help);
+    for (value_label, value) in series {
+        let _ = writeln!(out, "{name}{{{label}=\"{value_label}\"}} {value}");
     }
 }
 
