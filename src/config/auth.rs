@@ -321,74 +321,93 @@ fn verification_key(
     section: &yaml::Fields,
     algorithms: &[Algorithm],
 ) -> Option<DecodingKey> {
-    let family = algorithms[0].family();
-    let present = |name: &str| section.entry(name);
-    if family == AlgorithmFamily::Hmac {
-        if let Some(entry) = present("public_key_file") {
-            let message = "is for RS*/PS*/ES*/EdDSA; HS* algorithms verify with `secret` or \
-                           `secret_file`";
-            ctx.error_at(
-                entry.line,
-                entry.column,
-                "auth.jwt.public_key_file",
-                message,
-            );
-            return None;
-        }
-        let secret = match (section.get("secret"), section.get("secret_file")) {
-            (Some(_), Some(file_node)) => {
-                let message = "set `secret` or `secret_file`, not both";
-                ctx.error(file_node, "auth.jwt.secret_file", message);
-                return None;
-            }
-            (Some(secret_node), None) => {
-                let secret = yaml::string(ctx, secret_node, "auth.jwt.secret")?;
-                (secret.into_bytes(), secret_node, "auth.jwt.secret")
-            }
-            (None, Some(file_node)) => {
-                let make = "a random secret: `openssl rand -base64 48 > FILE`";
-                let Some(bytes) = read_file(ctx, file_node, "auth.jwt.secret_file", make)? else {
-                    // Only `check` gets here, and its configuration is never run.
-                    return Some(DecodingKey::from_secret(&[]));
-                };
-                (trim_newline(bytes), file_node, "auth.jwt.secret_file")
-            }
-            (None, None) => {
-                let message = "HS* algorithms need `secret` or `secret_file`";
-                ctx.error(node, "auth.jwt.secret", message);
-                return None;
-            }
-        };
-        let (bytes, at, path) = secret;
-        // RFC 7518 §3.2: an HMAC key as long as the hash output at least.
-        let needed = algorithms
-            .iter()
-            .map(|a| match a {
-                Algorithm::HS384 => 48,
-                Algorithm::HS512 => 64,
-                _ => 32,
-            })
-            .max()
-            .unwrap_or(32);
-        if bytes.len() < needed {
-            let message = format!(
-                "the secret is {} bytes; {} needs at least {needed} (RFC 7518 §3.2), e.g. \
-                 from `openssl rand -base64 48`",
-                bytes.len(),
-                algorithms
-                    .iter()
-                    .map(|a| format!("{a:?}"))
-                    .collect::<Vec<_>>()
-                    .join("/")
-            );
-            ctx.error(at, path, message);
-            return None;
-        }
-        return Some(DecodingKey::from_secret(&bytes));
+    if algorithms[0].family() == AlgorithmFamily::Hmac {
+        hmac_key(ctx, node, section, algorithms)
+    } else {
+        public_key(ctx, node, section, algorithms)
     }
+}
 
+/// The HS* secret (`secret` or `secret_file`), at least as long as the hash output.
+fn hmac_key(
+    ctx: &mut Ctx,
+    node: &Node,
+    section: &yaml::Fields,
+    algorithms: &[Algorithm],
+) -> Option<DecodingKey> {
+    if let Some(entry) = section.entry("public_key_file") {
+        let message = "is for RS*/PS*/ES*/EdDSA; HS* algorithms verify with `secret` or \
+                       `secret_file`";
+        ctx.error_at(
+            entry.line,
+            entry.column,
+            "auth.jwt.public_key_file",
+            message,
+        );
+        return None;
+    }
+    let secret = match (section.get("secret"), section.get("secret_file")) {
+        (Some(_), Some(file_node)) => {
+            let message = "set `secret` or `secret_file`, not both";
+            ctx.error(file_node, "auth.jwt.secret_file", message);
+            return None;
+        }
+        (Some(secret_node), None) => {
+            let secret = yaml::string(ctx, secret_node, "auth.jwt.secret")?;
+            (secret.into_bytes(), secret_node, "auth.jwt.secret")
+        }
+        (None, Some(file_node)) => {
+            let make = "a random secret: `openssl rand -base64 48 > FILE`";
+            let Some(bytes) = read_file(ctx, file_node, "auth.jwt.secret_file", make)? else {
+                // Only `check` gets here, and its configuration is never run.
+                return Some(DecodingKey::from_secret(&[]));
+            };
+            (trim_newline(bytes), file_node, "auth.jwt.secret_file")
+        }
+        (None, None) => {
+            let message = "HS* algorithms need `secret` or `secret_file`";
+            ctx.error(node, "auth.jwt.secret", message);
+            return None;
+        }
+    };
+    let (bytes, at, path) = secret;
+    // RFC 7518 §3.2: an HMAC key as long as the hash output at least.
+    let needed = algorithms
+        .iter()
+        .map(|a| match a {
+            Algorithm::HS384 => 48,
+            Algorithm::HS512 => 64,
+            _ => 32,
+        })
+        .max()
+        .unwrap_or(32);
+    if bytes.len() < needed {
+        let message = format!(
+            "the secret is {} bytes; {} needs at least {needed} (RFC 7518 §3.2), e.g. \
+             from `openssl rand -base64 48`",
+            bytes.len(),
+            algorithms
+                .iter()
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join("/")
+        );
+        ctx.error(at, path, message);
+        return None;
+    }
+    Some(DecodingKey::from_secret(&bytes))
+}
+
+/// The RS*/PS*/ES*/EdDSA public key (`public_key_file`), checked against every algorithm.
+fn public_key(
+    ctx: &mut Ctx,
+    node: &Node,
+    section: &yaml::Fields,
+    algorithms: &[Algorithm],
+) -> Option<DecodingKey> {
+    let family = algorithms[0].family();
     for name in ["secret", "secret_file"] {
-        if let Some(entry) = present(name) {
+        if let Some(entry) = section.entry(name) {
             let message = format!(
                 "is for HS* algorithms; {:?} verifies with `public_key_file`",
                 algorithms[0]
