@@ -150,34 +150,8 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
         Some(node) => slow_client(ctx, node, &key("slow_client")),
         None => Some(SlowClient::Disconnect),
     };
-    let ping_interval = match section.get("ping_interval") {
-        Some(node) => match yaml::duration(ctx, node, &key("ping_interval")) {
-            Some(d) if d.is_zero() => {
-                ctx.error(node, &key("ping_interval"), "must be longer than 0s");
-                None
-            }
-            other => other,
-        },
-        None => Some(Duration::from_secs(30)),
-    };
-    let mut idle_timeout = match section.get("idle_timeout") {
-        Some(node) => yaml::duration(ctx, node, &key("idle_timeout")),
-        None => Some(Duration::from_secs(120)),
-    };
-    if let (Some(ping), Some(idle)) = (ping_interval, idle_timeout)
-        && idle <= ping
-    {
-        let message = format!(
-            "must be longer than ping_interval ({}), else idle connections close between pings",
-            humantime::format_duration(ping)
-        );
-        let at = section
-            .get("idle_timeout")
-            .or_else(|| section.get("ping_interval"))
-            .unwrap_or(node);
-        ctx.error(at, &key("idle_timeout"), message);
-        idle_timeout = None;
-    }
+    let ping_interval = positive_duration(ctx, &section, "ping_interval", 30);
+    let idle_timeout = idle_timeout(ctx, &section, node, ping_interval);
     let client_rate = match section.get("client_rate") {
         Some(node) => rate(ctx, node, &key("client_rate")),
         None => Some(Rate {
@@ -189,16 +163,7 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
         Some(node) => rate(ctx, node, &key("connect_rate_per_ip")).map(Some),
         None => Some(None),
     };
-    let handshake_timeout = match section.get("handshake_timeout") {
-        Some(node) => match yaml::duration(ctx, node, &key("handshake_timeout")) {
-            Some(d) if d.is_zero() => {
-                ctx.error(node, &key("handshake_timeout"), "must be longer than 0s");
-                None
-            }
-            other => other,
-        },
-        None => Some(Duration::from_secs(10)),
-    };
+    let handshake_timeout = positive_duration(ctx, &section, "handshake_timeout", 10);
     let welcome = match section.get("welcome") {
         Some(node) => welcome(ctx, node, &key("welcome")),
         None => Some(Welcome::Native),
@@ -220,6 +185,56 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
         handshake_timeout: handshake_timeout?,
         welcome: welcome?,
     })
+}
+
+/// A duration longer than zero (`default_secs` when absent).
+fn positive_duration(
+    ctx: &mut Ctx,
+    section: &yaml::Fields,
+    name: &str,
+    default_secs: u64,
+) -> Option<Duration> {
+    let key = join("websocket", name);
+    let Some(node) = section.get(name) else {
+        return Some(Duration::from_secs(default_secs));
+    };
+    match yaml::duration(ctx, node, &key) {
+        Some(d) if d.is_zero() => {
+            ctx.error(node, &key, "must be longer than 0s");
+            None
+        }
+        other => other,
+    }
+}
+
+/// `idle_timeout` (default 120s), longer than `ping_interval`: else idle connections close
+/// between pings.
+fn idle_timeout(
+    ctx: &mut Ctx,
+    section: &yaml::Fields,
+    node: &Node,
+    ping_interval: Option<Duration>,
+) -> Option<Duration> {
+    let key = join("websocket", "idle_timeout");
+    let idle = match section.get("idle_timeout") {
+        Some(node) => yaml::duration(ctx, node, &key)?,
+        None => Duration::from_secs(120),
+    };
+    if let Some(ping) = ping_interval
+        && idle <= ping
+    {
+        let message = format!(
+            "must be longer than ping_interval ({}), else idle connections close between pings",
+            humantime::format_duration(ping)
+        );
+        let at = section
+            .get("idle_timeout")
+            .or_else(|| section.get("ping_interval"))
+            .unwrap_or(node);
+        ctx.error(at, &key, message);
+        return None;
+    }
+    Some(idle)
 }
 
 fn ws_path(ctx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
