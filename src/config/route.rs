@@ -295,20 +295,7 @@ fn compile(
         }
     };
 
-    let source = match (route.get("channel"), route.get("pattern")) {
-        (Some(_), Some(pattern)) => {
-            let message = "a route has exactly one of `channel` and `pattern`, not both";
-            ctx.error(pattern, &key("pattern"), message);
-            None
-        }
-        (None, None) => {
-            let message = "missing key `channel` or `pattern` (exactly one is required)";
-            ctx.error(node, path, message);
-            None
-        }
-        (Some(channel), None) => channel_source(ctx, channel, &key("channel")),
-        (None, Some(pattern)) => non_empty(ctx, pattern, &key("pattern")).map(Source::Pattern),
-    };
+    let source = source(ctx, &route, node, path);
     // Without a valid source the capture count is unknown: allow every capture rather than
     // report errors that only follow from the first one.
     let captures = match &source {
@@ -349,15 +336,7 @@ fn compile(
         Some(format) => format_of(ctx, format, &key("format"), &format_scope),
         None => Some(Format::Envelope),
     };
-    let event_type = match (route.get("type"), &format) {
-        (Some(type_node), Some(Format::Raw | Format::Template(_))) => {
-            let message = "`type` is only used by `format: envelope`";
-            ctx.error(type_node, &key("type"), message);
-            None
-        }
-        (Some(type_node), _) => template(ctx, type_node, &key("type"), &message_scope),
-        (None, _) => name.as_deref().map(Template::literal),
-    };
+    let event_type = event_type(ctx, &route, path, &format, name.as_deref(), &message_scope);
 
     Some(Route {
         name: Arc::from(name?),
@@ -369,6 +348,46 @@ fn compile(
         format: format?,
         event_type: event_type?,
     })
+}
+
+/// The envelope's `type` (default: the route's name); only `format: envelope` has one.
+fn event_type(
+    ctx: &mut Ctx,
+    route: &yaml::Fields,
+    path: &str,
+    format: &Option<Format>,
+    name: Option<&str>,
+    scope: &Allowed,
+) -> Option<Template> {
+    let key = join(path, "type");
+    match (route.get("type"), format) {
+        (Some(type_node), Some(Format::Raw | Format::Template(_))) => {
+            let message = "`type` is only used by `format: envelope`";
+            ctx.error(type_node, &key, message);
+            None
+        }
+        (Some(type_node), _) => template(ctx, type_node, &key, scope),
+        (None, _) => name.map(Template::literal),
+    }
+}
+
+/// Exactly one of `channel` (SUBSCRIBE) and `pattern` (PSUBSCRIBE).
+fn source(ctx: &mut Ctx, route: &yaml::Fields, node: &Node, path: &str) -> Option<Source> {
+    let key = |name: &str| join(path, name);
+    match (route.get("channel"), route.get("pattern")) {
+        (Some(_), Some(pattern)) => {
+            let message = "a route has exactly one of `channel` and `pattern`, not both";
+            ctx.error(pattern, &key("pattern"), message);
+            None
+        }
+        (None, None) => {
+            let message = "missing key `channel` or `pattern` (exactly one is required)";
+            ctx.error(node, path, message);
+            None
+        }
+        (Some(channel), None) => channel_source(ctx, channel, &key("channel")),
+        (None, Some(pattern)) => non_empty(ctx, pattern, &key("pattern")).map(Source::Pattern),
+    }
 }
 
 fn route_name(
