@@ -122,25 +122,7 @@ fn with_shared(
 fn routes(shared: Arc<Shared>) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     let ws_path = shared.config().websocket.path.clone();
     let assets = assets(shared.clone(), Assets::new(&ws_path));
-    let websocket = warp::get()
-        .and(warp::path::full())
-        .and_then(move |path: warp::path::FullPath| {
-            let matches = path.as_str() == ws_path;
-            async move {
-                if matches {
-                    Ok(())
-                } else {
-                    Err(warp::reject::not_found())
-                }
-            }
-        })
-        .untuple_one()
-        .and(with_shared(shared.clone()))
-        .and(warp::header::headers_cloned())
-        .and(warp::ext::optional::<OnUpgrade>())
-        .and(warp::ext::get::<PeerAddr>())
-        .and(query_string())
-        .map(upgrade);
+    let websocket = websocket(shared.clone(), ws_path);
     let healthz = warp::path!("healthz")
         .and(warp::get())
         .map(|| json_reply(StatusCode::OK, &json!({"status": "ok"})));
@@ -184,28 +166,57 @@ fn routes(shared: Arc<Shared>) -> impl Filter<Extract = (Response,), Error = Inf
         .unify()
         .or(assets)
         .unify()
-        .recover(|rejection: warp::Rejection| async move {
-            if let Some(denied) = rejection.find::<Denied>() {
-                return Ok::<_, Infallible>(denied.response());
-            }
-            let (status, message) = if rejection.is_not_found() {
-                (StatusCode::NOT_FOUND, "Not Found")
-            } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
-                (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "the body is larger than 1 MiB",
-                )
-            } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
-                (
-                    StatusCode::LENGTH_REQUIRED,
-                    "a Content-Length header is required",
-                )
-            } else {
-                (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
-            };
-            Ok(json_reply(status, &json!({"error": message})))
-        })
+        .recover(answer_rejection)
         .unify()
+}
+
+/// `websocket.path`: the upgrade.
+fn websocket(
+    shared: Arc<Shared>,
+    ws_path: String,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::get()
+        .and(warp::path::full())
+        .and_then(move |path: warp::path::FullPath| {
+            let matches = path.as_str() == ws_path;
+            async move {
+                if matches {
+                    Ok(())
+                } else {
+                    Err(warp::reject::not_found())
+                }
+            }
+        })
+        .untuple_one()
+        .and(with_shared(shared))
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<OnUpgrade>())
+        .and(warp::ext::get::<PeerAddr>())
+        .and(query_string())
+        .map(upgrade)
+}
+
+/// The answer to a request no endpoint took, or that an endpoint's filters refused.
+async fn answer_rejection(rejection: warp::Rejection) -> Result<Response, Infallible> {
+    if let Some(denied) = rejection.find::<Denied>() {
+        return Ok(denied.response());
+    }
+    let (status, message) = if rejection.is_not_found() {
+        (StatusCode::NOT_FOUND, "Not Found")
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the body is larger than 1 MiB",
+        )
+    } else if rejection.find::<warp::reject::LengthRequired>().is_some() {
+        (
+            StatusCode::LENGTH_REQUIRED,
+            "a Content-Length header is required",
+        )
+    } else {
+        (StatusCode::METHOD_NOT_ALLOWED, "Method Not Allowed")
+    };
+    Ok(json_reply(status, &json!({"error": message})))
 }
 
 /// The console page and the client library. The page names the path the listener serves (a
