@@ -9,73 +9,65 @@ use std::net::{IpAddr, SocketAddr};
 
 /// An IP network, `10.0.0.0/8` or `2001:db8::/32`; a bare address is a network of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    /// The network address (host bits zero).
-    addr: IpAddr,
-    /// The prefix length: at most 32 for IPv4, 128 for IPv6.
-    prefix: u8,
-}
+pub struct IpNet(ipnet::IpNet);
 
 impl IpNet {
     /// Parses `ADDR` or `ADDR/PREFIX`. A network with host bits set (`10.1.0.0/8`) is refused
     /// rather than masked: it is most often a typo for a narrower network.
     pub fn parse(text: &str) -> Result<IpNet, String> {
         let text = text.trim();
-        let (addr_text, prefix_text) = match text.split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr_text.parse().map_err(|_| {
-            format!("`{text}` is not an IP address or network (e.g. 10.0.0.0/8, 127.0.0.1, ::1)")
-        })?;
-        let addr = addr.to_canonical();
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix_text {
-            None => max,
-            Some(p) => match p.parse::<u8>() {
-                Ok(p) if p <= max => p,
-                _ => return Err(format!("`{text}`: the prefix length must be 0 to {max}")),
+        let net = match text.parse::<ipnet::IpNet>() {
+            Ok(net) => net,
+            Err(_) if !text.contains('/') => match text.parse::<IpAddr>() {
+                Ok(addr) => ipnet::IpNet::from(addr),
+                Err(_) => {
+                    return Err(format!(
+                        "`{text}` is not an IP address or network (e.g. 10.0.0.0/8, 127.0.0.1, ::1)"
+                    ));
+                }
             },
+            Err(_) => {
+                let (addr, _) = text.split_once('/').unwrap_or((text, ""));
+                let max = match addr.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(_)) => 32,
+                    Ok(IpAddr::V6(_)) => 128,
+                    Err(_) => {
+                        return Err(format!(
+                            "`{text}` is not an IP address or network (e.g. 10.0.0.0/8, 127.0.0.1, ::1)"
+                        ));
+                    }
+                };
+                return Err(format!("`{text}`: the prefix length must be 0 to {max}"));
+            }
         };
-        let net = IpNet { addr, prefix };
-        let masked = IpNet {
-            addr: mask(addr, prefix),
-            prefix,
+        // An IPv4-mapped IPv6 network is the IPv4 network it maps.
+        let net = match net {
+            ipnet::IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+                Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                    .map(ipnet::IpNet::V4)
+                    .unwrap_or(net),
+                None => net,
+            },
+            other => other,
         };
-        if masked != net {
+        if net.trunc() != net {
             return Err(format!(
-                "`{text}` has host bits set: the network is {masked}"
+                "`{text}` has host bits set: the network is {}",
+                net.trunc()
             ));
         }
-        Ok(net)
+        Ok(IpNet(net))
     }
 
     /// Whether `ip` is in this network (an IPv4-mapped IPv6 address counts as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = ip.to_canonical();
-        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+        self.0.contains(&ip.to_canonical())
     }
 }
 
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// `ip` with every bit after the first `prefix` cleared.
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let keep = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V4((bits & keep).into())
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let keep = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::V6((bits & keep).into())
-        }
+        self.0.fmt(f)
     }
 }
 
