@@ -12,19 +12,19 @@ use crate::template::{PathSegment, Placeholder, Scope, Template};
 /// An audience with every template filled in from one message.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Resolved {
-    All,
+    Everyone,
     Authenticated,
     User(String),
     Roles(Vec<String>),
     Claims(Vec<(Vec<PathSegment>, String)>),
-    Any(Vec<Resolved>),
-    Every(Vec<Resolved>),
+    AnyOf(Vec<Resolved>),
+    AllOf(Vec<Resolved>),
 }
 
 /// Fills an audience's templates from a message; `None` when one cannot be resolved.
 pub fn resolve(audience: &Audience, scope: &Scope) -> Option<Resolved> {
     Some(match audience {
-        Audience::All => Resolved::All,
+        Audience::Everyone => Resolved::Everyone,
         Audience::Authenticated => Resolved::Authenticated,
         Audience::User(template) => Resolved::User(template.render(scope)?),
         Audience::Roles(roles) => Resolved::Roles(roles.clone()),
@@ -34,13 +34,13 @@ pub fn resolve(audience: &Audience, scope: &Scope) -> Option<Resolved> {
                 .map(|(path, template)| Some((path.clone(), template.render(scope)?)))
                 .collect::<Option<_>>()?,
         ),
-        Audience::Any(items) => Resolved::Any(
+        Audience::AnyOf(items) => Resolved::AnyOf(
             items
                 .iter()
                 .map(|a| resolve(a, scope))
                 .collect::<Option<_>>()?,
         ),
-        Audience::Every(items) => Resolved::Every(
+        Audience::AllOf(items) => Resolved::AllOf(
             items
                 .iter()
                 .map(|a| resolve(a, scope))
@@ -52,7 +52,7 @@ pub fn resolve(audience: &Audience, scope: &Scope) -> Option<Resolved> {
 impl Resolved {
     pub fn admits(&self, identity: &Identity) -> bool {
         match self {
-            Resolved::All => true,
+            Resolved::Everyone => true,
             Resolved::Authenticated => identity.authenticated,
             Resolved::User(user) => {
                 identity.authenticated && identity.user.as_deref() == Some(user.as_str())
@@ -66,8 +66,8 @@ impl Resolved {
                         claim_matches(claim_at(&identity.claims, path), expected)
                     })
             }
-            Resolved::Any(items) => items.iter().any(|item| item.admits(identity)),
-            Resolved::Every(items) => items.iter().all(|item| item.admits(identity)),
+            Resolved::AnyOf(items) => items.iter().any(|item| item.admits(identity)),
+            Resolved::AllOf(items) => items.iter().all(|item| item.admits(identity)),
         }
     }
 
@@ -76,7 +76,7 @@ impl Resolved {
     pub fn single_user(&self) -> Option<&str> {
         match self {
             Resolved::User(user) => Some(user),
-            Resolved::Every(items) => items.iter().find_map(Resolved::single_user),
+            Resolved::AllOf(items) => items.iter().find_map(Resolved::single_user),
             _ => None,
         }
     }
@@ -95,10 +95,10 @@ pub fn may_admit(
     known: &dyn Fn(&Placeholder) -> bool,
 ) -> bool {
     match audience {
-        Audience::Any(items) => items
+        Audience::AnyOf(items) => items
             .iter()
             .any(|item| may_admit(item, scope, identity, known)),
-        Audience::Every(items) => items
+        Audience::AllOf(items) => items
             .iter()
             .all(|item| may_admit(item, scope, identity, known)),
         leaf => {
@@ -176,7 +176,7 @@ mod tests {
         );
         let admin = user("root", &["admin"], json!({"ws": "w3"}));
         let anonymous = Identity::anonymous();
-        assert!(Resolved::All.admits(&anonymous));
+        assert!(Resolved::Everyone.admits(&anonymous));
         assert!(!Resolved::Authenticated.admits(&anonymous));
         assert!(Resolved::User("alice".into()).admits(&alice));
         assert!(!Resolved::User("alice".into()).admits(&admin));
@@ -189,16 +189,16 @@ mod tests {
         assert!(!ws("w3").admits(&anonymous));
         let n = Resolved::Claims(vec![(vec![PathSegment::Key("n".into())], "5".into())]);
         assert!(n.admits(&alice));
-        let either = Resolved::Any(vec![
+        let either = Resolved::AnyOf(vec![
             Resolved::User("alice".into()),
             Resolved::Roles(vec!["admin".into()]),
         ]);
         assert!(either.admits(&alice) && either.admits(&admin) && !either.admits(&anonymous));
-        let both = Resolved::Every(vec![Resolved::Authenticated, ws("w1")]);
+        let both = Resolved::AllOf(vec![Resolved::Authenticated, ws("w1")]);
         assert!(both.admits(&alice) && !both.admits(&admin));
         assert_eq!(both.single_user(), None);
         assert_eq!(
-            Resolved::Every(vec![Resolved::User("a".into())]).single_user(),
+            Resolved::AllOf(vec![Resolved::User("a".into())]).single_user(),
             Some("a")
         );
     }

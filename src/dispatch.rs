@@ -233,7 +233,7 @@ impl FanOut<'_, '_> {
         topic: &str,
     ) -> bool {
         // `all` needs no identity: skip the load on the most common fan-out.
-        if !matches!(self.plan.audience, Resolved::All)
+        if !matches!(self.plan.audience, Resolved::Everyone)
             && !self.plan.audience.admits(&connection.identity.load())
         {
             return true;

@@ -47,12 +47,12 @@ fn identity(user: Option<&str>, roles: &[&str], claims: Value) -> Identity {
 /// Whether the audience can admit an anonymous connection at all: only `all` does.
 fn admits_anonymous(resolved: &Resolved) -> bool {
     match resolved {
-        Resolved::All => true,
+        Resolved::Everyone => true,
         Resolved::Authenticated | Resolved::User(_) | Resolved::Roles(_) | Resolved::Claims(_) => {
             false
         }
-        Resolved::Any(items) => items.iter().any(admits_anonymous),
-        Resolved::Every(items) => items.iter().all(admits_anonymous),
+        Resolved::AnyOf(items) => items.iter().any(admits_anonymous),
+        Resolved::AllOf(items) => items.iter().all(admits_anonymous),
     }
 }
 

@@ -635,12 +635,12 @@ pub(super) fn check_audiences(
 
 fn admits_anonymous(audience: &Audience) -> bool {
     match audience {
-        Audience::All => true,
+        Audience::Everyone => true,
         Audience::Authenticated | Audience::User(_) | Audience::Roles(_) | Audience::Claims(_) => {
             false
         }
-        Audience::Any(items) => items.iter().any(admits_anonymous),
-        Audience::Every(items) => items.iter().all(admits_anonymous),
+        Audience::AnyOf(items) => items.iter().any(admits_anonymous),
+        Audience::AllOf(items) => items.iter().all(admits_anonymous),
     }
 }
 

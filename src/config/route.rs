@@ -88,8 +88,8 @@ pub enum Delivery {
 /// the connection's identity and claims.
 #[derive(Clone, Debug)]
 pub enum Audience {
-    /// Every connection, anonymous ones included.
-    All,
+    /// Every connection, anonymous ones included (YAML `all`).
+    Everyone,
     /// Any connection with a valid token or API key.
     Authenticated,
     /// The connection whose user equals the rendered value.
@@ -100,9 +100,9 @@ pub enum Audience {
     /// claim, contains it).
     Claims(Vec<(Vec<PathSegment>, Template)>),
     /// Any of these (logical or).
-    Any(Vec<Audience>),
+    AnyOf(Vec<Audience>),
     /// All of these (logical and; YAML `all: [...]`).
-    Every(Vec<Audience>),
+    AllOf(Vec<Audience>),
 }
 
 /// How a message becomes a frame.
@@ -148,7 +148,7 @@ impl Route {
     /// audience is `all`: then anyone who subscribes to `user:alice` receives alice's frames.
     pub fn exposure_warning(&self) -> Option<String> {
         const PERSONAL: &[&str] = &["user", "tenant", "account", "customer", "owner", "member"];
-        if !matches!(self.audience, Audience::All) {
+        if !matches!(self.audience, Audience::Everyone) {
             return None;
         }
         let topic = self.topics.iter().find(|topic| {
@@ -202,10 +202,10 @@ impl Audience {
     /// Whether some template of the audience reads the payload.
     pub fn needs_payload(&self) -> bool {
         match self {
-            Audience::All | Audience::Authenticated | Audience::Roles(_) => false,
+            Audience::Everyone | Audience::Authenticated | Audience::Roles(_) => false,
             Audience::User(template) => template.needs_payload(),
             Audience::Claims(claims) => claims.iter().any(|(_, template)| template.needs_payload()),
-            Audience::Any(audiences) | Audience::Every(audiences) => {
+            Audience::AnyOf(audiences) | Audience::AllOf(audiences) => {
                 audiences.iter().any(Audience::needs_payload)
             }
         }
@@ -222,7 +222,7 @@ impl Audience {
                 .join(", ")
         };
         match self {
-            Audience::All => "all".to_owned(),
+            Audience::Everyone => "all".to_owned(),
             Audience::Authenticated => "authenticated".to_owned(),
             Audience::User(template) => format!("user={}", template.source()),
             Audience::Roles(roles) => format!("roles=[{}]", roles.join(",")),
@@ -233,8 +233,8 @@ impl Audience {
                     .collect();
                 format!("claims({})", claims.join(", "))
             }
-            Audience::Any(audiences) => format!("any({})", list(audiences)),
-            Audience::Every(audiences) => format!("all({})", list(audiences)),
+            Audience::AnyOf(audiences) => format!("any({})", list(audiences)),
+            Audience::AllOf(audiences) => format!("all({})", list(audiences)),
         }
     }
 }
@@ -330,7 +330,7 @@ fn compile(
     };
     let audience = match route.get("audience") {
         Some(audience) => audience_of(ctx, audience, &key("audience"), &message_scope),
-        None => Some(Audience::All),
+        None => Some(Audience::Everyone),
     };
     let format = match route.get("format") {
         Some(format) => format_of(ctx, format, &key("format"), &format_scope),
@@ -533,7 +533,7 @@ fn audience_of(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Opt
     const EXPECTED: &str =
         "expected `all`, `authenticated` or a mapping with one of user, roles, claims, any, all";
     match &node.kind {
-        Kind::Str(s) if s == "all" => return Some(Audience::All),
+        Kind::Str(s) if s == "all" => return Some(Audience::Everyone),
         Kind::Str(s) if s == "authenticated" => return Some(Audience::Authenticated),
         Kind::Map(_) | Kind::Invalid => {}
         _ => {
@@ -599,9 +599,9 @@ fn audience_of(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Opt
                 return None;
             }
             Some(if name == "any" {
-                Audience::Any(audiences)
+                Audience::AnyOf(audiences)
             } else {
-                Audience::Every(audiences)
+                Audience::AllOf(audiences)
             })
         }
     }

@@ -97,7 +97,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(route.topics.len(), 1);
     assert_eq!(route.topics[0].as_literal(), Some("jobs"));
     assert_eq!(route.delivery, Delivery::Subscribe);
-    assert!(matches!(route.audience, Audience::All));
+    assert!(matches!(route.audience, Audience::Everyone));
     assert!(matches!(route.format, Format::Envelope));
     assert_eq!(route.event_type.as_literal(), Some("jobs"));
     assert!(!route.needs_payload());
@@ -676,10 +676,10 @@ routes:
         workspace.audience.describe(),
         "any(roles=[admin,superadmin], all(authenticated, claims(tenant={1}, org.id={2})))"
     );
-    let Audience::Any(any) = &workspace.audience else {
+    let Audience::AnyOf(any) = &workspace.audience else {
         panic!("any expected");
     };
-    let Audience::Every(every) = &any[1] else {
+    let Audience::AllOf(every) = &any[1] else {
         panic!("all expected");
     };
     let Audience::Claims(claims) = &every[1] else {
