@@ -15,6 +15,7 @@
 #
 # Environment: CLIENTS (override the scenario's client count), DURATION (per step, default
 # 10s), OUT (results file), BRIDGE_BIN / BENCH_BIN (binaries; default target/release/…),
+# BRIDGE_CONFIG_DIR (the bridge's bridge.yaml and bridge-jwt.yaml; default bench/config),
 # NO_BUILD=1 (do not run cargo build --release first), SERVER_CPU / TOOL_CPU (taskset CPU lists
 # of the server and of the tool + Redis; default 0 and 1).
 set -euo pipefail
@@ -49,6 +50,8 @@ OUT="${OUT:-bench/results/$(date -u +%Y%m%d-%H%M%S).jsonl}"
 # the ignored bench/results/, even when OUT points into a committed folder.
 LOG="bench/results/$(basename "${OUT%.jsonl}").servers.log"
 BRIDGE_BIN="${BRIDGE_BIN:-$root/target/release/redis-ws-bridge}"
+# The bridge's routing files; another build of the bridge (BRIDGE_BIN) may need its own.
+BRIDGE_CONFIG_DIR="${BRIDGE_CONFIG_DIR:-$root/bench/config}"
 BENCH_BIN="${BENCH_BIN:-$root/target/release/bridge-bench}"
 SERVER_CPU="${SERVER_CPU:-0}"
 TOOL_CPU="${TOOL_CPU:-1}"
@@ -106,8 +109,8 @@ start_redis() {
 # Starts the target; sets SERVER_PIDS, URL_BASE (ws://…), AUTH_QUERY, SUB_ARGS, PUB_ARGS.
 start_server() {
   local target="$1" auth="$2"
-  local config="$root/bench/config/bridge.yaml"
-  [ "$auth" = jwt ] && config="$root/bench/config/bridge-jwt.yaml"
+  local config="$BRIDGE_CONFIG_DIR/bridge.yaml"
+  [ "$auth" = jwt ] && config="$BRIDGE_CONFIG_DIR/bridge-jwt.yaml"
   AUTH_QUERY=""
   [ "$auth" = jwt ] && AUTH_QUERY="?token={token}"
   SUB_ARGS=()
