@@ -28,10 +28,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ -z "$binary" ]; then
-  cargo build --release --locked --manifest-path "$root/Cargo.toml" >&2
-  binary="$root/target/release/redis-ws-bridge"
-fi
+[ -n "$binary" ] || binary=$(release_binary "$root")
 
 version=$(package_version "$root")
 arch=$(dpkg --print-architecture)

@@ -10,19 +10,9 @@ set -euo pipefail
 
 if [ "${1:-}" = "--inside" ]; then
   # Runs in the new mount namespace: build the overlay root and run the checks in it.
-  deb=$2
-  work=$(mktemp -d)
-  mkdir -p "$work/upper" "$work/work" "$work/root"
-  mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/work" "$work/root"
-  mount --rbind /dev "$work/root/dev"
-  mount -t proc proc "$work/root/proc"
-  mount -t tmpfs tmpfs "$work/root/run"
-  cp "$deb" "$work/root/tmp/package.deb"
-  cp "$0" "$work/root/tmp/check-deb-install.sh"
+  . "$(dirname "$0")/overlay.sh"
   status=0
-  chroot "$work/root" /bin/bash /tmp/check-deb-install.sh --checks /tmp/package.deb || status=$?
-  umount -R "$work/root" 2>/dev/null || umount -l "$work/root"
-  rm -rf "$work"
+  overlay_checks "$0" "$2" package.deb || status=$?
   exit "$status"
 fi
 

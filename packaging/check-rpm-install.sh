@@ -12,20 +12,9 @@ set -euo pipefail
 
 if [ "${1:-}" = "--inside" ]; then
   # Runs in the new mount namespace: build the overlay root and run the checks in it.
-  package=$2
-  work=$(mktemp -d)
-  mkdir -p "$work/upper" "$work/work" "$work/root"
-  mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/work" "$work/root"
-  mount --rbind /dev "$work/root/dev"
-  mount -t proc proc "$work/root/proc"
-  # No /run/systemd/system: no systemd is running in there, as in an image build.
-  mount -t tmpfs tmpfs "$work/root/run"
-  cp "$package" "$work/root/tmp/package.rpm"
-  cp "$0" "$work/root/tmp/check-rpm-install.sh"
+  . "$(dirname "$0")/overlay.sh"
   status=0
-  chroot "$work/root" /bin/bash /tmp/check-rpm-install.sh --checks /tmp/package.rpm || status=$?
-  umount -R "$work/root" 2>/dev/null || umount -l "$work/root"
-  rm -rf "$work"
+  overlay_checks "$0" "$2" package.rpm || status=$?
   exit "$status"
 fi
 

@@ -3,6 +3,13 @@
 
 name=redis-ws-bridge
 
+# The daemon's release binary, built here (the product only: bench tools are other members of
+# the workspace).
+release_binary() {
+  cargo build --release --locked --manifest-path "$1/Cargo.toml" -p "$name" >&2
+  printf '%s\n' "$1/target/release/$name"
+}
+
 # The version of Cargo.toml.
 package_version() {
   sed -n 's/^version = "\(.*\)"$/\1/p' "$1/Cargo.toml" | head -n 1
