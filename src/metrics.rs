@@ -90,6 +90,13 @@ const DELIVERY_BUCKETS: [f64; 12] = [
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.1, 1.0, 5.0,
 ];
 
+/// The delivery histogram, observed once per frame written (the hot path of a fan-out):
+/// a few relaxed atomic adds per observation. Measured against the Prometheus project's own
+/// crate, `prometheus-client`, with
+/// `cargo test --release --lib metrics::tests::histogram_cost -- --ignored --nocapture`
+/// (2-core VM, 2026-12-04, medians of 3): one thread observing, 13.1 ns here and 13.1 ns
+/// there; two threads observing at once (a fan-out flushed by both workers), 167 ns here and
+/// 86 ns there, where every add of these three counters bounces between the cores.
 #[derive(Debug, Default)]
 struct Histogram {
     buckets: [AtomicU64; DELIVERY_BUCKETS.len()],
@@ -421,6 +428,35 @@ fn escape_label(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The measurement quoted at [`Histogram`]; run by hand (it times, so it asserts nothing).
+    #[test]
+    #[ignore]
+    fn histogram_cost() {
+        const OBSERVATIONS: u32 = 5_000_000;
+        fn per_observation(threads: usize, observe: impl Fn(Duration) + Sync) -> f64 {
+            let started = std::time::Instant::now();
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        for i in 0..OBSERVATIONS {
+                            observe(Duration::from_micros(u64::from(i % 2000)));
+                        }
+                    });
+                }
+            });
+            started.elapsed().as_nanos() as f64 / f64::from(OBSERVATIONS)
+        }
+        let own = Histogram::default();
+        let theirs = prometheus_client::metrics::histogram::Histogram::new(DELIVERY_BUCKETS);
+        for threads in [1, 2] {
+            let own_ns = per_observation(threads, |d| own.observe(d));
+            let theirs_ns = per_observation(threads, |d| theirs.observe(d.as_secs_f64()));
+            eprintln!(
+                "per observation, {threads} thread(s): own {own_ns:.1} ns, prometheus-client {theirs_ns:.1} ns"
+            );
+        }
+    }
 
     #[test]
     fn proc_files_are_read() {
