@@ -130,7 +130,7 @@ start_server() {
       [ -d bench/peers/node/node_modules ] || { echo "node peer not installed: bench/peers/install.sh node" >&2; return 1; }
       local secret=""
       [ "$auth" = jwt ] && secret="$BENCH_JWT_SECRET"
-      PORT=18081 REDIS_URL="$REDIS_URL" JWT_SECRET="$secret" \
+      PORT=18081 REDIS_URL="$REDIS_URL" JWT_SECRET="$secret" DEFLATE="${NODE_DEFLATE:-0}" \
         taskset -c "$SERVER_CPU" node bench/peers/node/server.js >>"$LOG" 2>&1 &
       SERVER_PIDS=$!
       started+=("$SERVER_PIDS")
@@ -272,6 +272,39 @@ run_one() {
         [ "$variant" = sighup ] || stop_server
         rm -rf "$dir"
       done
+      ;;
+    compress)
+      # JSON events of 1 KiB, 16 KiB and 256 KiB to N subscribers, compression off then on
+      # (the bridge: websocket.compression; Node: ws's perMessageDeflate, which compresses per
+      # recipient). The rate keeps the plain bytes per second alike across sizes. The tool
+      # offers permessage-deflate only in the `on` runs.
+      stop_server
+      case "$target" in bridge|node) ;; *) echo "compress: the bridge and node only" >&2; return 0 ;; esac
+      local n size mode rate dir
+      for n in ${CLIENTS:-1000}; do
+        for size in ${COMPRESS_SIZES:-1024 16384 262144}; do
+          rate=$(( 16384 * 10 / size )); [ "$rate" -ge 1 ] || rate=1
+          for mode in off on; do
+            local deflate_args=()
+            [ "$mode" = on ] && deflate_args=(--deflate)
+            if [ "$target" = bridge ]; then
+              dir="$(mktemp -d /tmp/bench-compress.XXXXXX)"
+              sed "s/^websocket:$/websocket:\n  compression: { enabled: $([ "$mode" = on ] && echo true || echo false), min_bytes: 512, level: 1 }/" \
+                "$BRIDGE_CONFIG_DIR/bridge.yaml" >"$dir/bridge.yaml"
+              CONFIG_OVERRIDE="$dir/bridge.yaml" start_server bridge none
+            else
+              NODE_DEFLATE=$([ "$mode" = on ] && echo 1 || echo 0) start_server "$target" none
+            fi
+            bench publish $(common "$target" "compress-$mode-$size-$n") --url "$(url_for "$target")" \
+              --clients "$n" "${SUB_ARGS[@]}" "${PUB_ARGS[@]}" --rate "$rate" --warmup 2s \
+              --duration "$DURATION" --payload-bytes "$size" --payload-shape events \
+              "${deflate_args[@]}" "${METRICS_ARGS[@]}" "${extra[@]}"
+            stop_server
+            [ "$target" = bridge ] && rm -rf "$dir"
+          done
+        done
+      done
+      return 0
       ;;
     *) echo "unknown scenario $name" >&2; exit 2 ;;
   esac

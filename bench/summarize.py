@@ -100,6 +100,7 @@ def main(paths):
             "tool_busy": median([get(r, "tool", "cpu_busy") for r in runs]),
             "rss_per_conn": median([get(r, "server", "rss_per_conn_kib") for r in runs]),
             "reloads": median([get(r, "server_metrics", "reloads_ok") for r in runs]),
+            "wire": median([r.get("wire_bytes_per_frame") for r in runs]),
             "ok": all(r.get("ok") for r in runs),
         }
 
@@ -132,8 +133,9 @@ def main(paths):
                       f"{fmt(f['cpu_per_frame'])} |")
         else:
             print("| target | runs | ok | deliveries/s | p50 ms | p99 ms | p999 ms | max ms | lost | dup | "
-                  "server CPU µs/frame | × bridge | core µs/frame | × bridge | server busy | tool busy | reloads |")
-            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+                  "server CPU µs/frame | × bridge | core µs/frame | × bridge | server busy | tool busy | reloads | "
+                  "wire bytes/frame |")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
             for target, n, f in rows:
                 print(f"| {target} | {n} | {'yes' if f['ok'] else 'no'} | {fmt(f['deliveries'])} | "
                       f"{fmt(f['p50'])} | {fmt(f['p99'])} | {fmt(f['p999'])} | {fmt(f['max'])} | "
@@ -141,7 +143,8 @@ def main(paths):
                       f"{ratio(f['cpu_per_frame'], base and base['cpu_per_frame'])} | "
                       f"{fmt(f['core_per_frame'])} | "
                       f"{ratio(f['core_per_frame'], base and base['core_per_frame'])} | "
-                      f"{fmt(f['server_busy'])} | {fmt(f['tool_busy'])} | {fmt(f['reloads'], 0)} |")
+                      f"{fmt(f['server_busy'])} | {fmt(f['tool_busy'])} | {fmt(f['reloads'], 0)} | "
+                      f"{fmt(f['wire'], 0)} |")
         print()
 
 

@@ -141,6 +141,19 @@ pub struct ClientArgs {
     /// One fixed token for every client instead of --jwt-secret.
     #[arg(long)]
     pub token: Option<String>,
+    /// Offer permessage-deflate (no context takeover either way) and inflate what comes
+    /// compressed.
+    #[arg(long)]
+    pub deflate: bool,
+}
+
+/// What fills a published payload.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum PayloadShape {
+    /// One repeated byte.
+    Pad,
+    /// JSON analytics events, which compress like real traffic.
+    Events,
 }
 
 /// What is measured about the server, and where results go.
@@ -197,6 +210,10 @@ struct PublishArgs {
     /// Payload size in bytes.
     #[arg(long, default_value_t = 100)]
     payload_bytes: usize,
+    /// What fills the payload: `pad` (one repeated byte) or `events` (JSON analytics events,
+    /// which compress like real traffic).
+    #[arg(long, value_enum, default_value_t = PayloadShape::Pad)]
+    payload_shape: PayloadShape,
     /// After publishing, wait this long without progress before counting what is missing as
     /// lost.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
@@ -430,6 +447,7 @@ impl Workers {
             total.duplicates += report.duplicates;
             total.late += report.late;
             total.other_frames += report.other_frames;
+            total.wire_bytes += report.wire_bytes;
             total.open += report.open;
             for (reason, count) in report.closed {
                 *total.closed.entry(reason).or_default() += count;
@@ -718,7 +736,11 @@ async fn publish_for(
             let topic = stats::topic_of(seq, topics);
             batch.push(Outgoing {
                 channel: channel_template.replace("{id}", &topic.to_string()),
-                payload: publish::payload(seq, stamp, args.payload_bytes),
+                payload: if args.payload_shape == PayloadShape::Events {
+                    publish::events_payload(seq, stamp, args.payload_bytes)
+                } else {
+                    publish::payload(seq, stamp, args.payload_bytes)
+                },
             });
         }
         if let Err(err) = publisher.publish(&batch).await {
@@ -1093,12 +1115,25 @@ fn step_result(
     line.insert("rate_achieved".into(), json!(round(achieved, 1)));
     line.insert("duration_s".into(), json!(args.duration.as_secs_f64()));
     line.insert("payload_bytes".into(), json!(args.payload_bytes));
+    line.insert(
+        "payload_shape".into(),
+        json!(match args.payload_shape {
+            PayloadShape::Pad => "pad",
+            PayloadShape::Events => "events",
+        }),
+    );
     line.insert("published".into(), json!(count));
     line.insert("publish_errors".into(), json!(published.errors));
     line.insert("expected".into(), json!(report.expected));
     line.insert("received".into(), json!(delivered));
     line.insert("lost".into(), json!(lost));
     line.insert("duplicates".into(), json!(report.duplicates));
+    // What a delivered frame cost on the wire (the measurement phase's bytes, compressed or
+    // not, pings and other frames included).
+    line.insert(
+        "wire_bytes_per_frame".into(),
+        json!((report.wire_bytes as f64 / delivered.max(1) as f64).round()),
+    );
     line.insert("late".into(), json!(report.late));
     line.insert("closed".into(), json!(report.closed));
     line.insert("deliveries_per_s".into(), json!(round(deliveries_per_s, 1)));

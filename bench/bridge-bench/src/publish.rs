@@ -13,7 +13,8 @@ pub struct Outgoing {
     pub payload: Vec<u8>,
 }
 
-/// The JSON payload: `{"__bseq":N,"__bts":NS,"pad":"…"}`, `bytes` long at least.
+/// The JSON payload: `{"__bseq":N,"__bts":NS,"pad":"…"}`, `bytes` long (at least the two
+/// numbers' length).
 pub fn payload(seq: u64, sent_ns: u64, bytes: usize) -> Vec<u8> {
     let head = format!("{{\"__bseq\":{seq},\"__bts\":{sent_ns},\"pad\":\"");
     let pad = bytes.saturating_sub(head.len() + 2);
@@ -22,6 +23,56 @@ pub fn payload(seq: u64, sent_ns: u64, bytes: usize) -> Vec<u8> {
     payload.resize(payload.len() + pad, b'x');
     payload.extend_from_slice(b"\"}");
     payload
+}
+
+/// A payload that compresses like real traffic rather than like padding:
+/// `{"__bseq":N,"__bts":NS,"events":[…]}` with analytics events (ids, statuses, durations,
+/// metrics; the shape of a workflow platform's execution events) drawn from a fixed
+/// pseudo-random sequence of `seq`, until `bytes` long at least.
+pub fn events_payload(seq: u64, sent_ns: u64, bytes: usize) -> Vec<u8> {
+    const EVENTS: [&str; 4] = [
+        "execution_started",
+        "execution_progress",
+        "execution_completed",
+        "execution_failed",
+    ];
+    const STATUSES: [&str; 4] = ["queued", "running", "completed", "failed"];
+    let mut out = format!("{{\"__bseq\":{seq},\"__bts\":{sent_ns},\"events\":[");
+    let mut state = crate::stats::mix(seq);
+    let mut next = || {
+        state = crate::stats::mix(state);
+        state
+    };
+    let mut first = true;
+    while out.len() + 2 < bytes {
+        let (a, b, c) = (next(), next(), next());
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&format!(
+            "{{\"event\":\"{}\",\"workspace_id\":\"ws-{:04x}\",\"workflow_id\":\"wf-{:08x}\",\
+             \"execution_id\":\"{:016x}\",\"status\":\"{}\",\"duration_ms\":{},\
+             \"metrics\":{{\"cpu\":{}.{:02},\"memory_mb\":{},\"tokens\":{}}},\
+             \"timestamp\":\"2026-12-04T{:02}:{:02}:{:02}.{:03}Z\"}}",
+            EVENTS[(a % 4) as usize],
+            a >> 48,
+            (b >> 32) as u32,
+            c,
+            STATUSES[((a >> 8) % 4) as usize],
+            (b % 120_000),
+            (c % 100),
+            ((c >> 8) % 100),
+            128 << ((a >> 16) % 6),
+            (b >> 8) % 50_000,
+            (a >> 24) % 24,
+            (a >> 32) % 60,
+            (b >> 40) % 60,
+            (c >> 16) % 1000,
+        ));
+    }
+    out.push_str("]}");
+    out.into_bytes()
 }
 
 /// Where messages go.
@@ -241,6 +292,20 @@ mod tests {
         let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
         assert_eq!(value["__bseq"], 7);
         assert_eq!(value["__bts"], 123);
+    }
+
+    #[test]
+    fn events_payloads_are_json_of_the_requested_size_and_compress_like_json() {
+        let payload = events_payload(7, 123, 16 * 1024);
+        assert!(
+            (16 * 1024..17 * 1024).contains(&payload.len()),
+            "{}",
+            payload.len()
+        );
+        let value: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+        assert_eq!(value["__bseq"], 7);
+        assert!(value["events"].as_array().unwrap().len() > 40);
+        assert_ne!(events_payload(8, 123, 1024), events_payload(7, 123, 1024));
     }
 
     #[test]

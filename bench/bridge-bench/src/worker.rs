@@ -83,6 +83,9 @@ pub struct PhaseReport {
     pub late: u64,
     /// Frames that are neither bench messages nor acks (welcome, pings' answers, …).
     pub other_frames: u64,
+    /// Bytes the clients read from their sockets (frames as they crossed the wire,
+    /// compressed or not).
+    pub wire_bytes: u64,
     /// Connections that ended during the phase, by close code or error.
     pub closed: BTreeMap<String, u64>,
     pub open: u64,
@@ -320,6 +323,7 @@ async fn run_client(
         &path,
         worker.args.connect_timeout,
         nonce,
+        worker.args.deflate,
     )
     .await;
     let done = now_ns();
@@ -438,6 +442,7 @@ async fn read_loop(
                         if bytes.is_empty() {
                             return Poll::Ready(Step::Closed("eof".into()));
                         }
+                        worker.phase.borrow_mut().wire_bytes += bytes.len() as u64;
                         let now = now_ns();
                         Poll::Ready(if client.pending.is_empty() {
                             consume(worker, client, topics, bytes, now, &mut replies)
@@ -474,6 +479,10 @@ fn consume(
         at += used;
         match frame.opcode {
             _ if frame.masked => {}
+            OpCode::Data(Data::Text | Data::Binary | Data::Continue) if frame.compressed => {
+                let inflated = inflate(frame.payload);
+                on_data(worker, client, topics, &inflated, now);
+            }
             OpCode::Data(Data::Text | Data::Binary | Data::Continue) => {
                 on_data(worker, client, topics, frame.payload, now);
             }
@@ -504,6 +513,42 @@ fn consume(
         client.pending = Vec::new();
     }
     Step::More
+}
+
+/// A permessage-deflate message's payload (RFC 7692 §7.2.2: the deflate stream is completed
+/// with 00 00 ff ff). No context is kept between messages (both sides negotiated
+/// no_context_takeover), so one inflater per thread serves every client. A message that does
+/// not inflate counts as an empty frame (it is then neither a bench message nor an ack).
+fn inflate(payload: &[u8]) -> Vec<u8> {
+    thread_local! {
+        static INFLATER: RefCell<flate2::Decompress> = RefCell::new(flate2::Decompress::new(false));
+    }
+    let mut input = payload.to_vec();
+    input.extend_from_slice(&[0x00, 0x00, 0xff, 0xff]);
+    INFLATER.with_borrow_mut(|inflater| {
+        inflater.reset(false);
+        let mut out = Vec::with_capacity(payload.len() * 4 + 64);
+        loop {
+            let (read, written) = (inflater.total_in(), inflater.total_out());
+            let at = read as usize;
+            let sync = flate2::FlushDecompress::Sync;
+            if inflater
+                .decompress_vec(&input[at..], &mut out, sync)
+                .is_err()
+            {
+                return Vec::new();
+            }
+            if out.len() == out.capacity() {
+                // Full: there may be more to come out.
+                out.reserve(out.len());
+            } else if inflater.total_in() as usize >= input.len() {
+                break;
+            } else if inflater.total_in() == read && inflater.total_out() == written {
+                return Vec::new();
+            }
+        }
+        out
+    })
 }
 
 fn on_data(worker: &Worker, client: &mut Client, topics: &[u64], payload: &[u8], now: u64) {
@@ -554,6 +599,23 @@ fn number_after(text: &[u8], key: &[u8]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn inflates_a_permessage_deflate_payload() {
+        let message =
+            br#"{"event":"execution_completed","metrics":[1,2,3,4,5,6,7,8,9]}"#.repeat(50);
+        let mut deflater = flate2::Compress::new(flate2::Compression::fast(), false);
+        let mut compressed = Vec::with_capacity(message.len());
+        deflater
+            .compress_vec(&message, &mut compressed, flate2::FlushCompress::Sync)
+            .unwrap();
+        // RFC 7692 §7.2.1: the sender drops the 00 00 ff ff the sync flush ends with.
+        assert!(compressed.ends_with(&[0x00, 0x00, 0xff, 0xff]));
+        compressed.truncate(compressed.len() - 4);
+        assert!(compressed.len() < message.len() / 4);
+        assert_eq!(inflate(&compressed), message);
+        assert!(inflate(b"not deflate at all").is_empty());
+    }
 
     #[test]
     fn numbers_are_found_in_plain_and_escaped_json() {

@@ -73,11 +73,17 @@ pub async fn connect(
     path: &str,
     timeout: Duration,
     nonce: u64,
+    deflate: bool,
 ) -> Result<Opened, ConnectError> {
-    tokio::time::timeout(timeout, open(server, source, host, path, nonce))
+    tokio::time::timeout(timeout, open(server, source, host, path, nonce, deflate))
         .await
         .unwrap_or(Err(ConnectError::Timeout))
 }
+
+/// The permessage-deflate offer (RFC 7692) of `--deflate`: no context kept on either side, as
+/// browsers are answered by servers that compress a frame once for all recipients.
+const DEFLATE_OFFER: &str = "Sec-WebSocket-Extensions: permessage-deflate; \
+                             client_no_context_takeover; server_no_context_takeover\r\n";
 
 async fn open(
     server: SocketAddr,
@@ -85,6 +91,7 @@ async fn open(
     host: &str,
     path: &str,
     nonce: u64,
+    deflate: bool,
 ) -> Result<Opened, ConnectError> {
     let socket = TcpSocket::new_v4()?;
     if let Some(ip) = source {
@@ -97,8 +104,9 @@ async fn open(
     key[8..].copy_from_slice(&crate::stats::mix(nonce).to_le_bytes());
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
-        STANDARD.encode(key)
+         Sec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{}\r\n",
+        STANDARD.encode(key),
+        if deflate { DEFLATE_OFFER } else { "" }
     );
     stream.write_all(request.as_bytes()).await?;
     let mut buffer = Vec::with_capacity(512);
@@ -148,6 +156,8 @@ pub struct Frame<'a> {
     pub opcode: OpCode,
     /// Servers never mask; a masked frame is counted as nothing.
     pub masked: bool,
+    /// RSV1: a compressed message (permessage-deflate).
+    pub compressed: bool,
     pub payload: &'a [u8],
 }
 
@@ -178,6 +188,7 @@ pub fn parse(buffer: &[u8]) -> Option<(Frame<'_>, usize)> {
     let frame = Frame {
         opcode: OpCode::from(first & 0x0F),
         masked,
+        compressed: first & 0x40 != 0,
         payload: buffer.get(at..end)?,
     };
     Some((frame, end))

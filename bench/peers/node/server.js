@@ -17,7 +17,15 @@ const redis = new Redis(process.env.REDIS_URL || 'redis://127.0.0.1:16379');
 const topics = new Map(); // topic -> Set of sockets
 
 const server = http.createServer((req, res) => { res.writeHead(404); res.end(); });
-const wss = new WebSocketServer({ noServer: true });
+// DEFLATE=1: permessage-deflate as ws offers it (a zlib stream per connection, each frame
+// compressed for each recipient), with the bridge's threshold and level for comparison.
+const deflate = process.env.DEFLATE === '1';
+const wss = new WebSocketServer({
+  noServer: true,
+  perMessageDeflate: deflate
+    ? { threshold: 512, zlibDeflateOptions: { level: 1 }, serverNoContextTakeover: true, clientNoContextTakeover: true }
+    : false,
+});
 
 server.on('upgrade', (req, socket, head) => {
   const url = new URL(req.url, 'http://x');
