@@ -60,6 +60,9 @@ pub enum Command {
     /// Validate the routing file and print its routes; exit 0 when valid (a key or secret
     /// file it names that does not exist yet is a warning), 1 otherwise
     Check,
+    /// List every key of the routing file, section by section: its type, its default and
+    /// what it means
+    Keys,
     /// Write the manual page redis-ws-bridge(1) to stdout, in roff (for packages)
     #[command(hide = true)]
     Man,

@@ -13,6 +13,10 @@ fn main() -> ExitCode {
     if cli.command == Some(Command::Man) {
         return man();
     }
+    if cli.command == Some(Command::Keys) {
+        print!("{}", Config::keys());
+        return ExitCode::SUCCESS;
+    }
     let path = cli.config_path();
     if cli.command == Some(Command::Check) {
         return check(&path);

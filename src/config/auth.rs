@@ -14,6 +14,7 @@ use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 
 use super::route::{Audience, Route};
+use super::schema;
 use super::yaml::{self, Ctx, Kind, Node, fields, index, join};
 
 /// How connections authenticate.
@@ -76,19 +77,6 @@ pub struct AdminSettings {
     pub token_sha256: Option<[u8; 32]>,
 }
 
-const KEYS: &[&str] = &["mode", "jwt", "user_claim", "roles_claim", "api_keys"];
-const JWT_KEYS: &[&str] = &[
-    "algorithms",
-    "secret",
-    "secret_file",
-    "public_key_file",
-    "issuer",
-    "audience",
-    "leeway",
-];
-const API_KEY_KEYS: &[&str] = &["sha256", "user", "roles"];
-const ADMIN_KEYS: &[&str] = &["roles", "token", "token_file"];
-
 /// Clock skew tolerated on `exp` and `nbf` when `leeway` is not set.
 const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
 
@@ -106,7 +94,7 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<AuthSettings
             api_keys: Vec::new(),
         });
     };
-    let section = fields(ctx, node, "auth", KEYS)?;
+    let section = fields(ctx, node, "auth", &schema::names(schema::AUTH))?;
     let mode = match section.get("mode") {
         Some(mode_node) => mode(ctx, mode_node),
         None => {
@@ -175,7 +163,7 @@ fn claim_name(ctx: &mut Ctx, node: Option<&Node>, path: &str, default: &str) -> 
 }
 
 fn jwt(ctx: &mut Ctx, node: &Node) -> Option<JwtSettings> {
-    let section = fields(ctx, node, "auth.jwt", JWT_KEYS)?;
+    let section = fields(ctx, node, "auth.jwt", &schema::names(schema::JWT))?;
     let key = |name: &str| join("auth.jwt", name);
     let algorithms = match section.get("algorithms") {
         Some(algorithms_node) => algorithms(ctx, algorithms_node),
@@ -529,7 +517,7 @@ fn api_keys(ctx: &mut Ctx, node: &Node) -> Option<Vec<ApiKey>> {
 }
 
 fn api_key(ctx: &mut Ctx, node: &Node, path: &str) -> Option<ApiKey> {
-    let entry = fields(ctx, node, path, API_KEY_KEYS)?;
+    let entry = fields(ctx, node, path, &schema::names(schema::API_KEY))?;
     let sha256 = match entry.get("sha256") {
         Some(hex_node) => {
             let hex = yaml::string(ctx, hex_node, &join(path, "sha256"))?;
@@ -653,7 +641,7 @@ pub(super) fn compile_admin(
     let Some(node) = node else {
         return Some(AdminSettings::default());
     };
-    let section = fields(ctx, node, "admin", ADMIN_KEYS)?;
+    let section = fields(ctx, node, "admin", &schema::names(schema::ADMIN))?;
     let roles = match section.get("roles") {
         Some(roles_node) => {
             let roles = role_list(ctx, roles_node, "admin.roles");

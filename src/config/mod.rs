@@ -15,6 +15,7 @@
 mod auth;
 mod proxies;
 mod route;
+mod schema;
 mod websocket;
 mod yaml;
 
@@ -114,22 +115,16 @@ const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 ));
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-const TOP_KEYS: &[&str] = &[
-    "listen",
-    "redis",
-    "websocket",
-    "auth",
-    "admin",
-    "shutdown_grace",
-    "trusted_proxies",
-    "console",
-    "routes",
-];
-const REDIS_KEYS: &[&str] = &["url", "heartbeat_interval", "heartbeat_timeout"];
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Config {
+    /// Every key of the routing file, section by section, with its type, its default and
+    /// what it means (`redis-ws-bridge keys`).
+    pub fn keys() -> String {
+        schema::reference()
+    }
+
     /// What is valid but probably not meant: routes whose frames look private while anyone
     /// may receive them. `check` prints these and the daemon logs them at each load.
     pub fn warnings(&self) -> Vec<String> {
@@ -254,7 +249,7 @@ pub struct Checked {
 
 /// Builds the config from the tree; `None` (with errors in `ctx`) when some part is invalid.
 fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
-    let top = fields(ctx, root, "", TOP_KEYS)?;
+    let top = fields(ctx, root, "", &schema::names(schema::TOP))?;
     let listen = match top.get("listen") {
         Some(node) => socket_addr(ctx, node, "listen"),
         None => Some(DEFAULT_LISTEN),
@@ -319,7 +314,7 @@ fn socket_addr(ctx: &mut Ctx, node: &yaml::Node, path: &str) -> Option<SocketAdd
 }
 
 fn redis(ctx: &mut Ctx, node: &yaml::Node) -> Option<RedisSettings> {
-    let section = fields(ctx, node, "redis", REDIS_KEYS)?;
+    let section = fields(ctx, node, "redis", &schema::names(schema::REDIS))?;
     let url = match section.get("url") {
         None => Some(DEFAULT_REDIS_URL.to_owned()),
         Some(url_node) => redis_url(ctx, url_node),

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
+use super::schema;
 use super::yaml::{self, Ctx, Kind, Node, fields, index, join};
 use crate::template::{
     Allowed, JsonPart, JsonTemplate, PathSegment, Template, parse_path, path_text,
@@ -116,9 +117,6 @@ pub enum Format {
     Template(JsonTemplate),
 }
 
-const KEYS: &[&str] = &[
-    "name", "channel", "pattern", "match", "topic", "delivery", "audience", "format", "type",
-];
 const AUDIENCE_KEYS: &[&str] = &["user", "roles", "claims", "any", "all"];
 
 impl Route {
@@ -284,7 +282,7 @@ fn compile(
         ctx.error(node, path, message);
         return None;
     }
-    let route = fields(ctx, node, path, KEYS)?;
+    let route = fields(ctx, node, path, &schema::names(schema::ROUTE))?;
     let key = |name: &str| join(path, name);
 
     let name = match route.get("name") {

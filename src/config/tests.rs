@@ -1074,3 +1074,98 @@ fn a_personal_looking_topic_open_to_all_is_warned_about() {
             .is_empty()
     );
 }
+
+/// The routing file with every key of `sections` that has a default value written out
+/// with it (under the section's key, or at the top level for `None`).
+fn with_table_defaults(sections: &[(Option<&str>, &[schema::Key])], routes: &str) -> String {
+    let mut text = String::new();
+    for (section, keys) in sections {
+        let indent = match section {
+            Some(name) => {
+                text.push_str(&format!("{name}:\n"));
+                "  "
+            }
+            None => "",
+        };
+        for key in *keys {
+            if let schema::Default::Value(value) = key.default {
+                text.push_str(&format!("{indent}{}: {value}\n", key.name));
+            }
+        }
+    }
+    text + routes
+}
+
+#[test]
+fn the_defaults_of_the_tables_are_the_defaults_in_force() {
+    let routes = "routes:\n  - name: r\n    channel: c\n";
+    let route_defaults = routes.to_owned()
+        + &schema::ROUTE
+            .iter()
+            .filter_map(|key| match key.default {
+                schema::Default::Value(value) => Some(format!("    {}: {value}\n", key.name)),
+                schema::Default::Otherwise(_) => None,
+            })
+            .collect::<String>();
+    let explicit = with_table_defaults(
+        &[
+            (None, schema::TOP),
+            (Some("redis"), schema::REDIS),
+            (Some("websocket"), schema::WEBSOCKET),
+        ],
+        "",
+    ) + &route_defaults;
+    let load = |text: &str| {
+        Config::from_str(text, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{text}\n{e}"))
+    };
+    let (implicit, explicit) = (load(routes), load(&explicit));
+    let shown = |config: &Config| {
+        format!(
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            config.listen,
+            config.redis,
+            config.websocket,
+            config.shutdown_grace,
+            config.trusted_proxies,
+            config.console,
+            config.routes
+        )
+    };
+    assert_eq!(shown(&implicit), shown(&explicit));
+}
+
+#[test]
+fn docs_routing_md_has_the_keys_types_and_defaults_of_the_tables() {
+    let docs = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/routing.md"))
+        .expect("docs/routing.md");
+    for (heading, keys) in schema::SECTIONS {
+        let start = docs
+            .find(&format!("\n{heading}\n"))
+            .unwrap_or_else(|| panic!("docs/routing.md has no `{heading}`"));
+        // The section's first table: its rows are `| key | type | default | meaning |`.
+        let rows: Vec<Vec<&str>> = docs[start..]
+            .lines()
+            .skip_while(|line| !line.starts_with("| key |"))
+            .skip(2)
+            .take_while(|line| line.starts_with('|'))
+            .map(|line| line.trim_matches('|').split(" | ").map(str::trim).collect())
+            .collect();
+        let documented: Vec<&str> = rows.iter().map(|row| row[0].trim_matches('`')).collect();
+        let tabled: Vec<&str> = keys.iter().map(|key| key.name).collect();
+        assert_eq!(documented, tabled, "the keys of {heading}");
+        for (row, key) in rows.iter().zip(*keys) {
+            assert_eq!(row[1], key.kind, "{heading} `{}`: type", key.name);
+            match key.default {
+                schema::Default::Value(value) => assert!(
+                    row[2].starts_with(&format!("`{value}`")),
+                    "{heading} `{}`: default {} in the docs, `{value}` in the table",
+                    key.name,
+                    row[2]
+                ),
+                schema::Default::Otherwise(text) => {
+                    assert_eq!(row[2], text, "{heading} `{}`: default", key.name)
+                }
+            }
+        }
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::schema;
 use super::yaml::{self, Ctx, Kind, Node, fields, join};
 use crate::template::{Allowed, JsonTemplate};
 
@@ -74,24 +75,6 @@ pub enum Welcome {
     Template(JsonTemplate),
 }
 
-const KEYS: &[&str] = &[
-    "path",
-    "allowed_origins",
-    "max_connections",
-    "max_connections_per_user",
-    "max_connections_per_ip",
-    "max_frame_bytes",
-    "max_subscriptions",
-    "send_queue",
-    "slow_client",
-    "ping_interval",
-    "idle_timeout",
-    "client_rate",
-    "connect_rate_per_ip",
-    "handshake_timeout",
-    "welcome",
-];
-
 /// Paths the HTTP server uses for its own endpoints (listed in the README).
 const RESERVED_PATHS: &[&str] = &[
     "/",
@@ -124,50 +107,38 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
         column: 1,
     };
     let node = node.unwrap_or(&empty);
-    let section = fields(ctx, node, "websocket", KEYS)?;
+    let section = fields(ctx, node, "websocket", &schema::names(schema::WEBSOCKET))?;
     let key = |name: &str| join("websocket", name);
 
-    let path = match section.get("path") {
-        Some(node) => ws_path(ctx, node, &key("path")),
-        None => Some("/ws".to_owned()),
+    // A key's node, or its default's (schema::WEBSOCKET), read by the same reader.
+    let value = |ctx: &mut Ctx, name: &str| schema::value(ctx, &section, schema::WEBSOCKET, name);
+
+    let path = value(ctx, "path").and_then(|node| ws_path(ctx, &node, &key("path")));
+    let allowed_origins =
+        value(ctx, "allowed_origins").and_then(|node| origins(ctx, &node, &key("allowed_origins")));
+    let mut size = |name: &str, min: u64| {
+        let node = value(ctx, name)?;
+        yaml::number_at_least(ctx, &node, &key(name), min)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
     };
-    let allowed_origins = match section.get("allowed_origins") {
-        Some(node) => origins(ctx, node, &key("allowed_origins")),
-        None => Some(Vec::new()),
-    };
-    let mut size = |name: &str, default: u64, min: u64| match section.get(name) {
-        Some(node) => yaml::number_at_least(ctx, node, &key(name), min)
-            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
-        None => usize::try_from(default).ok(),
-    };
-    let max_connections = size("max_connections", 10_000, 1);
-    let max_connections_per_user = size("max_connections_per_user", 100, 1);
-    let max_connections_per_ip = size("max_connections_per_ip", 1000, 1);
-    let max_frame_bytes = size("max_frame_bytes", 65_536, 128);
-    let max_subscriptions = size("max_subscriptions", 1000, 1);
-    let send_queue = size("send_queue", 256, 1);
-    let slow_client = match section.get("slow_client") {
-        Some(node) => slow_client(ctx, node, &key("slow_client")),
-        None => Some(SlowClient::Disconnect),
-    };
-    let ping_interval = positive_duration(ctx, &section, "ping_interval", 30);
+    let max_connections = size("max_connections", 1);
+    let max_connections_per_user = size("max_connections_per_user", 1);
+    let max_connections_per_ip = size("max_connections_per_ip", 1);
+    let max_frame_bytes = size("max_frame_bytes", 128);
+    let max_subscriptions = size("max_subscriptions", 1);
+    let send_queue = size("send_queue", 1);
+    let slow_client =
+        value(ctx, "slow_client").and_then(|node| slow_client(ctx, &node, &key("slow_client")));
+    let ping_interval = positive_duration(ctx, &section, "ping_interval");
     let idle_timeout = idle_timeout(ctx, &section, node, ping_interval);
-    let client_rate = match section.get("client_rate") {
-        Some(node) => rate(ctx, node, &key("client_rate")),
-        None => Some(Rate {
-            per_second: 20.0,
-            burst: 20,
-        }),
-    };
+    let client_rate =
+        value(ctx, "client_rate").and_then(|node| rate(ctx, &node, &key("client_rate")));
     let connect_rate_per_ip = match section.get("connect_rate_per_ip") {
         Some(node) => rate(ctx, node, &key("connect_rate_per_ip")).map(Some),
         None => Some(None),
     };
-    let handshake_timeout = positive_duration(ctx, &section, "handshake_timeout", 10);
-    let welcome = match section.get("welcome") {
-        Some(node) => welcome(ctx, node, &key("welcome")),
-        None => Some(Welcome::Native),
-    };
+    let handshake_timeout = positive_duration(ctx, &section, "handshake_timeout");
+    let welcome = value(ctx, "welcome").and_then(|node| welcome(ctx, &node, &key("welcome")));
     Some(WebSocketSettings {
         path: path?,
         allowed_origins: allowed_origins?,
@@ -187,28 +158,20 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
     })
 }
 
-/// A duration longer than zero (`default_secs` when absent).
-fn positive_duration(
-    ctx: &mut Ctx,
-    section: &yaml::Fields,
-    name: &str,
-    default_secs: u64,
-) -> Option<Duration> {
+/// A duration longer than zero.
+fn positive_duration(ctx: &mut Ctx, section: &yaml::Fields, name: &str) -> Option<Duration> {
     let key = join("websocket", name);
-    let Some(node) = section.get(name) else {
-        return Some(Duration::from_secs(default_secs));
-    };
-    match yaml::duration(ctx, node, &key) {
+    let node = schema::value(ctx, section, schema::WEBSOCKET, name)?;
+    match yaml::duration(ctx, &node, &key) {
         Some(d) if d.is_zero() => {
-            ctx.error(node, &key, "must be longer than 0s");
+            ctx.error(&node, &key, "must be longer than 0s");
             None
         }
         other => other,
     }
 }
 
-/// `idle_timeout` (default 120s), longer than `ping_interval`: else idle connections close
-/// between pings.
+/// `idle_timeout`, longer than `ping_interval`: else idle connections close between pings.
 fn idle_timeout(
     ctx: &mut Ctx,
     section: &yaml::Fields,
@@ -216,10 +179,8 @@ fn idle_timeout(
     ping_interval: Option<Duration>,
 ) -> Option<Duration> {
     let key = join("websocket", "idle_timeout");
-    let idle = match section.get("idle_timeout") {
-        Some(node) => yaml::duration(ctx, node, &key)?,
-        None => Duration::from_secs(120),
-    };
+    let idle_node = schema::value(ctx, section, schema::WEBSOCKET, "idle_timeout")?;
+    let idle = yaml::duration(ctx, &idle_node, &key)?;
     if let Some(ping) = ping_interval
         && idle <= ping
     {

@@ -74,6 +74,28 @@ fn version_flag_prints_the_version() {
     );
 }
 
+#[test]
+fn keys_lists_every_section_and_key_with_its_default() {
+    let exit = run_binary(&["keys".into()], &[], Path::new("/"));
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    for line in [
+        "websocket\n",
+        "  max_connections_per_user: integer ≥ 1 (default 100): ",
+        "  ping_interval: duration > 0 (default 30s): ",
+        "  connect_rate_per_ip: rate (absent: no limit): ",
+        "auth.jwt\n",
+        "  leeway: duration (default 30s): ",
+        "routes\n",
+        "  audience: audience (default all): ",
+    ] {
+        assert!(
+            exit.stdout.contains(line),
+            "no {line:?} in:\n{}",
+            exit.stdout
+        );
+    }
+}
+
 /// The route names of a routing file, read the simple way: `- name: X` lines.
 fn route_names(yaml: &str) -> Vec<String> {
     yaml.lines()
