@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -98,19 +97,16 @@ impl Dispatcher {
         payload: &[u8],
         received_at: Instant,
     ) {
-        self.shared
-            .metrics
-            .redis_messages
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.redis_messages.inc();
         let routing = self.shared.routing.load();
         let message = Incoming::new(channel, payload);
         for (route, counters) in routing.routes_for(channel, pattern) {
             if !router::takes(route, &message) {
                 continue;
             }
-            counters.messages.fetch_add(1, Ordering::Relaxed);
+            counters.messages.inc();
             let Some(plan) = router::plan(route, pattern, &message) else {
-                counters.unroutable.fetch_add(1, Ordering::Relaxed);
+                counters.unroutable.inc();
                 tracing::debug!(route = %route.name, channel, "unroutable message: a topic or audience placeholder has no value");
                 continue;
             };
@@ -132,12 +128,10 @@ impl Dispatcher {
                     Delivery::Auto => fan_out.auto(&hub, &mut self.seqs, route, topic),
                     Delivery::Subscribe => fan_out.subscribed(&hub, &mut self.seqs, route, topic),
                 };
-                counters
-                    .delivered
-                    .fetch_add(fan_out.delivered, Ordering::Relaxed);
+                counters.delivered.inc_by(fan_out.delivered);
                 self.queued += fan_out.delivered as usize;
                 if outcome == Rendered::Unresolvable {
-                    counters.unroutable.fetch_add(1, Ordering::Relaxed);
+                    counters.unroutable.inc();
                     tracing::debug!(route = %route.name, channel, topic, "unroutable message: a format placeholder has no value");
                 }
             }
@@ -279,9 +273,7 @@ impl FanOut<'_, '_> {
             }
             Pushed::Overflowed => {
                 metrics.dropped(DropReason::SlowClient, 1);
-                metrics
-                    .slow_client_disconnects
-                    .fetch_add(1, Ordering::Relaxed);
+                metrics.slow_client_disconnects.inc();
             }
             Pushed::Closed => metrics.dropped(DropReason::Closing, 1),
         }

@@ -149,7 +149,9 @@ fn routes(shared: Arc<Shared>) -> impl Filter<Extract = (Response,), Error = Inf
             let mut response = Response::new(shared.metrics.render().into());
             response.headers_mut().insert(
                 http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+                http::HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
             );
             response
         });
@@ -289,9 +291,9 @@ fn stats(shared: Arc<Shared>) -> Response {
             let counters = shared.metrics.route(&route.name);
             json!({
                 "name": &*route.name,
-                "messages": counters.messages.load(Ordering::Relaxed),
-                "delivered": counters.delivered.load(Ordering::Relaxed),
-                "unroutable": counters.unroutable.load(Ordering::Relaxed),
+                "messages": counters.messages.get(),
+                "delivered": counters.delivered.get(),
+                "unroutable": counters.unroutable.get(),
             })
         })
         .collect();
@@ -308,7 +310,7 @@ fn stats(shared: Arc<Shared>) -> Response {
             "routes": routes,
             "redis": {
                 "connected": shared.redis_ready.load(Ordering::Acquire),
-                "reconnects": shared.metrics.redis_reconnects.load(Ordering::Relaxed),
+                "reconnects": shared.metrics.redis_reconnects.get(),
             },
             "config": {
                 "path": routing.config.source.display().to_string(),

@@ -5,7 +5,6 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::{FutureExt, StreamExt};
@@ -244,10 +243,7 @@ impl Task {
         self.last_error.clear();
         let recovered = self.ever_connected;
         if recovered {
-            shared
-                .metrics
-                .redis_reconnects
-                .fetch_add(1, Ordering::Relaxed);
+            shared.metrics.redis_reconnects.inc();
         }
         self.ever_connected = true;
         shared.set_redis_ready(true);
@@ -358,10 +354,7 @@ impl Task {
         if silent <= link.heartbeat_timeout {
             return Ok(());
         }
-        self.shared
-            .metrics
-            .redis_stalls
-            .fetch_add(1, Ordering::Relaxed);
+        self.shared.metrics.redis_stalls.inc();
         tracing::error!(
             silent_ms = silent.as_millis() as u64,
             timeout = ?link.heartbeat_timeout,

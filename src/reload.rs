@@ -16,7 +16,6 @@ use std::ffi::OsString;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use notify::event::{AccessKind, AccessMode};
@@ -340,11 +339,9 @@ pub async fn reload(
         connection.outbox.send(notice.to_frame(), &shared.metrics);
     }
     let revoked = verify_connections_again(shared, &routing.config).await;
-    let max_connections = routing.config.websocket.max_connections as u64;
-    shared
-        .metrics
-        .connections_max
-        .store(max_connections, Ordering::Relaxed);
+    let max_connections =
+        i64::try_from(routing.config.websocket.max_connections).unwrap_or(i64::MAX);
+    shared.metrics.connections_max.set(max_connections);
     shared.metrics.reload(true);
     shared.set_config_status(Some(SystemTime::now()), None);
     tracing::info!(path = %path.display(), routes, connections_notified = orphaned.len(), connections_revoked = revoked, "reloaded");
@@ -394,10 +391,7 @@ async fn verify_connections_again(shared: &Shared, config: &Config) -> usize {
         }
     }
     if revoked > 0 {
-        shared
-            .metrics
-            .connections_revoked
-            .fetch_add(revoked as u64, Ordering::Relaxed);
+        shared.metrics.connections_revoked.inc_by(revoked as u64);
         tracing::warn!(
             connections = revoked,
             "closed connections whose credential no longer verifies"

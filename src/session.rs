@@ -7,7 +7,6 @@
 //! write the socket could not take at once, for its timers and for its client's input.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -159,11 +158,8 @@ struct Registration {
 impl Registration {
     fn new(shared: Arc<Shared>, connection: Arc<Connection>, slot: Slot) -> Registration {
         shared.hub.register(connection.clone());
-        shared.metrics.connections.fetch_add(1, Ordering::Relaxed);
-        shared
-            .metrics
-            .connections_accepted
-            .fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connections.inc();
+        shared.metrics.connections_accepted.inc();
         Registration {
             shared,
             connection,
@@ -175,10 +171,7 @@ impl Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.shared.hub.unregister(self.connection.id);
-        self.shared
-            .metrics
-            .connections
-            .fetch_sub(1, Ordering::Relaxed);
+        self.shared.metrics.connections.dec();
         // Nothing more is read or written; the peer learns at once instead of when the last
         // reference to the socket goes (a dispatch in flight may still hold one).
         let _ = socket2::SockRef::from(self.connection.outbox.socket())
@@ -855,7 +848,7 @@ mod tests {
             .expect("the session task ends");
         assert!(ended.unwrap_err().is_panic());
         assert_eq!(shared.hub.read().connection_count(), 0);
-        assert_eq!(shared.metrics.connections.load(Ordering::Relaxed), 0);
+        assert_eq!(shared.metrics.connections.get(), 0);
         assert!(
             shared.take_slot(request()).is_ok(),
             "the slot is free again"

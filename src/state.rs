@@ -122,7 +122,7 @@ impl Shared {
         let metrics = Metrics::default();
         metrics
             .connections_max
-            .store(config.websocket.max_connections as u64, Ordering::Relaxed);
+            .set(i64::try_from(config.websocket.max_connections).unwrap_or(i64::MAX));
         let routing = Routing::new(Arc::new(config), &metrics);
         Arc::new(Shared {
             routing: ArcSwap::from_pointee(routing),
@@ -154,9 +154,7 @@ impl Shared {
     /// `bridge_redis_connected` gauge and the systemd notifier all follow it.
     pub fn set_redis_ready(&self, ready: bool) {
         // The gauge first: whoever sees `/readyz` change also finds the gauge changed.
-        self.metrics
-            .redis_connected
-            .store(i64::from(ready), Ordering::Relaxed);
+        self.metrics.redis_connected.set(i64::from(ready));
         self.redis_ready.store(ready, Ordering::Release);
         self.redis_changes.send_replace(ready);
     }

@@ -229,10 +229,11 @@ fn python() -> PathBuf {
     python
 }
 
-/// Parses the exposition with `prometheus_client.parser` and prints every family as JSON.
+/// Parses the exposition with `prometheus_client`'s OpenMetrics parser (strict: it refuses what
+/// the format does not allow) and prints every family as JSON.
 const PARSE: &str = r#"
 import json, sys
-from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 families = []
 for family in text_string_to_metric_families(sys.stdin.read()):
     families.append({
