@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check CI runs, on a fresh Debian 12 machine as well as on a developer's:
 # installs what is missing (redis-server, nginx, openssl, systemd-analyze, prometheus,
-# lintian, rpm, rpmlint, chromium, node and npm, as root or through sudo; prometheus-client
-# and redis into .venv; node-redis into tests/publishers/node; ws into tests/clients/node;
+# lintian, rpm, rpmlint, chromium, node and npm, as root or through sudo; prometheus-client,
+# redis and websockets into .venv; node-redis into tests/publishers/node; ws into tests/clients/node;
 # playwright-core and typescript into tests/clients/browser), then formatting, lints and all
 # tests (the Debian and RPM packages are built from the debug binary by the tests, the .deb
 # installed in a throwaway root).
@@ -45,11 +45,13 @@ fi
 redis-server --version
 
 # The ops tests parse /metrics with the Prometheus client library's own parser; the
-# compatibility tests publish as the Python workers do, with redis-py.
-if ! .venv/bin/python -c 'import prometheus_client, redis' >/dev/null 2>&1; then
-  echo "== creating .venv with prometheus-client and redis" >&2
+# compatibility tests publish as the Python workers do, with redis-py; the compression tests
+# connect with `websockets`, which offers permessage-deflate by default.
+if ! .venv/bin/python -c 'import prometheus_client, redis, websockets' >/dev/null 2>&1; then
+  echo "== creating .venv with prometheus-client, redis and websockets" >&2
   [ -x .venv/bin/python ] || python3 -m venv .venv
-  .venv/bin/pip install --quiet --disable-pip-version-check 'prometheus-client>=0.20,<1' 'redis>=5,<9'
+  .venv/bin/pip install --quiet --disable-pip-version-check 'prometheus-client>=0.20,<1' 'redis>=5,<9' \
+    'websockets>=13,<16'
 fi
 export BRIDGE_TEST_PYTHON="$PWD/.venv/bin/python"
 

@@ -1,5 +1,7 @@
 //! Fan-out of one Redis message: the router's plans applied to the hub's indexes, each frame
-//! rendered once and queued to every admitted recipient.
+//! rendered once and queued to every admitted recipient. A frame is compressed (once) only
+//! when a recipient that negotiated permessage-deflate is admitted, and the compressed bytes
+//! are shared just as the plain ones are.
 //!
 //! One dispatcher runs, inside the Redis task, so messages leave in the order Redis sent them
 //! and per-topic sequence numbers need no lock. It queues the frames of every message Redis
@@ -13,13 +15,15 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::audience::Resolved;
-use crate::config::{Delivery, Route};
+use crate::config::{Compression, Delivery, Route};
+use crate::deflate;
 use crate::hub::{Connection, Indexes};
 use crate::metrics::DropReason;
 use crate::outbox::Pushed;
 use crate::protocol::Filter;
 use crate::router::{self, Incoming, Plan};
 use crate::state::Shared;
+use crate::wsframe;
 
 /// Sequence counters are dropped wholesale past this many topics, so that a stream of one-off
 /// topics (job ids) cannot grow memory without bound; `seq` then restarts at 1 for them.
@@ -119,6 +123,8 @@ impl Dispatcher {
                     message: &message,
                     plan: &plan,
                     frame: None,
+                    compressed: None,
+                    compression: routing.config.websocket.compression,
                     delivered: 0,
                     received_at,
                     shared: &self.shared,
@@ -152,6 +158,10 @@ struct FanOut<'a, 'm> {
     plan: &'a Plan<'m>,
     /// Rendered on the first admitted recipient, so topics nobody receives cost nothing.
     frame: Option<Option<Bytes>>,
+    /// `frame` compressed, on the first admitted recipient that takes it so: one stream for
+    /// every window, since the compressor's references never reach before the message.
+    compressed: Option<Bytes>,
+    compression: Compression,
     delivered: u64,
     received_at: Instant,
     shared: &'a Shared,
@@ -255,12 +265,15 @@ impl FanOut<'_, '_> {
             }
             Some(frame)
         });
-        let Some(frame) = frame else { return false };
+        let Some(frame) = frame.clone() else {
+            return false;
+        };
+        let frame = match connection.deflate {
+            Some(window_bits) => self.for_window(frame, window_bits),
+            None => frame,
+        };
         let metrics = &self.shared.metrics;
-        match connection
-            .outbox
-            .push_frame(frame.clone(), self.received_at)
-        {
+        match connection.outbox.push_frame(frame, self.received_at) {
             Pushed::Queued { flush } => {
                 self.delivered += 1;
                 if flush {
@@ -278,5 +291,19 @@ impl FanOut<'_, '_> {
             Pushed::Closed => metrics.dropped(DropReason::Closing, 1),
         }
         true
+    }
+
+    /// What a recipient with permessage-deflate and a window of `window_bits` gets: the
+    /// compressed frame, made on first need, when the payload is long enough to be worth it
+    /// and fits the window; else the plain one.
+    fn for_window(&mut self, plain: Bytes, window_bits: u8) -> Bytes {
+        let len = wsframe::payload(&plain).len();
+        if len < self.compression.min_bytes || !deflate::fits(window_bits, len) {
+            return plain;
+        }
+        let level = self.compression.level;
+        self.compressed
+            .get_or_insert_with(|| wsframe::deflated(&plain, level))
+            .clone()
     }
 }

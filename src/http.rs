@@ -29,6 +29,7 @@ use warp::reply::{Reply, Response};
 use crate::assets::Assets;
 use crate::auth::{self, Authenticator, Credential, Identity, Rejection};
 use crate::config::{AuthMode, Config};
+use crate::deflate::{self, Agreed};
 use crate::hub::Connection;
 use crate::metrics::RejectReason;
 use crate::outbox::{self, Outbox};
@@ -585,12 +586,16 @@ struct Admitted {
     credential: Option<Credential>,
     client: ClientAddr,
     slot: Slot,
+    /// permessage-deflate, when offered and enabled.
+    deflate: Option<Agreed>,
 }
 
 impl UpgradeRequest<'_> {
     /// Admission, cheapest and least revealing checks first: the handshake, the Origin, the
     /// address's connection rate, the credential, a connection slot. Each refusal is an HTTP
-    /// answer, counted by reason; an admitted request gets its session and the 101.
+    /// answer, counted by reason; an admitted request gets its session and the 101, with
+    /// permessage-deflate if it offered it acceptably (an offer it cannot have is declined,
+    /// never refused).
     fn admit(&self, on_upgrade: Option<OnUpgrade>) -> Result<Response, Refused> {
         let (on_upgrade, key) = self.handshake(on_upgrade)?;
         let config = self.shared.config();
@@ -604,9 +609,25 @@ impl UpgradeRequest<'_> {
             credential,
             client,
             slot,
+            deflate: self.compression(&config),
         };
+        let response = switching_protocols(key, admitted.deflate);
         spawn_session(self.shared, &config, admitted, on_upgrade);
-        Ok(switching_protocols(key))
+        Ok(response)
+    }
+
+    /// The permessage-deflate agreement (RFC 7692), when `websocket.compression` is enabled
+    /// and the client offered it acceptably.
+    fn compression(&self, config: &Config) -> Option<Agreed> {
+        if !config.websocket.compression.enabled {
+            return None;
+        }
+        let offers = self
+            .headers
+            .get_all(http::header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|value| value.to_str().ok());
+        deflate::negotiate(offers)
     }
 
     fn header(&self, name: &str) -> Option<&str> {
@@ -759,6 +780,7 @@ fn spawn_session(shared: &Arc<Shared>, config: &Config, admitted: Admitted, on_u
             admitted.identity,
             admitted.credential,
             outbox,
+            admitted.deflate.map(|agreed| agreed.window_bits),
         ));
         let start = session::Start {
             connection,
@@ -773,8 +795,8 @@ fn spawn_session(shared: &Arc<Shared>, config: &Config, admitted: Admitted, on_u
     });
 }
 
-/// The 101 answer to a handshake with `key`.
-fn switching_protocols(key: &str) -> Response {
+/// The 101 answer to a handshake with `key`, accepting permessage-deflate as `deflate` says.
+fn switching_protocols(key: &str, deflate: Option<Agreed>) -> Response {
     let mut response = Response::new(Default::default());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let headers = response.headers_mut();
@@ -788,6 +810,11 @@ fn switching_protocols(key: &str) -> Response {
     );
     if let Ok(accept) = http::HeaderValue::from_str(&accept_key(key)) {
         headers.insert(http::header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(extensions) =
+        deflate.and_then(|agreed| http::HeaderValue::from_str(&agreed.response()).ok())
+    {
+        headers.insert(http::header::SEC_WEBSOCKET_EXTENSIONS, extensions);
     }
     response
 }

@@ -32,6 +32,10 @@ pub struct Connection {
     pub credential: HeldCredential,
     /// The socket and what waits to be written to it.
     pub outbox: Outbox,
+    /// The client's window (`server_max_window_bits`, 15 by default) when it negotiated
+    /// permessage-deflate: route frames that fit it go to it compressed. A byte, not a
+    /// compressor: frames are compressed once per message for everyone.
+    pub deflate: Option<u8>,
     /// The id of the last dispatch that queued a frame here: one message reaches a connection
     /// at most once however many of its subscriptions match. Only the single dispatcher
     /// writes it.
@@ -45,6 +49,7 @@ impl Connection {
         identity: Identity,
         credential: Option<Credential>,
         outbox: Outbox,
+        deflate: Option<u8>,
     ) -> Connection {
         Connection {
             id,
@@ -52,6 +57,7 @@ impl Connection {
             identity: ArcSwap::from_pointee(identity),
             credential: HeldCredential::new(credential),
             outbox,
+            deflate,
             last_dispatch: AtomicU64::new(0),
         }
     }
@@ -390,6 +396,7 @@ mod tests {
             identity,
             None,
             Outbox::new(socket, 4, SlowClient::Disconnect, 1 << 20),
+            None,
         ))
     }
 

@@ -20,6 +20,7 @@ pub mod logging;
 // The pure layers the fuzz targets drive directly.
 pub mod audience;
 pub mod auth;
+pub mod deflate;
 pub mod glob;
 pub mod protocol;
 pub mod template;

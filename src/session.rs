@@ -86,7 +86,10 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
             connection: &connection,
             limit: RateLimit::new(client_rate, Instant::now()),
         },
-        decoder: Decoder::new(max_frame_bytes),
+        decoder: match connection.deflate {
+            Some(_) => Decoder::new(max_frame_bytes).inflating(),
+            None => Decoder::new(max_frame_bytes),
+        },
         last_seen: Instant::now(),
         input_ended: false,
     };
@@ -827,6 +830,7 @@ mod tests {
             Identity::anonymous(),
             None,
             outbox,
+            None,
         ));
         let start = Start {
             connection,

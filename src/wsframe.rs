@@ -14,13 +14,20 @@
 //! complete. Every limit is checked on the header, before any payload is kept, so a client
 //! announcing a huge frame is refused without costing memory.
 //!
-//! No extension is negotiated (permessage-deflate would cost a compression context per
-//! connection), so the RSV bits must be clear and every message arrives as it was sent.
+//! The one extension is permessage-deflate without context takeover (`deflate`): a compressed
+//! frame is made from a plain one once, for every recipient that negotiated it, and a
+//! compressed client message is inflated when it is complete, within the same limit. RSV1 is
+//! accepted only from a client that negotiated it, and only on a message's first frame; RSV2
+//! and RSV3 never.
 
 use bytes::Bytes;
 
+use crate::deflate::{self, InflateError};
+
 const FIN: u8 = 0x80;
 const RSV: u8 = 0x70;
+/// "Per-message compressed" under permessage-deflate (RFC 7692 §6).
+const RSV1: u8 = 0x40;
 const OPCODE: u8 = 0x0F;
 const MASKED: u8 = 0x80;
 const LEN7: u8 = 0x7F;
@@ -64,7 +71,26 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     encode(CLOSE, &[&code.to_be_bytes(), reason.as_bytes()])
 }
 
+/// The payload of a frame made by this module (unmasked, whole).
+pub fn payload(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|second| second & LEN7) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
+/// The same message as `frame` (a text or binary frame made by this module), compressed at
+/// `level` into a frame with RSV1 set: one deflate stream of its own, valid on every
+/// connection that negotiated permessage-deflate.
+pub fn deflated(frame: &[u8], level: u32) -> Bytes {
+    let opcode = frame.first().map_or(TEXT, |first| first & OPCODE);
+    encode(RSV1 | opcode, &[&deflate::compress(payload(frame), level)])
+}
+
 /// One frame from its payload's parts, so a close frame needs no intermediate buffer.
+/// `opcode` may carry RSV1.
 fn encode(opcode: u8, parts: &[&[u8]]) -> Bytes {
     let len: usize = parts.iter().map(|part| part.len()).sum();
     let extended = if len <= MAX_CONTROL {
@@ -131,6 +157,8 @@ pub enum Violation {
     Protocol(&'static str),
     /// A text message or close reason that is not UTF-8: 1007.
     InvalidUtf8,
+    /// A compressed message that is not a deflate stream: 1007.
+    Corrupt,
 }
 
 impl Violation {
@@ -139,7 +167,7 @@ impl Violation {
         match self {
             Violation::TooBig => 1009,
             Violation::Protocol(_) => 1002,
-            Violation::InvalidUtf8 => 1007,
+            Violation::InvalidUtf8 | Violation::Corrupt => 1007,
         }
     }
 
@@ -149,6 +177,7 @@ impl Violation {
             Violation::TooBig => "frame too big",
             Violation::Protocol(reason) => reason,
             Violation::InvalidUtf8 => "invalid UTF-8",
+            Violation::Corrupt => "invalid compressed data",
         }
     }
 }
@@ -171,9 +200,10 @@ enum Kind {
 #[derive(Debug, Clone, Copy)]
 enum Role {
     /// A data frame: a whole message, its first fragment or a continuation. `fin` ends the
-    /// message.
+    /// message; `compressed`: the message's first frame had RSV1.
     Data {
         kind: Kind,
+        compressed: bool,
         fin: bool,
     },
     Ping,
@@ -210,8 +240,10 @@ pub struct Decoder {
     partial: Vec<u8>,
     /// The unmasked payloads so far of a fragmented message.
     message: Vec<u8>,
-    /// The kind of the fragmented message being received.
-    fragmented: Option<Kind>,
+    /// The kind of the fragmented message being received, and whether it is compressed.
+    fragmented: Option<(Kind, bool)>,
+    /// permessage-deflate was negotiated: RSV1 marks a compressed message.
+    inflate: bool,
     spent: bool,
 }
 
@@ -224,7 +256,19 @@ impl Decoder {
             partial: Vec::new(),
             message: Vec::new(),
             fragmented: None,
+            inflate: false,
             spent: false,
+        }
+    }
+
+    /// The decoder of a connection that negotiated permessage-deflate: a message whose first
+    /// frame has RSV1 is inflated once complete, to at most `max_message` bytes (past them:
+    /// [`Violation::TooBig`], after no more work than that). The compressed bytes count
+    /// against `max_message` too, as they arrive.
+    pub fn inflating(self) -> Decoder {
+        Decoder {
+            inflate: true,
+            ..self
         }
     }
 
@@ -250,6 +294,7 @@ impl Decoder {
                 // The connection is ending: nothing held is needed any more.
                 *self = Decoder {
                     spent: true,
+                    inflate: self.inflate,
                     ..Decoder::new(self.max_message)
                 };
                 outcome.map(|_| ())
@@ -332,7 +377,8 @@ impl Decoder {
         let &[first, second, ref after @ ..] = bytes else {
             return Ok(Parsed::Incomplete(2));
         };
-        if first & RSV != 0 {
+        let compressed = first & RSV1 != 0;
+        if first & RSV & !RSV1 != 0 || (compressed && !self.inflate) {
             return Err(Violation::Protocol("reserved bits set"));
         }
         if second & MASKED == 0 {
@@ -341,7 +387,9 @@ impl Decoder {
         let fin = first & FIN != 0;
         let len7 = second & LEN7;
         let control = |role| {
-            if !fin {
+            if compressed {
+                Err(Violation::Protocol("compressed control frame"))
+            } else if !fin {
                 Err(Violation::Protocol("fragmented control frame"))
             } else if usize::from(len7) > MAX_CONTROL {
                 Err(Violation::Protocol("control frame over 125 bytes"))
@@ -351,11 +399,22 @@ impl Decoder {
         };
         let start = |kind| match self.fragmented {
             Some(_) => Err(Violation::Protocol("new message inside a fragmented one")),
-            None => Ok(Role::Data { kind, fin }),
+            None => Ok(Role::Data {
+                kind,
+                compressed,
+                fin,
+            }),
         };
         let role = match first & OPCODE {
+            CONTINUATION if compressed => {
+                return Err(Violation::Protocol("RSV1 on a continuation frame"));
+            }
             CONTINUATION => match self.fragmented {
-                Some(kind) => Role::Data { kind, fin },
+                Some((kind, compressed)) => Role::Data {
+                    kind,
+                    compressed,
+                    fin,
+                },
                 None => return Err(Violation::Protocol("continuation without a start")),
             },
             TEXT => start(Kind::Text)?,
@@ -424,25 +483,56 @@ impl Decoder {
             Role::Close => Ok(on_frame(close_frame(payload)?)),
             // A message in one frame (or whose earlier fragments were empty) is delivered from
             // where it lies, without a copy.
-            Role::Data { kind, fin: true } if self.message.is_empty() => {
+            Role::Data {
+                kind,
+                compressed,
+                fin: true,
+            } if self.message.is_empty() => {
                 self.fragmented = None;
-                Ok(on_frame(message(kind, payload)?))
+                complete(kind, compressed, payload, self.max_message, on_frame)
             }
-            Role::Data { kind, fin: false } => {
-                self.fragmented = Some(kind);
+            Role::Data {
+                kind,
+                compressed,
+                fin: false,
+            } => {
+                self.fragmented = Some((kind, compressed));
                 self.message.extend_from_slice(payload);
                 Ok(Flow::Continue)
             }
-            Role::Data { kind, fin: true } => {
+            Role::Data {
+                kind,
+                compressed,
+                fin: true,
+            } => {
                 self.fragmented = None;
                 self.message.extend_from_slice(payload);
                 // Taken, so its allocation is freed once the message is delivered. A code
                 // point may straddle fragments, hence UTF-8 is checked on the whole message.
                 let whole = std::mem::take(&mut self.message);
-                Ok(on_frame(message(kind, &whole)?))
+                complete(kind, compressed, &whole, self.max_message, on_frame)
             }
         }
     }
+}
+
+/// Hands a whole message on, inflated first if it came compressed; the inflated bytes live
+/// only as long as the call.
+fn complete(
+    kind: Kind,
+    compressed: bool,
+    payload: &[u8],
+    max_message: usize,
+    on_frame: &mut dyn FnMut(Frame<'_>) -> Flow,
+) -> Result<Flow, Violation> {
+    if !compressed {
+        return Ok(on_frame(message(kind, payload)?));
+    }
+    let inflated = deflate::inflate(payload, max_message).map_err(|error| match error {
+        InflateError::TooBig => Violation::TooBig,
+        InflateError::Corrupt => Violation::Corrupt,
+    })?;
+    Ok(on_frame(message(kind, &inflated)?))
 }
 
 fn message(kind: Kind, payload: &[u8]) -> Result<Frame<'_>, Violation> {
@@ -691,8 +781,13 @@ mod tests {
         assert_eq!(Violation::TooBig.close_code(), 1009);
         assert_eq!(Violation::Protocol("x").close_code(), 1002);
         assert_eq!(Violation::InvalidUtf8.close_code(), 1007);
+        assert_eq!(Violation::Corrupt.close_code(), 1007);
         assert_eq!(Violation::Protocol("why").reason(), "why");
-        for violation in [Violation::TooBig, Violation::InvalidUtf8] {
+        for violation in [
+            Violation::TooBig,
+            Violation::InvalidUtf8,
+            Violation::Corrupt,
+        ] {
             assert!(!violation.reason().is_empty());
         }
     }
@@ -1027,6 +1122,110 @@ mod tests {
         });
         assert_eq!((outcome, calls), (Ok(()), 1));
         assert_nothing_held(&decoder);
+    }
+
+    fn inflating(max_message: usize, stream: &[u8]) -> (Vec<Owned>, Result<(), Violation>) {
+        feed_reads(&mut Decoder::new(max_message).inflating(), &[stream])
+    }
+
+    #[test]
+    fn a_deflated_frame_is_the_plain_one_compressed() {
+        let text_payload = "{\"n\":1,\"kind\":\"tick\"}".repeat(100);
+        let plain = text(text_payload.as_bytes());
+        assert_eq!(payload(&plain), text_payload.as_bytes());
+        let compressed = deflated(&plain, 1);
+        assert_eq!(compressed[0], FIN | RSV1 | TEXT);
+        assert!(compressed.len() < plain.len() / 5);
+        assert_eq!(
+            deflate::inflate(payload(&compressed), text_payload.len()).unwrap(),
+            text_payload.as_bytes()
+        );
+        let raw = binary(&[0xff; 300]);
+        assert_eq!(deflated(&raw, 1)[0], FIN | RSV1 | BINARY);
+        for len in [0, 125, 126, 65535, 65536] {
+            assert_eq!(payload(&binary(&vec![7; len])).len(), len);
+        }
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_only_when_negotiated() {
+        let long = "compressed ".repeat(50);
+        let squeezed = deflate::compress(long.as_bytes(), 6);
+        let frame = client(true, RSV1 | TEXT, &squeezed);
+        assert_eq!(
+            inflating(1000, &frame),
+            (vec![Owned::Text(long.clone())], Ok(()))
+        );
+        assert_eq!(
+            decode(1000, &frame).1,
+            Err(Violation::Protocol("reserved bits set"))
+        );
+        // A plain message still passes on a compressed connection.
+        assert_eq!(
+            inflating(1000, &client(true, TEXT, b"plain")),
+            (vec![Owned::Text("plain".into())], Ok(()))
+        );
+
+        // Fragmented: RSV1 on the first frame only, a ping in between, cut anywhere.
+        let (head, tail) = squeezed.split_at(squeezed.len() / 2);
+        let mut bytes = client(false, RSV1 | TEXT, head);
+        bytes.extend(client(true, PING, b"p"));
+        bytes.extend(client(true, CONTINUATION, tail));
+        let expected = vec![Owned::Ping(b"p".to_vec()), Owned::Text(long.clone())];
+        for cut in 0..=bytes.len() {
+            let mut decoder = Decoder::new(1000).inflating();
+            assert_eq!(
+                feed_reads(&mut decoder, &[&bytes[..cut], &bytes[cut..]]),
+                (expected.clone(), Ok(())),
+                "cut at {cut}"
+            );
+            assert_nothing_held(&decoder);
+        }
+    }
+
+    #[test]
+    fn compression_violations_close_with_their_codes() {
+        let squeezed = deflate::compress(b"hello hello hello", 6);
+        let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+            ("compressed ping", client(true, RSV1 | PING, b""), 1002),
+            ("compressed close", client(true, RSV1 | CLOSE, b""), 1002),
+            ("RSV2", client(true, 0x20 | TEXT, &squeezed), 1002),
+            ("not deflate", client(true, RSV1 | TEXT, &[0xff; 8]), 1007),
+            (
+                "inflates to invalid UTF-8",
+                client(true, RSV1 | TEXT, &deflate::compress(b"\xC3\x28", 1)),
+                1007,
+            ),
+        ];
+        for (name, bad, code) in cases {
+            let (frames, outcome) = inflating(100, &bad);
+            assert_eq!(frames, Vec::new(), "{name}");
+            assert_eq!(outcome.map_err(Violation::close_code), Err(code), "{name}");
+        }
+        let mut continued = client(false, RSV1 | TEXT, &squeezed[..4]);
+        continued.extend(client(true, RSV1 | CONTINUATION, &squeezed[4..]));
+        assert_eq!(
+            inflating(100, &continued).1,
+            Err(Violation::Protocol("RSV1 on a continuation frame"))
+        );
+    }
+
+    #[test]
+    fn a_deflate_bomb_is_too_big_and_leaves_nothing_held() {
+        let bomb = deflate::compress(&vec![b'a'; 2 << 20], 9);
+        assert!(bomb.len() < 20_000, "{}", bomb.len());
+        let mut decoder = Decoder::new(20_000).inflating();
+        assert_eq!(
+            feed_reads(&mut decoder, &[&client(true, RSV1 | TEXT, &bomb)]),
+            (Vec::new(), Err(Violation::TooBig))
+        );
+        assert_nothing_held(&decoder);
+        // Exactly at the limit is fine.
+        let full = deflate::compress(&[b'a'; 20_000], 9);
+        assert_eq!(
+            inflating(20_000, &client(true, RSV1 | TEXT, &full)),
+            (vec![Owned::Text("a".repeat(20_000))], Ok(()))
+        );
     }
 
     #[test]

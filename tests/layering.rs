@@ -8,9 +8,9 @@ use std::path::Path;
 /// Bottom first. A module may use the modules of the layers below its own.
 const LAYERS: &[&[&str]] = &[
     &[
-        "assets", "cli", "glob", "metrics", "proxy", "systemd", "template", "wsframe",
+        "assets", "cli", "deflate", "glob", "metrics", "proxy", "systemd", "template",
     ],
-    &["config", "logging"],
+    &["config", "logging", "wsframe"],
     &["auth", "outbox", "protocol", "rate"],
     &["audience"],
     &["router"],

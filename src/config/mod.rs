@@ -28,7 +28,7 @@ use std::time::Duration;
 
 pub use auth::{AdminSettings, ApiKey, AuthMode, AuthSettings, JwtSettings};
 pub use route::{Audience, Delivery, Format, PayloadMatch, Route, Source};
-pub use websocket::{Rate, SlowClient, WebSocketSettings, Welcome};
+pub use websocket::{Compression, Rate, SlowClient, WebSocketSettings, Welcome};
 
 use sha2::{Digest, Sha256};
 

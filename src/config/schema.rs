@@ -257,6 +257,33 @@ pub(super) const WEBSOCKET: &[Key] = &[
         default: Default::Value("native"),
         meaning: "the first frame of a connection",
     },
+    Key {
+        name: "compression",
+        kind: "mapping",
+        default: Default::Otherwise("see below"),
+        meaning: "permessage-deflate (RFC 7692)",
+    },
+];
+
+pub(super) const COMPRESSION: &[Key] = &[
+    Key {
+        name: "enabled",
+        kind: "boolean",
+        default: Default::Value("true"),
+        meaning: "accept a client's permessage-deflate offer",
+    },
+    Key {
+        name: "min_bytes",
+        kind: "integer ≥ 0",
+        default: Default::Value("512"),
+        meaning: "route frames with a shorter payload go plain",
+    },
+    Key {
+        name: "level",
+        kind: "integer 0–9",
+        default: Default::Value("1"),
+        meaning: "the deflate level",
+    },
 ];
 
 pub(super) const AUTH: &[Key] = &[
@@ -441,6 +468,7 @@ pub(super) const SECTIONS: &[(&str, &[Key])] = &[
     ("## Top level", TOP),
     ("## `redis`", REDIS),
     ("## `websocket`", WEBSOCKET),
+    ("### `websocket.compression`", COMPRESSION),
     ("## `auth`", AUTH),
     ("### `auth.jwt`", JWT),
     ("### `auth.api_keys`", API_KEY),

@@ -360,7 +360,7 @@ fn unknown_key_inside_a_route_and_sections() {
     );
     assert_eq!(
         one_error(&format!("websocket:\n  bogus: 1\n{MINIMAL}")),
-        "2:3 websocket.bogus: unknown key `bogus` (expected one of: path, allowed_origins, max_connections, max_connections_per_user, max_connections_per_ip, max_frame_bytes, max_subscriptions, send_queue, slow_client, ping_interval, idle_timeout, client_rate, connect_rate_per_ip, handshake_timeout, welcome)"
+        "2:3 websocket.bogus: unknown key `bogus` (expected one of: path, allowed_origins, max_connections, max_connections_per_user, max_connections_per_ip, max_frame_bytes, max_subscriptions, send_queue, slow_client, ping_interval, idle_timeout, client_rate, connect_rate_per_ip, handshake_timeout, welcome, compression)"
     );
     assert_eq!(
         one_error(&format!("redis:\n  host: x\n{MINIMAL}")),
@@ -413,6 +413,58 @@ fn bad_durations_and_numbers() {
             .client_rate
             .burst,
         5
+    );
+}
+
+#[test]
+fn compression_settings() {
+    let defaults = ok(MINIMAL).websocket.compression;
+    assert_eq!(
+        (defaults.enabled, defaults.min_bytes, defaults.level),
+        (true, 512, 1)
+    );
+    let set = ok(&format!(
+        "websocket:\n  compression: {{enabled: false, min_bytes: 0, level: 9}}\n{MINIMAL}"
+    ))
+    .websocket
+    .compression;
+    assert_eq!((set.enabled, set.min_bytes, set.level), (false, 0, 9));
+    let partial = ok(&format!(
+        "websocket:\n  compression:\n    level: 6\n{MINIMAL}"
+    ))
+    .websocket
+    .compression;
+    assert_eq!(
+        (partial.enabled, partial.min_bytes, partial.level),
+        (true, 512, 6)
+    );
+    assert_eq!(
+        one_error(&format!(
+            "websocket:\n  compression:\n    level: 10\n{MINIMAL}"
+        )),
+        "3:12 websocket.compression.level: must be 0 to 9"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "websocket:\n  compression:\n    enabled: yes\n{MINIMAL}"
+        )),
+        "3:14 websocket.compression.enabled: expected true or false, found `yes`"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "websocket:\n  compression:\n    min_bytes: -1\n{MINIMAL}"
+        )),
+        "3:16 websocket.compression.min_bytes: expected a whole number, found `-1`"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "websocket:\n  compression:\n    windowbits: 9\n{MINIMAL}"
+        )),
+        "3:5 websocket.compression.windowbits: unknown key `windowbits` (expected one of: enabled, min_bytes, level)"
+    );
+    assert_eq!(
+        one_error(&format!("websocket:\n  compression: on\n{MINIMAL}")),
+        "2:16 websocket.compression: expected a mapping, found a string"
     );
 }
 
@@ -1114,7 +1166,15 @@ fn the_defaults_of_the_tables_are_the_defaults_in_force() {
             (Some("websocket"), schema::WEBSOCKET),
         ],
         "",
-    ) + &route_defaults;
+    ) + "  compression:\n"
+        + &schema::COMPRESSION
+            .iter()
+            .filter_map(|key| match key.default {
+                schema::Default::Value(value) => Some(format!("    {}: {value}\n", key.name)),
+                schema::Default::Otherwise(_) => None,
+            })
+            .collect::<String>()
+        + &route_defaults;
     let load = |text: &str| {
         Config::from_str(text, Path::new("t.yaml")).unwrap_or_else(|e| panic!("{text}\n{e}"))
     };

@@ -46,6 +46,31 @@ pub struct WebSocketSettings {
     pub handshake_timeout: Duration,
     /// The first frame sent to a new connection.
     pub welcome: Welcome,
+    /// permessage-deflate (RFC 7692): offered to new connections, applied per message.
+    pub compression: Compression,
+}
+
+/// `websocket.compression`. A frame is compressed once for all its recipients, so the cost
+/// is per message, not per connection, and no connection keeps a compression context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compression {
+    /// Whether a client's permessage-deflate offer is accepted (default true).
+    pub enabled: bool,
+    /// Route frames whose payload is shorter go plain (default 512): deflate's headers
+    /// outweigh what it saves on a short frame.
+    pub min_bytes: usize,
+    /// The deflate level, 0 (stored) to 9 (smallest, slowest); default 1.
+    pub level: u32,
+}
+
+impl Default for Compression {
+    fn default() -> Compression {
+        Compression {
+            enabled: true,
+            min_bytes: 512,
+            level: 1,
+        }
+    }
 }
 
 /// What to do with a client whose send queue is full.
@@ -74,6 +99,9 @@ pub enum Welcome {
     /// A JSON template; its placeholders: `{connection_id}`, `{claims.…}`, `{now}`.
     Template(JsonTemplate),
 }
+
+/// The most compression a deflate level asks for.
+const MAX_LEVEL: u64 = 9;
 
 /// Paths the HTTP server uses for its own endpoints (listed in the README).
 const RESERVED_PATHS: &[&str] = &[
@@ -139,6 +167,10 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
     };
     let handshake_timeout = positive_duration(ctx, &section, "handshake_timeout");
     let welcome = value(ctx, "welcome").and_then(|node| welcome(ctx, &node, &key("welcome")));
+    let compression = match section.get("compression") {
+        Some(node) => compression(ctx, node),
+        None => Some(Compression::default()),
+    };
     Some(WebSocketSettings {
         path: path?,
         allowed_origins: allowed_origins?,
@@ -155,6 +187,42 @@ pub(super) fn compile(ctx: &mut Ctx, node: Option<&Node>) -> Option<WebSocketSet
         connect_rate_per_ip: connect_rate_per_ip?,
         handshake_timeout: handshake_timeout?,
         welcome: welcome?,
+        compression: compression?,
+    })
+}
+
+/// `compression: {enabled, min_bytes, level}`, each key optional.
+fn compression(ctx: &mut Ctx, node: &Node) -> Option<Compression> {
+    let path = join("websocket", "compression");
+    let section = fields(ctx, node, &path, &schema::names(schema::COMPRESSION))?;
+    let defaults = Compression::default();
+    let enabled = match section.get("enabled") {
+        Some(node) => yaml::boolean(ctx, node, &join(&path, "enabled")),
+        None => Some(defaults.enabled),
+    };
+    let min_bytes = match section.get("min_bytes") {
+        Some(node) => yaml::number_at_least(ctx, node, &join(&path, "min_bytes"), 0)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        None => Some(defaults.min_bytes),
+    };
+    let level = match section.get("level") {
+        Some(node) => {
+            let key = join(&path, "level");
+            match yaml::number_at_least(ctx, node, &key, 0) {
+                Some(level) if level <= MAX_LEVEL => u32::try_from(level).ok(),
+                Some(_) => {
+                    ctx.error(node, &key, format!("must be 0 to {MAX_LEVEL}"));
+                    None
+                }
+                None => None,
+            }
+        }
+        None => Some(defaults.level),
+    };
+    Some(Compression {
+        enabled: enabled?,
+        min_bytes: min_bytes?,
+        level: level?,
     })
 }
 

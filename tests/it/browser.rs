@@ -2,9 +2,9 @@
 //! (`tests/clients/browser/drive.js`). The console page against the real daemon (connect,
 //! the connection's details, subscribe, frames live with pause and filter, publish as an
 //! administrator, a phone-width screen, nothing refused by its CSP), and the client library
-//! loaded from `/client.js` through the real nginx wss site, across a token expiry, a
-//! request without an answer, a network cut and a bridge restart, then closed with nothing
-//! left behind. Also the package of `clients/js/`: what `npm pack` puts in it, the ES module
+//! loaded from `/client.js` through the real nginx wss site (permessage-deflate negotiated
+//! through it), across a token expiry, a request without an answer, a network cut and a
+//! bridge restart, then closed with nothing left behind. Also the package of `clients/js/`: what `npm pack` puts in it, the ES module
 //! generated from the served file, and the declarations type-checked by `tsc`.
 
 use std::collections::BTreeSet;
@@ -437,6 +437,21 @@ async fn the_client_in_chromium_through_nginx_survives_expiry_cuts_and_restarts(
     assert_eq!(subscribed, json!(["news"]));
     publish(&redis.url(), "news", r#"{"kind":"a","n":1}"#).await;
     assert_eq!(expect_message(&mut driver, 1).await["seq"], 1);
+
+    // Chromium offers permessage-deflate, nginx passes the offer and the answer on, and a
+    // frame far over `min_bytes` arrives whole.
+    let pad = "compressible ".repeat(2000);
+    let large = json!({"kind": "a", "n": 100, "pad": pad}).to_string();
+    publish(&redis.url(), "news", &large).await;
+    assert_eq!(expect_message(&mut driver, 100).await["data"]["pad"], pad);
+    let extensions = run(&mut driver, json!({"op": "extensions"})).await;
+    assert_eq!(
+        extensions.as_array().and_then(|sockets| sockets.last()),
+        Some(&json!(
+            "permessage-deflate; server_no_context_takeover; client_no_context_takeover"
+        )),
+        "{extensions}"
+    );
 
     // Across the first token's expiry: refreshed in place, still subscribed, never closed.
     let refreshed = driver.event("frame", |f| f["type"] == "refreshed").await["value"].clone();

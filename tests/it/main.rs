@@ -31,6 +31,10 @@
 //! - `compat`: the five existing backends of README.md's "Migrating an existing backend",
 //!   each run from its `examples/` file with its workers' payloads sent by a real Python
 //!   (redis-py) or Node (node-redis) publisher.
+//! - `compression`: permessage-deflate: the negotiation matrix, one message compressed once
+//!   for its compressed recipients and plain for the others, `min_bytes` and the client's
+//!   window, compressed commands, a deflate bomb (1009, memory bounded), the switch reloaded,
+//!   Python `websockets` and Node `ws` (also through the nginx wss site) as clients.
 //! - `conformance`: RFC 6455 from the client's side, after Autobahn|Testsuite's server case
 //!   groups 1-7 and 9 (docs/conformance.md), with frames built byte by byte.
 //!
@@ -44,6 +48,7 @@ mod auth;
 mod browser;
 mod cli;
 mod compat;
+mod compression;
 mod conformance;
 mod console;
 mod monitoring;

@@ -24,6 +24,8 @@
 //   {"op": "connect", "url", "options", "mint": {"secret", "user", "ttls"}}
 //   {"op": "subscribe", "topics", "filter"}, {"op": "unsubscribe", "topics"}, {"op": "ping"},
 //   {"op": "refresh"}, {"op": "close"}          the harness's client, as in the Node driver
+//   {"op": "extensions"}                        the extensions each of the harness's sockets
+//       negotiated (WebSocket.extensions)
 //   {"op": "leftovers"}                         after close(): {timers, sockets: [{readyState,
 //       handlers}]}: what the client still holds (`handlers`: whether a message or close
 //       event of the socket would still reach it)
@@ -224,6 +226,8 @@ async function run(command) {
       return connect(command);
     case 'close':
       return page.evaluate(() => window.client.close());
+    case 'extensions':
+      return page.evaluate(() => window.sockets.map((ws) => ws.extensions));
     case 'leftovers':
       return page.evaluate(() => ({
         timers: window.pendingTimers(),

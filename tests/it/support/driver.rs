@@ -1,5 +1,5 @@
-//! The JavaScript drivers of tests/clients/: a client under Node or in Chromium, driven line
-//! by line from a test.
+//! The drivers of tests/clients/: a client under Node, in Chromium or under Python, driven
+//! line by line from a test.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use super::tokens::SECRET;
 use super::{WAIT, node, node_project};
 
-/// A `drive.js` of tests/clients/ (a client under Node, or Chromium driven by playwright-core)
-/// running one client: JSON commands in on stdin, JSON events and replies out on stdout.
+/// A driver of tests/clients/ (a `drive.js` of a client under Node or of Chromium driven by
+/// playwright-core, or another client's script) running one client: JSON commands in on
+/// stdin, JSON events and replies out on stdout.
 pub struct Driver {
     child: Child,
     stdin: Option<ChildStdin>,
@@ -27,15 +28,25 @@ impl Driver {
     /// Runs `dir/drive.js` (relative to the repository), whose node_modules must hold
     /// `package`.
     pub fn start(dir: &str, package: &str) -> Driver {
+        Driver::node_script(dir, package, "drive.js", &[])
+    }
+
+    /// Runs the Node script `dir/script` with `args`, whose node_modules must hold `package`.
+    pub fn node_script(dir: &str, package: &str, script: &str, args: &[&str]) -> Driver {
         let dir = node_project(dir, package);
-        let node = node();
-        let mut child = Command::new(node)
-            .arg(dir.join("drive.js"))
+        let mut command = Command::new(node());
+        command.arg(dir.join(script)).args(args);
+        Driver::spawn(command)
+    }
+
+    /// Runs `command` as a driver: JSON lines in on its stdin, out on its stdout.
+    pub fn spawn(mut command: Command) -> Driver {
+        let mut child = command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("run {} drive.js: {e}", node.display()));
+            .unwrap_or_else(|e| panic!("run {command:?}: {e}"));
         let (tx, lines) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout pipe");
         std::thread::spawn(move || {

@@ -1256,11 +1256,27 @@ pub fn route_stat(stats: &Value, name: &str, field: &str) -> u64 {
 
 /// A raw WebSocket handshake over TCP, after which the test decides what (not) to do.
 pub async fn raw_ws_handshake(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u8>) {
+    let (s, _, rest) = raw_ws_handshake_with(addr, path, &[]).await;
+    (s, rest)
+}
+
+/// [`raw_ws_handshake`] with extra request header lines (`Name: value`); also returns the
+/// 101 answer's head.
+pub async fn raw_ws_handshake_with(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[&str],
+) -> (TcpStream, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let req = format!(
+    let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
     );
+    for header in headers {
+        req.push_str(header);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.expect("write handshake");
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -1281,7 +1297,7 @@ pub async fn raw_ws_handshake(addr: SocketAddr, path: &str) -> (TcpStream, Vec<u
         "expected 101 Switching Protocols, got {head}"
     );
     let rest = buf[split + 4..].to_vec();
-    (s, rest)
+    (s, head, rest)
 }
 
 /// Parses unmasked server frames; returns their opcodes (and leaves a partial tail).
