@@ -147,105 +147,90 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Metrics {
         let mut registry = Registry::default();
-        let connections = Gauge::default();
-        registry.register(
+        let connections = gauge(
+            &mut registry,
             "bridge_connections",
             "Open WebSocket connections",
-            connections.clone(),
         );
-        let connections_max = Gauge::default();
-        registry.register(
+        let connections_max = gauge(
+            &mut registry,
             "bridge_connections_max",
             "Open connections above which upgrades are refused (websocket.max_connections)",
-            connections_max.clone(),
         );
-        let connections_accepted = Counter::default();
-        registry.register(
+        let connections_accepted = counter(
+            &mut registry,
             "bridge_connections_accepted",
             "WebSocket upgrades completed",
-            connections_accepted.clone(),
         );
-        let connections_revoked = Counter::default();
-        registry.register(
+        let connections_revoked = counter(
+            &mut registry,
             "bridge_connections_revoked",
             "Open connections closed by a reload because their credential no longer verifies",
-            connections_revoked.clone(),
         );
-        let rejected = Family::<Reason, Counter>::default();
+        let rejected: Family<Reason, Counter> = family(
+            &mut registry,
+            "bridge_connections_rejected",
+            "Connections refused before the upgrade, by reason",
+        );
         for reason in RejectReason::ALL {
             let _ = rejected.get_or_create(&[("reason", reason.label())]);
         }
-        registry.register(
-            "bridge_connections_rejected",
-            "Connections refused before the upgrade, by reason",
-            rejected.clone(),
-        );
-        let redis_messages = Counter::default();
-        registry.register(
+        let redis_messages = counter(
+            &mut registry,
             "bridge_redis_messages_received",
             "Messages received from Redis",
-            redis_messages.clone(),
         );
-        let route_messages = Family::<RouteLabel, Counter>::default();
-        registry.register(
+        let route_messages = family(
+            &mut registry,
             "bridge_redis_messages",
             "Redis messages matched, by route",
-            route_messages.clone(),
         );
-        let route_delivered = Family::<RouteLabel, Counter>::default();
-        registry.register(
+        let route_delivered = family(
+            &mut registry,
             "bridge_messages_delivered",
             "Frames queued to connections, by route",
-            route_delivered.clone(),
         );
-        let route_unroutable = Family::<RouteLabel, Counter>::default();
-        registry.register(
+        let route_unroutable = family(
+            &mut registry,
             "bridge_messages_unroutable",
             "Messages skipped because a placeholder had no value, by route",
-            route_unroutable.clone(),
         );
-        let dropped = Family::<Reason, Counter>::default();
+        let dropped: Family<Reason, Counter> = family(
+            &mut registry,
+            "bridge_messages_dropped",
+            "Frames not delivered to a connection, by reason",
+        );
         for reason in DropReason::ALL {
             let _ = dropped.get_or_create(&[("reason", reason.label())]);
         }
-        registry.register(
-            "bridge_messages_dropped",
-            "Frames not delivered to a connection, by reason",
-            dropped.clone(),
-        );
-        let slow_client_disconnects = Counter::default();
-        registry.register(
+        let slow_client_disconnects = counter(
+            &mut registry,
             "bridge_slow_client_disconnects",
             "Connections closed because their send queue overflowed",
-            slow_client_disconnects.clone(),
         );
-        let redis_connected = Gauge::default();
-        registry.register(
+        let redis_connected = gauge(
+            &mut registry,
             "bridge_redis_connected",
             "1 while Redis is connected and every route subscribed",
-            redis_connected.clone(),
         );
-        let redis_reconnects = Counter::default();
-        registry.register(
+        let redis_reconnects = counter(
+            &mut registry,
             "bridge_redis_reconnects",
             "Redis subscriber connections re-established",
-            redis_reconnects.clone(),
         );
-        let redis_stalls = Counter::default();
-        registry.register(
+        let redis_stalls = counter(
+            &mut registry,
             "bridge_redis_stalls",
             "Subscriber connections replaced because the heartbeat did not come back in time",
-            redis_stalls.clone(),
         );
-        let reloads = Family::<Reason, Counter>::default();
+        let reloads: Family<Reason, Counter> = family(
+            &mut registry,
+            "bridge_config_reloads",
+            "Routing file reloads, by result",
+        );
         for result in ["ok", "error"] {
             let _ = reloads.get_or_create(&[("result", result)]);
         }
-        registry.register(
-            "bridge_config_reloads",
-            "Routing file reloads, by result",
-            reloads.clone(),
-        );
         let delivery = Histogram::new(DELIVERY_BUCKETS);
         registry.register(
             "bridge_delivery_seconds",
@@ -261,17 +246,15 @@ impl Default for Metrics {
             "Always 1; the version of the running binary is its label",
             build_info,
         );
-        let process_max_fds = Gauge::default();
-        registry.register(
+        let process_max_fds = gauge(
+            &mut registry,
             "process_max_fds",
             "Maximum number of open file descriptors (soft limit)",
-            process_max_fds.clone(),
         );
-        let process_resident_memory = Gauge::default();
-        registry.register(
+        let process_resident_memory = gauge(
+            &mut registry,
             "process_resident_memory_bytes",
             "Resident memory size in bytes",
-            process_resident_memory.clone(),
         );
         Metrics {
             registry,
@@ -296,6 +279,36 @@ impl Default for Metrics {
             process_resident_memory,
         }
     }
+}
+
+/// A counter registered under `name` (exposed as `name_total`).
+fn counter(registry: &mut Registry, name: &str, help: &str) -> Counter {
+    let counter = Counter::default();
+    registry.register(name, help, counter.clone());
+    counter
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
+    let gauge = Gauge::default();
+    registry.register(name, help, gauge.clone());
+    gauge
+}
+
+/// A family of counters, one per label set.
+fn family<S>(registry: &mut Registry, name: &str, help: &str) -> Family<S, Counter>
+where
+    S: Clone
+        + std::hash::Hash
+        + Eq
+        + prometheus_client::encoding::EncodeLabelSet
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let family = Family::<S, Counter>::default();
+    registry.register(name, help, family.clone());
+    family
 }
 
 impl Metrics {

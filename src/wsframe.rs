@@ -371,21 +371,11 @@ impl Decoder {
         }
     }
 
-    /// Reads and checks the header at the start of `bytes`, failing as early as the bytes at
-    /// hand allow.
-    fn parse(&self, bytes: &[u8]) -> Result<Parsed, Violation> {
-        let &[first, second, ref after @ ..] = bytes else {
-            return Ok(Parsed::Incomplete(2));
-        };
+    /// What a frame is, from its first byte and its 7-bit length, by the opcode rules of
+    /// RFC 6455 (§5.4, §5.5) and RFC 7692 (RSV1 only on a message's first frame).
+    fn role(&self, first: u8, len7: u8) -> Result<Role, Violation> {
         let compressed = first & RSV1 != 0;
-        if first & RSV & !RSV1 != 0 || (compressed && !self.inflate) {
-            return Err(Violation::Protocol("reserved bits set"));
-        }
-        if second & MASKED == 0 {
-            return Err(Violation::Protocol("unmasked client frame"));
-        }
         let fin = first & FIN != 0;
-        let len7 = second & LEN7;
         let control = |role| {
             if compressed {
                 Err(Violation::Protocol("compressed control frame"))
@@ -405,25 +395,40 @@ impl Decoder {
                 fin,
             }),
         };
-        let role = match first & OPCODE {
-            CONTINUATION if compressed => {
-                return Err(Violation::Protocol("RSV1 on a continuation frame"));
-            }
+        match first & OPCODE {
+            CONTINUATION if compressed => Err(Violation::Protocol("RSV1 on a continuation frame")),
             CONTINUATION => match self.fragmented {
-                Some((kind, compressed)) => Role::Data {
+                Some((kind, compressed)) => Ok(Role::Data {
                     kind,
                     compressed,
                     fin,
-                },
-                None => return Err(Violation::Protocol("continuation without a start")),
+                }),
+                None => Err(Violation::Protocol("continuation without a start")),
             },
-            TEXT => start(Kind::Text)?,
-            BINARY => start(Kind::Binary)?,
-            CLOSE => control(Role::Close)?,
-            PING => control(Role::Ping)?,
-            PONG => control(Role::Pong)?,
-            _ => return Err(Violation::Protocol("unknown opcode")),
+            TEXT => start(Kind::Text),
+            BINARY => start(Kind::Binary),
+            CLOSE => control(Role::Close),
+            PING => control(Role::Ping),
+            PONG => control(Role::Pong),
+            _ => Err(Violation::Protocol("unknown opcode")),
+        }
+    }
+
+    /// Reads and checks the header at the start of `bytes`, failing as early as the bytes at
+    /// hand allow.
+    fn parse(&self, bytes: &[u8]) -> Result<Parsed, Violation> {
+        let &[first, second, ref after @ ..] = bytes else {
+            return Ok(Parsed::Incomplete(2));
         };
+        let compressed = first & RSV1 != 0;
+        if first & RSV & !RSV1 != 0 || (compressed && !self.inflate) {
+            return Err(Violation::Protocol("reserved bits set"));
+        }
+        if second & MASKED == 0 {
+            return Err(Violation::Protocol("unmasked client frame"));
+        }
+        let len7 = second & LEN7;
+        let role = self.role(first, len7)?;
         // Non-minimal length encodings are accepted: refusing them would protect nothing.
         let (payload, extended) = match len7 {
             126 => match after.first_chunk() {
