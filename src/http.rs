@@ -485,9 +485,9 @@ async fn publish(admin: Arc<str>, body: bytes::Bytes, shared: Arc<Shared>) -> Re
         Ok(request) => request,
         Err(message) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": message})),
     };
-    let url = shared.config().redis.url.clone();
+    let redis = shared.config().redis.clone();
     let published =
-        tokio::time::timeout(PUBLISH_TIMEOUT, pubsub::publish(&url, &channel, &payload)).await;
+        tokio::time::timeout(PUBLISH_TIMEOUT, pubsub::publish(&redis, &channel, &payload)).await;
     match published {
         Ok(Ok(receivers)) => {
             tracing::info!(%admin, channel, bytes = payload.len(), receivers, "published through /api/publish");

@@ -84,6 +84,42 @@ impl DropReason {
     }
 }
 
+/// Why a connection to Redis could not be made or used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisErrorReason {
+    /// The server's certificate was not verified (unknown CA, wrong host name, expired), or
+    /// the TLS handshake failed otherwise.
+    Tls,
+    /// A wrong user name or password.
+    Auth,
+    /// The ACL user may not run a command the bridge needs (NOPERM).
+    Denied,
+    /// Refused, unreachable, timed out, or closed by the server.
+    Unreachable,
+    /// Anything else Redis answered.
+    Other,
+}
+
+impl RedisErrorReason {
+    const ALL: [RedisErrorReason; 5] = [
+        Self::Tls,
+        Self::Auth,
+        Self::Denied,
+        Self::Unreachable,
+        Self::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::Auth => "auth",
+            Self::Denied => "denied",
+            Self::Unreachable => "unreachable",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// Upper bounds of `bridge_delivery_seconds`: 50 µs to 5 s, roughly ×2.5 apart, because a
 /// healthy bridge delivers in well under a millisecond and an overloaded one in seconds.
 const DELIVERY_BUCKETS: [f64; 12] = [
@@ -130,6 +166,7 @@ pub struct Metrics {
     pub redis_reconnects: AtomicU64,
     /// Subscriber connections replaced because the heartbeat stopped coming back.
     pub redis_stalls: AtomicU64,
+    redis_errors: [AtomicU64; RedisErrorReason::ALL.len()],
     /// Open connections closed by a reload because their credential no longer verifies.
     pub connections_revoked: AtomicU64,
     /// Reload outcomes: `[ok, error]`.
@@ -154,6 +191,11 @@ impl Metrics {
 
     pub fn dropped(&self, reason: DropReason, frames: u64) {
         self.dropped[reason as usize].fetch_add(frames, Ordering::Relaxed);
+    }
+
+    /// A failed attempt to connect and subscribe.
+    pub fn redis_error(&self, reason: RedisErrorReason) {
+        self.redis_errors[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn reload(&self, ok: bool) {
@@ -308,6 +350,15 @@ impl Metrics {
             "Subscriber connections replaced because the heartbeat did not come back in time.",
             load(&self.redis_stalls),
         );
+        let errors =
+            RedisErrorReason::ALL.map(|r| (r.label(), load(&self.redis_errors[r as usize])));
+        family(
+            out,
+            "bridge_redis_connect_errors_total",
+            "Failed attempts to connect to Redis and subscribe, by reason.",
+            "reason",
+            &errors,
+        );
         family(
             out,
             "bridge_config_reloads_total",
@@ -447,6 +498,7 @@ mod tests {
         metrics.rejected(RejectReason::Capacity);
         metrics.dropped(DropReason::QueueFull, 2);
         metrics.reload(false);
+        metrics.redis_error(RedisErrorReason::Tls);
         metrics.observe_delivery(Duration::from_micros(300));
         let text = metrics.render();
         for line in [
@@ -454,6 +506,7 @@ mod tests {
             "bridge_connections_rejected_total{reason=\"capacity\"} 1",
             "bridge_messages_dropped_total{reason=\"queue_full\"} 2",
             "bridge_config_reloads_total{result=\"error\"} 1",
+            "bridge_redis_connect_errors_total{reason=\"tls\"} 1",
             "bridge_delivery_seconds_bucket{le=\"0.00025\"} 0",
             "bridge_delivery_seconds_bucket{le=\"0.0005\"} 1",
             "bridge_delivery_seconds_bucket{le=\"+Inf\"} 1",

@@ -1,7 +1,9 @@
 //! The one module that talks to Redis: a subscriber connection that SUBSCRIBEs the routes'
 //! channels and PSUBSCRIBEs their patterns, reconnects with capped exponential backoff,
 //! applies new routing tables by subscription difference, and hands every message to the
-//! dispatcher. Also the short-lived connections `/api/publish` uses.
+//! dispatcher. Also the short-lived connections `/api/publish` uses. Every connection it
+//! makes (subscriber, heartbeats, switch markers, `/api/publish`) is built by [`client`] from
+//! the same `redis` settings: URL, credentials, TLS roots and client certificate.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,8 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Interval;
 
-use crate::config::RESERVED_PREFIX;
+use crate::config::{RESERVED_PREFIX, RedisSettings};
 use crate::dispatch::Dispatcher;
+use crate::metrics::RedisErrorReason;
 use crate::router::Routing;
 use crate::state::Shared;
 
@@ -109,7 +112,8 @@ struct Task {
     retry: Duration,
     /// Whether a connection was ever made: the next one is a reconnect, with gap notices.
     ever_connected: bool,
-    /// The last connection error logged, so that a Redis that stays down is logged once.
+    /// The last connection error logged, so that a Redis that stays down (or a certificate
+    /// that stays wrong) is logged once, not once per retry.
     last_error: String,
     /// Numbers the switch markers of this process.
     switches: u64,
@@ -119,7 +123,10 @@ struct Task {
 
 /// One subscribed connection, and the work in flight on it.
 struct Link {
-    url: String,
+    /// The settings it was made with, to tell whether a reload changes the server.
+    redis: RedisSettings,
+    /// Makes the connections that publish heartbeats and markers, as this one was made.
+    client: redis::Client,
     sink: PubSubSink,
     stream: PubSubStream,
     subscribed: Subscriptions,
@@ -170,13 +177,13 @@ impl Task {
     /// Connects and subscribes, retrying with backoff until it works; `None` on shutdown.
     async fn connect(&mut self) -> Option<Link> {
         loop {
-            let url = self.shared.config().redis.url.clone();
+            let settings = self.shared.config().redis.clone();
             let connected = tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return None,
-                connected = connect(&url) => connected,
+                connected = connect(&settings) => connected,
             };
             let subscribed = match connected {
-                Ok(pubsub) => self.subscribe_all(url.clone(), pubsub).await,
+                Ok((client, pubsub)) => self.subscribe_all(settings.clone(), client, pubsub).await,
                 Err(err) => Err(err),
             };
             match subscribed {
@@ -185,10 +192,21 @@ impl Task {
                     return Some(link);
                 }
                 Err(err) => {
+                    let reason = classify(&err);
+                    self.shared.metrics.redis_error(reason);
                     let err = err.to_string();
-                    if err != self.last_error {
-                        tracing::warn!(redis = %redact(&url), error = %err, retry_in = ?self.retry, "redis unavailable");
-                        self.last_error = err;
+                    // Compared without digits: some errors count something that changes at
+                    // every attempt (an expired certificate's "N seconds ago").
+                    let same: String = err.chars().filter(|c| !c.is_ascii_digit()).collect();
+                    if same != self.last_error {
+                        tracing::warn!(
+                            redis = %redact(&settings.url),
+                            reason = reason.label(),
+                            error = %err,
+                            retry_in = ?self.retry,
+                            "redis unavailable"
+                        );
+                        self.last_error = same;
                     }
                     if !wait_retry(&self.shared, &mut self.requests, self.retry).await {
                         return None;
@@ -203,7 +221,8 @@ impl Task {
     /// starts the heartbeats.
     async fn subscribe_all(
         &self,
-        url: String,
+        redis: RedisSettings,
+        client: redis::Client,
         pubsub: redis::aio::PubSub,
     ) -> redis::RedisResult<Link> {
         let (mut sink, stream) = pubsub.split();
@@ -219,12 +238,13 @@ impl Task {
         .await?;
         let settings = &routing.config.redis;
         let heartbeats = tokio::spawn(send_heartbeats(
-            url.clone(),
+            client.clone(),
             heartbeat_channel.clone(),
             settings.heartbeat_interval,
         ));
         Ok(Link {
-            url,
+            redis,
+            client,
             sink,
             stream,
             subscribed,
@@ -257,7 +277,7 @@ impl Task {
             tracing::info!(connections = notified, "gap notices sent");
         }
         tracing::info!(
-            redis = %redact(&link.url),
+            redis = %redact(&link.redis.url),
             channels = link.subscribed.channels.len(),
             patterns = link.subscribed.patterns.len(),
             "redis subscribed"
@@ -303,11 +323,11 @@ impl Task {
         routing: Arc<Routing>,
         done: oneshot::Sender<()>,
     ) -> Result<(), Lost> {
-        if routing.config.redis.url != link.url {
+        if !routing.config.redis.same_server(&link.redis) {
             // The next connection subscribes the new table from scratch.
             self.shared.routing.store(routing);
             let _ = done.send(());
-            return Err("redis.url changed");
+            return Err("redis.url or redis.tls changed");
         }
         self.switches += 1;
         let marker = format!(
@@ -327,7 +347,7 @@ impl Task {
             let _ = done.send(());
             return Err("subscription change failed");
         }
-        let give_up = tokio::spawn(publish_marker(link.url.clone(), marker.clone()));
+        let give_up = tokio::spawn(publish_marker(link.client.clone(), marker.clone()));
         link.pending = Some(Pending {
             routing,
             done,
@@ -429,10 +449,11 @@ impl Task {
     }
 }
 
-/// A client whose TCP connections probe an idle peer and give up on unacknowledged writes, so
-/// that a half-open connection (a vanished host, a NAT or proxy that forgot it) ends on its
-/// own; the heartbeat catches what TCP cannot see.
-fn client(url: &str) -> redis::RedisResult<redis::Client> {
+/// A client for the configured server: its credentials, and for `rediss://` the configured
+/// CA (else the system roots) and client certificate. Its TCP connections probe an idle peer
+/// and give up on unacknowledged writes, so that a half-open connection (a vanished host, a
+/// NAT or proxy that forgot it) ends on its own; the heartbeat catches what TCP cannot see.
+fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(TCP_KEEPALIVE)
         .with_interval(TCP_KEEPALIVE_INTERVAL)
@@ -440,18 +461,75 @@ fn client(url: &str) -> redis::RedisResult<redis::Client> {
     let tcp = TcpSettings::default()
         .set_keepalive(keepalive)
         .set_user_timeout(TCP_USER_TIMEOUT);
-    redis::Client::open(url.into_connection_info()?.set_tcp_settings(tcp))
+    let info = settings
+        .url
+        .as_str()
+        .into_connection_info()?
+        .set_tcp_settings(tcp);
+    match &settings.tls {
+        None => redis::Client::open(info),
+        Some(tls) => {
+            let certificates = redis::TlsCertificates {
+                client_tls: tls.client.as_ref().map(|identity| redis::ClientTlsConfig {
+                    client_cert: identity.cert.clone(),
+                    client_key: identity.key.clone(),
+                }),
+                root_cert: tls.ca.clone(),
+            };
+            redis::Client::build_with_tls(info, certificates)
+        }
+    }
 }
 
-async fn connect(url: &str) -> redis::RedisResult<redis::aio::PubSub> {
-    let client = client(url)?;
+async fn connect(
+    settings: &RedisSettings,
+) -> redis::RedisResult<(redis::Client, redis::aio::PubSub)> {
+    let client = client(settings)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
-        Ok(result) => result,
+        Ok(result) => result.map(|pubsub| (client, pubsub)),
         Err(_) => Err(redis::RedisError::from(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             "connect timed out",
         ))),
     }
+}
+
+/// What kind of failure `err` is, for `bridge_redis_connect_errors_total` and the log line.
+fn classify(err: &redis::RedisError) -> RedisErrorReason {
+    if is_tls_error(err) {
+        return RedisErrorReason::Tls;
+    }
+    match err.kind() {
+        redis::ErrorKind::AuthenticationFailed => RedisErrorReason::Auth,
+        redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => RedisErrorReason::Denied,
+        _ if matches!(err.code(), Some("WRONGPASS" | "NOAUTH")) => RedisErrorReason::Auth,
+        _ if err.is_io_error() || err.is_connection_dropped() => RedisErrorReason::Unreachable,
+        _ => RedisErrorReason::Other,
+    }
+}
+
+/// Whether a rustls error is behind `err`: tokio-rustls hands them over inside an I/O error,
+/// which the redis crate keeps behind an `Arc`.
+fn is_tls_error(err: &redis::RedisError) -> bool {
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(mut error) = next {
+        if let Some(shared) = error.downcast_ref::<Shared>() {
+            error = shared.as_ref();
+        }
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// Sleeps before a reconnect while still applying routing changes (there is no connection
@@ -516,9 +594,9 @@ async fn subscribe_difference(
 
 /// Publishes a switch's marker (the subscriber connection cannot PUBLISH); resolves only with
 /// a reason to stop waiting for the marker to come back.
-async fn publish_marker(url: String, marker: String) -> String {
+async fn publish_marker(client: redis::Client, marker: String) -> String {
     let deadline = tokio::time::Instant::now() + MARKER_TIMEOUT;
-    match tokio::time::timeout(MARKER_TIMEOUT, publish(&url, &marker, b"")).await {
+    match tokio::time::timeout(MARKER_TIMEOUT, publish_with(&client, &marker, b"")).await {
         Ok(Ok(0)) => return "the marker reached no subscriber".to_owned(),
         Ok(Ok(_)) => {}
         Ok(Err(err)) => return format!("cannot publish the marker: {err}"),
@@ -531,13 +609,13 @@ async fn publish_marker(url: String, marker: String) -> String {
 /// PUBLISHes a heartbeat on `channel` every `interval` from a connection of its own (a
 /// subscribed connection cannot publish), until aborted. A failure is not reported here: the
 /// missing heartbeat is what the subscriber notices.
-async fn send_heartbeats(url: String, channel: String, interval: Duration) {
+async fn send_heartbeats(client: redis::Client, channel: String, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     let mut connection: Option<redis::aio::MultiplexedConnection> = None;
     loop {
         ticks.tick().await;
         if connection.is_none() {
-            let connect = async { client(&url)?.get_multiplexed_async_connection().await };
+            let connect = client.get_multiplexed_async_connection();
             connection = tokio::time::timeout(interval, connect)
                 .await
                 .ok()
@@ -623,8 +701,19 @@ async fn unsubscribe(
 }
 
 /// PUBLISHes on a short-lived connection; returns Redis's count of receivers.
-pub async fn publish(url: &str, channel: &str, payload: &[u8]) -> redis::RedisResult<i64> {
-    let client = client(url)?;
+pub async fn publish(
+    settings: &RedisSettings,
+    channel: &str,
+    payload: &[u8],
+) -> redis::RedisResult<i64> {
+    publish_with(&client(settings)?, channel, payload).await
+}
+
+async fn publish_with(
+    client: &redis::Client,
+    channel: &str,
+    payload: &[u8],
+) -> redis::RedisResult<i64> {
     let mut connection = client.get_multiplexed_async_connection().await?;
     redis::cmd("PUBLISH")
         .arg(channel)

@@ -364,7 +364,7 @@ fn unknown_key_inside_a_route_and_sections() {
     );
     assert_eq!(
         one_error(&format!("redis:\n  host: x\n{MINIMAL}")),
-        "2:3 redis.host: unknown key `host` (expected one of: url, heartbeat_interval, heartbeat_timeout)"
+        "2:3 redis.host: unknown key `host` (expected one of: url, tls, heartbeat_interval, heartbeat_timeout)"
     );
     assert_eq!(
         one_error("routes:\n  - name: a\n    channel: x\n    audience: {users: \"{payload.u}\"}\n"),
@@ -1073,4 +1073,73 @@ fn a_personal_looking_topic_open_to_all_is_warned_about() {
             .warnings()
             .is_empty()
     );
+}
+
+#[test]
+fn redis_tls_files_are_read_and_checked_at_load() {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        if let Err(e) = std::fs::write(&path, text) {
+            panic!("write {name}: {e}");
+        }
+        path.display().to_string()
+    };
+    let garbage = file("garbage.pem", "not a certificate\n");
+    let bad_base64 = file(
+        "bad.pem",
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    );
+    let not_a_certificate = file(
+        "short.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let tls = |url: &str, keys: &str| format!("redis:\n  url: {url}\n  tls:\n{keys}{MINIMAL}");
+    let rediss = "rediss://redis.internal:6380/0";
+    assert_eq!(
+        one_error(&tls(rediss, &format!("    ca_file: {missing}\n"))),
+        format!(
+            "4:14 redis.tls.ca_file: cannot read `{missing}`: No such file or directory (os error 2)"
+        )
+    );
+    assert_eq!(
+        one_error(&tls(rediss, &format!("    ca_file: {garbage}\n"))),
+        "4:14 redis.tls.ca_file: expected PEM certificates (-----BEGIN CERTIFICATE-----), found none"
+    );
+    let error = one_error(&tls(rediss, &format!("    ca_file: {bad_base64}\n")));
+    assert!(
+        error.starts_with("4:14 redis.tls.ca_file: expected PEM certificates: "),
+        "{error}"
+    );
+    let error = one_error(&tls(rediss, &format!("    ca_file: {not_a_certificate}\n")));
+    assert!(
+        error.starts_with("4:14 redis.tls.ca_file: not a usable CA certificate: "),
+        "{error}"
+    );
+    assert_eq!(
+        one_error(&tls(rediss, &format!("    cert_file: {garbage}\n"))),
+        "4:5 redis.tls.key_file: `cert_file` needs `key_file` too: the private key of the client certificate"
+    );
+    assert_eq!(
+        one_error(&tls(rediss, &format!("    key_file: {garbage}\n"))),
+        "4:5 redis.tls.cert_file: `key_file` needs `cert_file` too: the client certificate it signs for"
+    );
+    assert_eq!(
+        one_error(&tls(
+            "redis://redis.internal:6379/0",
+            &format!("    ca_file: {garbage}\n")
+        )),
+        "4:5 redis.tls: applies to TLS connections only: the url must start with rediss://"
+    );
+    assert_eq!(
+        one_error(&tls(rediss, "    ca: x\n")),
+        "4:5 redis.tls.ca: unknown key `ca` (expected one of: ca_file, cert_file, key_file)"
+    );
+    // No `tls` section: a rediss:// URL verifies against the system roots.
+    let config = ok(&format!("redis:\n  url: {rediss}\n{MINIMAL}"));
+    assert!(config.redis.tls.is_none());
 }

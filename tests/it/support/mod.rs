@@ -162,24 +162,46 @@ pub fn assert_envelope(frame: &Value, ty: &str, topic: &str, seq: u64, data: &Va
 pub struct RedisServer {
     /// The TCP port, kept across `restart`.
     port: u16,
+    /// TLS on a second port besides the plain one (which the tests' publishers and PING use).
+    tls: Option<RedisTls>,
     /// The working directory (`--dir`) and its log file.
     dir: tempfile::TempDir,
     /// The running server, `None` while killed.
     child: Option<Child>,
 }
 
+/// A server's TLS port, certificate and key (PEM files), and the CA its clients' certificates
+/// are verified against when `auth_clients` (mutual TLS).
+pub struct RedisTls {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub auth_clients: bool,
+}
+
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_with_tls(None)
+    }
+
+    /// Starts a server that also accepts TLS (`tls.port` is picked here) on 127.0.0.1 and
+    /// 127.0.0.2 (an address its certificate may not name).
+    pub fn start_with_tls(tls: Option<RedisTls>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         let mut server = RedisServer {
             port: 0,
+            tls,
             dir,
             child: None,
         };
         let mut last_error = String::new();
         for _ in 0..10 {
             server.port = pick_port();
+            if let Some(tls) = &mut server.tls {
+                tls.port = pick_port();
+            }
             match server.spawn() {
                 Ok(()) => return server,
                 Err(e) => last_error = e,
@@ -195,6 +217,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS port of a server started with [`RedisServer::start_with_tls`].
+    pub fn tls_port(&self) -> u16 {
+        self.tls.as_ref().expect("a server started with TLS").port
     }
 
     /// Kills the server with SIGKILL (no goodbye to its clients) and reaps it.
@@ -223,11 +250,28 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let log = self.dir.path().join("redis.log");
-        let mut child = Command::new("redis-server")
-            .arg("--port")
-            .arg(&port)
-            .arg("--bind")
-            .arg("127.0.0.1")
+        let mut command = Command::new("redis-server");
+        command.arg("--port").arg(&port);
+        match &self.tls {
+            None => {
+                command.arg("--bind").arg("127.0.0.1");
+            }
+            Some(tls) => {
+                let auth_clients = if tls.auth_clients { "yes" } else { "no" };
+                command
+                    .args(["--bind", "127.0.0.1", "127.0.0.2"])
+                    .arg("--tls-port")
+                    .arg(tls.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--tls-auth-clients", auth_clients]);
+            }
+        }
+        let mut child = command
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--save")
