@@ -501,7 +501,7 @@ async fn publish(admin: Arc<str>, body: bytes::Bytes, shared: Arc<Shared>) -> Re
             )
         }
         Ok(Err(err)) => {
-            tracing::warn!(error = %err, "/api/publish: redis refused the PUBLISH");
+            tracing::warn!(channel, error = %err, "/api/publish: redis refused the PUBLISH");
             json_reply(
                 StatusCode::BAD_GATEWAY,
                 &json!({"error": format!("redis refused the PUBLISH: {err}")}),

@@ -184,17 +184,18 @@ impl Task {
             };
             let subscribed = match connected {
                 Ok((client, pubsub)) => self.subscribe_all(settings.clone(), client, pubsub).await,
-                Err(err) => Err(err),
+                Err(err) => Err(Failure::from(err)),
             };
             match subscribed {
                 Ok(link) => {
                     self.announce(&link);
                     return Some(link);
                 }
-                Err(err) => {
-                    let reason = classify(&err);
+                Err(Failure {
+                    reason,
+                    message: err,
+                }) => {
                     self.shared.metrics.redis_error(reason);
-                    let err = err.to_string();
                     // Compared without digits: some errors count something that changes at
                     // every attempt (an expired certificate's "N seconds ago").
                     let same: String = err.chars().filter(|c| !c.is_ascii_digit()).collect();
@@ -224,7 +225,7 @@ impl Task {
         redis: RedisSettings,
         client: redis::Client,
         pubsub: redis::aio::PubSub,
-    ) -> redis::RedisResult<Link> {
+    ) -> Result<Link, Failure> {
         let (mut sink, stream) = pubsub.split();
         let mut subscribed = Subscriptions::default();
         let routing = self.shared.routing.load_full();
@@ -236,6 +237,14 @@ impl Task {
             Some(&heartbeat_channel),
         )
         .await?;
+        // The first heartbeat now, so that an ACL user that may not PUBLISH on the bridge's
+        // own channels is reported as such rather than, later, as a stalled subscription.
+        if let Err(err) = publish_with(&client, &heartbeat_channel, b"").await {
+            return Err(match is_denied(&err) {
+                true => Failure::denied("PUBLISH on", &heartbeat_channel),
+                false => err.into(),
+            });
+        }
         let settings = &routing.config.redis;
         let heartbeats = tokio::spawn(send_heartbeats(
             client.clone(),
@@ -340,8 +349,8 @@ impl Task {
             &routing,
             Some(&marker),
         );
-        if let Err(err) = added.await {
-            tracing::warn!(error = %err, "redis subscription change failed");
+        if let Err(Failure { reason, message }) = added.await {
+            tracing::warn!(reason = reason.label(), error = %message, "redis subscription change failed");
             // In force all the same: the next connection subscribes it.
             self.shared.routing.store(routing);
             let _ = done.send(());
@@ -494,6 +503,45 @@ async fn connect(
     }
 }
 
+/// Why connecting or subscribing failed: the kind (for the metric) and what to log.
+struct Failure {
+    reason: RedisErrorReason,
+    message: String,
+}
+
+impl From<redis::RedisError> for Failure {
+    fn from(err: redis::RedisError) -> Failure {
+        let reason = classify(&err);
+        let message = match reason {
+            RedisErrorReason::Auth => {
+                format!("{err}: check the user name and password of redis.url")
+            }
+            _ => err.to_string(),
+        };
+        Failure { reason, message }
+    }
+}
+
+impl Failure {
+    /// The ACL user may not run `command` on `channel`.
+    fn denied(command: &str, channel: &str) -> Failure {
+        let grant = match channel.starts_with(RESERVED_PREFIX) {
+            true => format!("&{RESERVED_PREFIX}*"),
+            false => format!("&{channel}"),
+        };
+        Failure {
+            reason: RedisErrorReason::Denied,
+            message: format!(
+                "NOPERM: the ACL user may not {command} `{channel}`; allow it with `{grant}` in its ACL"
+            ),
+        }
+    }
+}
+
+fn is_denied(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+}
+
 /// What kind of failure `err` is, for `bridge_redis_connect_errors_total` and the log line.
 fn classify(err: &redis::RedisError) -> RedisErrorReason {
     if is_tls_error(err) {
@@ -566,7 +614,7 @@ async fn subscribe_difference(
     subscribed: &mut Subscriptions,
     routing: &Routing,
     marker: Option<&str>,
-) -> redis::RedisResult<()> {
+) -> Result<(), Failure> {
     let channels: Vec<&str> = routing
         .channels()
         .filter(|c| !subscribed.channels.contains(*c))
@@ -574,7 +622,7 @@ async fn subscribe_difference(
     if !channels.is_empty() || marker.is_some() {
         let mut command = channels.clone();
         command.extend(marker);
-        sink.subscribe(&command).await?;
+        subscribe(sink, false, &command).await?;
         subscribed
             .channels
             .extend(channels.iter().map(|c| c.to_string()));
@@ -584,12 +632,39 @@ async fn subscribe_difference(
         .filter(|p| !subscribed.patterns.contains(*p))
         .collect();
     if !patterns.is_empty() {
-        sink.psubscribe(&patterns).await?;
+        subscribe(sink, true, &patterns).await?;
         subscribed
             .patterns
             .extend(patterns.iter().map(|p| p.to_string()));
     }
     Ok(())
+}
+
+/// SUBSCRIBEs `names` (PSUBSCRIBEs with `patterns`); an ACL denial names the first one the
+/// user may not have, since Redis does not say which.
+async fn subscribe(sink: &mut PubSubSink, patterns: bool, names: &[&str]) -> Result<(), Failure> {
+    let command = if patterns { "PSUBSCRIBE" } else { "SUBSCRIBE" };
+    let all = match patterns {
+        true => sink.psubscribe(names).await,
+        false => sink.subscribe(names).await,
+    };
+    let Err(err) = all else {
+        return Ok(());
+    };
+    if !is_denied(&err) {
+        return Err(err.into());
+    }
+    // One at a time: the connection is dropped after a denial, whatever these subscribe.
+    for name in names {
+        let one = match patterns {
+            true => sink.psubscribe(name).await,
+            false => sink.subscribe(name).await,
+        };
+        if one.is_err_and(|err| is_denied(&err)) {
+            return Err(Failure::denied(command, name));
+        }
+    }
+    Err(err.into())
 }
 
 /// Publishes a switch's marker (the subscriber connection cannot PUBLISH); resolves only with

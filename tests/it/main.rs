@@ -16,6 +16,8 @@
 //! - `monitoring`: the Prometheus alert rules (promtool, then a real Prometheus scraping a
 //!   real bridge) and the Grafana dashboard's queries against the metrics exported.
 //! - `packaging`: the systemd unit (systemd-analyze) and the Debian package.
+//! - `redis_acl`: the bridge under README's least ACL user; a denied command or channel and a
+//!   wrong password named in the log.
 //! - `redis_tls`: `rediss://` to a real TLS redis-server: a CA file, mutual TLS, an unknown
 //!   CA and a wrong host name (not ready, logged once, counted, fixed without a restart).
 //! - `watchdog`: a black-holed subscription detected and replaced, Redis restarted again and
@@ -53,6 +55,7 @@ mod nginx;
 mod ops;
 mod packaging;
 mod protocol;
+mod redis_acl;
 mod redis_tls;
 mod reload;
 mod resilience;
