@@ -316,6 +316,7 @@ fn stats(shared: Arc<Shared>) -> Response {
                 "last_reload_error": status.last_reload_error,
             },
             "epoch": &shared.epoch,
+            "instance": &shared.instance,
         }),
     )
 }

@@ -287,6 +287,7 @@ impl Task {
         }
         tracing::info!(
             redis = %redact(&link.redis.url),
+            instance = %shared.instance,
             channels = link.subscribed.channels.len(),
             patterns = link.subscribed.patterns.len(),
             "redis subscribed"

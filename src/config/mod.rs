@@ -67,6 +67,9 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Whether `GET /` serves the console page (`console`, default true).
     pub console: bool,
+    /// This bridge's name among several (`instance`; absent: the host name), shown in
+    /// `/ws/stats` and the logs.
+    pub instance: Option<String>,
     /// The routes, in file order (at least one).
     pub routes: Vec<Route>,
 }
@@ -101,6 +104,7 @@ const TOP_KEYS: &[&str] = &[
     "shutdown_grace",
     "trusted_proxies",
     "console",
+    "instance",
     "routes",
 ];
 
@@ -250,6 +254,10 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         Some(node) => yaml::boolean(ctx, node, "console"),
         None => Some(true),
     };
+    let instance = match top.get("instance") {
+        Some(node) => instance(ctx, node).map(Some),
+        None => Some(None),
+    };
     let routes = match top.get("routes") {
         Some(node) => route::compile_all(ctx, node),
         None => {
@@ -275,8 +283,21 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         shutdown_grace: shutdown_grace?,
         trusted_proxies: trusted_proxies?,
         console: console?,
+        instance: instance?,
         routes: routes?,
     })
+}
+
+/// An instance name: printable, without spaces, short enough for a log field.
+fn instance(ctx: &mut Ctx, node: &yaml::Node) -> Option<String> {
+    let name = yaml::string(ctx, node, "instance")?;
+    let valid = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_graphic());
+    if !valid {
+        let message = "expected a name of 1 to 64 printable ASCII characters, without spaces";
+        ctx.error(node, "instance", message);
+        return None;
+    }
+    Some(name)
 }
 
 fn socket_addr(ctx: &mut Ctx, node: &yaml::Node, path: &str) -> Option<SocketAddr> {

@@ -1143,3 +1143,22 @@ fn redis_tls_files_are_read_and_checked_at_load() {
     let config = ok(&format!("redis:\n  url: {rediss}\n{MINIMAL}"));
     assert!(config.redis.tls.is_none());
 }
+
+#[test]
+fn instance_names_a_bridge_among_several() {
+    assert_eq!(ok(MINIMAL).instance, None);
+    assert_eq!(
+        ok(&format!("instance: ws-1\n{MINIMAL}"))
+            .instance
+            .as_deref(),
+        Some("ws-1")
+    );
+    assert_eq!(
+        one_error(&format!("instance: \"ws 1\"\n{MINIMAL}")),
+        "1:11 instance: expected a name of 1 to 64 printable ASCII characters, without spaces"
+    );
+    assert_eq!(
+        one_error(&format!("instance: \"\"\n{MINIMAL}")),
+        "1:11 instance: expected a name of 1 to 64 printable ASCII characters, without spaces"
+    );
+}
