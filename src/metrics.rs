@@ -96,16 +96,19 @@ pub enum RedisErrorReason {
     Denied,
     /// Refused, unreachable, timed out, or closed by the server.
     Unreachable,
+    /// No sentinel answered, or they know no master of that name.
+    Sentinel,
     /// Anything else Redis answered.
     Other,
 }
 
 impl RedisErrorReason {
-    const ALL: [RedisErrorReason; 5] = [
+    const ALL: [RedisErrorReason; 6] = [
         Self::Tls,
         Self::Auth,
         Self::Denied,
         Self::Unreachable,
+        Self::Sentinel,
         Self::Other,
     ];
 
@@ -115,6 +118,7 @@ impl RedisErrorReason {
             Self::Auth => "auth",
             Self::Denied => "denied",
             Self::Unreachable => "unreachable",
+            Self::Sentinel => "sentinel",
             Self::Other => "other",
         }
     }

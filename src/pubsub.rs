@@ -125,6 +125,8 @@ struct Task {
 struct Link {
     /// The settings it was made with, to tell whether a reload changes the server.
     redis: RedisSettings,
+    /// The server's URL (the master the sentinels named, with `redis.sentinel`).
+    server: String,
     /// Makes the connections that publish heartbeats and markers, as this one was made.
     client: redis::Client,
     sink: PubSubSink,
@@ -183,8 +185,11 @@ impl Task {
                 connected = connect(&settings) => connected,
             };
             let subscribed = match connected {
-                Ok((client, pubsub)) => self.subscribe_all(settings.clone(), client, pubsub).await,
-                Err(err) => Err(Failure::from(err)),
+                Ok((server, client, pubsub)) => {
+                    self.subscribe_all(settings.clone(), server, client, pubsub)
+                        .await
+                }
+                Err(failure) => Err(failure),
             };
             match subscribed {
                 Ok(link) => {
@@ -223,6 +228,7 @@ impl Task {
     async fn subscribe_all(
         &self,
         redis: RedisSettings,
+        server: String,
         client: redis::Client,
         pubsub: redis::aio::PubSub,
     ) -> Result<Link, Failure> {
@@ -253,6 +259,7 @@ impl Task {
         ));
         Ok(Link {
             redis,
+            server,
             client,
             sink,
             stream,
@@ -286,7 +293,7 @@ impl Task {
             tracing::info!(connections = notified, "gap notices sent");
         }
         tracing::info!(
-            redis = %redact(&link.redis.url),
+            redis = %redact(&link.server),
             instance = %shared.instance,
             channels = link.subscribed.channels.len(),
             patterns = link.subscribed.patterns.len(),
@@ -491,17 +498,126 @@ fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
     }
 }
 
+/// Connects a subscriber to the server (the master the sentinels name now, with
+/// `redis.sentinel`); with its URL and the client that made it.
 async fn connect(
     settings: &RedisSettings,
-) -> redis::RedisResult<(redis::Client, redis::aio::PubSub)> {
-    let client = client(settings)?;
+) -> Result<(String, redis::Client, redis::aio::PubSub), Failure> {
+    let server = resolve(settings).await?;
+    let client = client(&server)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
-        Ok(result) => result.map(|pubsub| (client, pubsub)),
-        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        ))),
+        Ok(result) => Ok((server.url, client, result?)),
+        Err(_) => Err(timed_out().into()),
     }
+}
+
+fn timed_out() -> redis::RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out").into()
+}
+
+/// The settings of the server to connect to: `settings` themselves, or with
+/// `redis.sentinel`, the master the sentinels name now. Asked at every connection, so that
+/// the reconnect after a failover finds the new master.
+async fn resolve(settings: &RedisSettings) -> Result<RedisSettings, Failure> {
+    let Some(sentinel) = &settings.sentinel else {
+        return Ok(settings.clone());
+    };
+    let mut errors = Vec::new();
+    for node in &sentinel.nodes {
+        match ask_sentinel(settings, node).await {
+            Ok(Some((host, port))) => {
+                let mut master = settings.clone();
+                master.url = with_address(&settings.url, &host, port);
+                master.sentinel = None;
+                return Ok(master);
+            }
+            Ok(None) => {
+                let message = format!(
+                    "the sentinel {node} knows no master named `{}` (redis.sentinel.master)",
+                    sentinel.master
+                );
+                return Err(Failure {
+                    reason: RedisErrorReason::Sentinel,
+                    message,
+                });
+            }
+            Err(err) => errors.push(format!("{node}: {err}")),
+        }
+    }
+    Err(Failure {
+        reason: RedisErrorReason::Sentinel,
+        message: format!("no sentinel answered ({})", errors.join("; ")),
+    })
+}
+
+/// `SENTINEL get-master-addr-by-name` on the sentinel at `node`, with the sentinels'
+/// password and the TLS settings of `settings`.
+async fn ask_sentinel(
+    settings: &RedisSettings,
+    node: &str,
+) -> redis::RedisResult<Option<(String, u16)>> {
+    let Some(sentinel) = &settings.sentinel else {
+        return Ok(None);
+    };
+    let url = match &sentinel.password {
+        Some(password) => with_password(node, password),
+        None => node.to_owned(),
+    };
+    // Each sentinel's own scheme says whether it speaks TLS (with the same `redis.tls`).
+    let tls = match url.starts_with("rediss://") {
+        true => settings.tls.clone(),
+        false => None,
+    };
+    let node_settings = RedisSettings {
+        url,
+        tls,
+        sentinel: None,
+        ..settings.clone()
+    };
+    let client = client(&node_settings)?;
+    let ask = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&sentinel.master)
+            .query_async::<Option<(String, u16)>>(&mut connection)
+            .await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, ask).await {
+        Ok(answer) => answer,
+        Err(_) => Err(timed_out()),
+    }
+}
+
+/// `url` with its host and port replaced (scheme, credentials, database and options kept).
+fn with_address(url: &str, host: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let credentials = match authority.rfind('@') {
+        Some(at) => &authority[..=at],
+        None => "",
+    };
+    let host = match host.contains(':') {
+        true => format!("[{host}]"),
+        false => host.to_owned(),
+    };
+    format!("{scheme}://{credentials}{host}:{port}{tail}")
+}
+
+/// `redis://HOST:PORT` with `password` for the default user, percent-encoded.
+fn with_password(node: &str, password: &str) -> String {
+    let (scheme, address) = node.split_once("://").unwrap_or(("redis", node));
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("{scheme}://:{encoded}@{address}")
 }
 
 /// Why connecting or subscribing failed: the kind (for the metric) and what to log.
@@ -782,7 +898,10 @@ pub async fn publish(
     channel: &str,
     payload: &[u8],
 ) -> redis::RedisResult<i64> {
-    publish_with(&client(settings)?, channel, payload).await
+    let server = resolve(settings)
+        .await
+        .map_err(|failure| std::io::Error::other(failure.message))?;
+    publish_with(&client(&server)?, channel, payload).await
 }
 
 async fn publish_with(
@@ -810,7 +929,23 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, with_address, with_password};
+
+    #[test]
+    fn the_master_takes_the_place_of_the_host_only() {
+        assert_eq!(
+            with_address("rediss://bridge:pw@unused:1/2", "10.0.0.7", 6380),
+            "rediss://bridge:pw@10.0.0.7:6380/2"
+        );
+        assert_eq!(
+            with_address("redis://unused", "::1", 6379),
+            "redis://[::1]:6379"
+        );
+        assert_eq!(
+            with_password("redis://10.0.0.1:26379", "a b@c"),
+            "redis://:a%20b%40c@10.0.0.1:26379"
+        );
+    }
 
     #[test]
     fn redact_hides_credentials_only() {

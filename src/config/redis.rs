@@ -7,7 +7,7 @@ use std::time::Duration;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use super::yaml::{self, Ctx, Node, fields};
+use super::yaml::{self, Ctx, Kind, Node, fields};
 
 /// The `redis` section.
 #[derive(Clone, Debug)]
@@ -17,6 +17,9 @@ pub struct RedisSettings {
     /// What a `rediss://` connection trusts and presents (`tls`; absent: the system roots,
     /// no client certificate).
     pub tls: Option<RedisTls>,
+    /// Where to ask for the master (`sentinel`); `url` then gives the scheme, credentials
+    /// and database, not the host.
+    pub sentinel: Option<Sentinel>,
     /// How often the subscription watchdog publishes a heartbeat to itself
     /// (`heartbeat_interval`, default 5s).
     pub heartbeat_interval: Duration,
@@ -29,7 +32,28 @@ impl RedisSettings {
     /// Whether a connection made with `self` would reach the same server in the same way as
     /// one made with `other` (the watchdog's timing aside).
     pub fn same_server(&self, other: &RedisSettings) -> bool {
-        self.url == other.url && self.tls == other.tls
+        self.url == other.url && self.tls == other.tls && self.sentinel == other.sentinel
+    }
+}
+
+/// The `redis.sentinel` section.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Sentinel {
+    /// The master's name in the sentinels' configuration.
+    pub master: String,
+    /// `redis://HOST:PORT` or `rediss://HOST:PORT` of each sentinel, asked in this order.
+    pub nodes: Vec<String>,
+    /// The sentinels' own password (`requirepass` of the sentinels), if any.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for Sentinel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sentinel")
+            .field("master", &self.master)
+            .field("nodes", &self.nodes)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -38,6 +62,7 @@ impl Default for RedisSettings {
         RedisSettings {
             url: DEFAULT_REDIS_URL.to_owned(),
             tls: None,
+            sentinel: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
         }
@@ -73,7 +98,14 @@ impl fmt::Debug for RedisTls {
 }
 
 pub(super) const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
-const REDIS_KEYS: &[&str] = &["url", "tls", "heartbeat_interval", "heartbeat_timeout"];
+const REDIS_KEYS: &[&str] = &[
+    "url",
+    "tls",
+    "sentinel",
+    "heartbeat_interval",
+    "heartbeat_timeout",
+];
+const SENTINEL_KEYS: &[&str] = &["master", "nodes", "password"];
 const TLS_KEYS: &[&str] = &["ca_file", "cert_file", "key_file"];
 const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -96,6 +128,10 @@ pub(super) fn compile(ctx: &mut Ctx, node: &Node) -> Option<RedisSettings> {
             None
         }
         (Some(tls_node), _) => tls(ctx, tls_node).map(Some),
+    };
+    let sentinel = match section.get("sentinel") {
+        None => Some(None),
+        Some(sentinel_node) => sentinel(ctx, sentinel_node).map(Some),
     };
     let positive = |ctx: &mut Ctx, key: &str, default: Duration| match section.get(key) {
         None => Some(default),
@@ -132,6 +168,7 @@ pub(super) fn compile(ctx: &mut Ctx, node: &Node) -> Option<RedisSettings> {
     Some(RedisSettings {
         url: url?,
         tls: tls?,
+        sentinel: sentinel?,
         heartbeat_interval: heartbeat_interval?,
         heartbeat_timeout: heartbeat_timeout?,
     })
@@ -158,6 +195,109 @@ fn url(ctx: &mut Ctx, url_node: &Node) -> Option<String> {
         }
         Some(_) => Some(url),
     }
+}
+
+/// Reads `redis.sentinel`.
+fn sentinel(ctx: &mut Ctx, node: &Node) -> Option<Sentinel> {
+    let section = fields(ctx, node, "redis.sentinel", SENTINEL_KEYS)?;
+    let master = match section.get("master") {
+        None => {
+            ctx.error(
+                node,
+                "redis.sentinel.master",
+                "missing key `master`: the master's name in the sentinels' configuration",
+            );
+            None
+        }
+        Some(master_node) => match yaml::string(ctx, master_node, "redis.sentinel.master")? {
+            name if name.is_empty() => {
+                ctx.error(master_node, "redis.sentinel.master", "must not be empty");
+                None
+            }
+            name => Some(name),
+        },
+    };
+    let nodes = match section.get("nodes") {
+        None => {
+            ctx.error(
+                node,
+                "redis.sentinel.nodes",
+                "missing key `nodes`: the sentinels' addresses",
+            );
+            None
+        }
+        Some(nodes_node) => sentinel_nodes(ctx, nodes_node),
+    };
+    let password = match section.get("password") {
+        None => Some(None),
+        Some(password_node) => {
+            yaml::string(ctx, password_node, "redis.sentinel.password").map(Some)
+        }
+    };
+    Some(Sentinel {
+        master: master?,
+        nodes: nodes?,
+        password: password?,
+    })
+}
+
+/// Reads the sentinels' URLs: `redis://HOST:PORT` or `rediss://HOST:PORT`, port required
+/// (a sentinel's usual port, 26379, is not Redis's default, so leaving it out is a mistake).
+fn sentinel_nodes(ctx: &mut Ctx, node: &Node) -> Option<Vec<String>> {
+    let Kind::Seq(items) = &node.kind else {
+        ctx.error(
+            node,
+            "redis.sentinel.nodes",
+            "expected a list of redis://HOST:PORT",
+        );
+        return None;
+    };
+    if items.is_empty() {
+        ctx.error(
+            node,
+            "redis.sentinel.nodes",
+            "must list at least one sentinel",
+        );
+        return None;
+    }
+    let mut nodes = Vec::with_capacity(items.len());
+    let mut valid = true;
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("redis.sentinel.nodes[{i}]");
+        let Some(url) = yaml::string(ctx, item, &path) else {
+            valid = false;
+            continue;
+        };
+        let address = url
+            .strip_prefix("redis://")
+            .or_else(|| url.strip_prefix("rediss://"));
+        let port = address
+            .and_then(|a| a.rsplit_once(':'))
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        match (address, port) {
+            (None, _) => {
+                ctx.error(
+                    item,
+                    &path,
+                    format!("`{url}` must start with redis:// or rediss://"),
+                );
+                valid = false;
+            }
+            (Some(_), Some((host, Ok(port))))
+                if !host.is_empty() && port > 0 && !host.contains(['/', '@']) =>
+            {
+                nodes.push(url);
+            }
+            (Some(_), _) => {
+                let message = format!(
+                    "`{url}` must be redis://HOST:PORT (with the port, e.g. 26379, and nothing after it)"
+                );
+                ctx.error(item, &path, message);
+                valid = false;
+            }
+        }
+    }
+    valid.then_some(nodes)
 }
 
 /// Reads `redis.tls`. Every file is read and parsed here, as the TLS stack will parse it, so

@@ -364,7 +364,7 @@ fn unknown_key_inside_a_route_and_sections() {
     );
     assert_eq!(
         one_error(&format!("redis:\n  host: x\n{MINIMAL}")),
-        "2:3 redis.host: unknown key `host` (expected one of: url, tls, heartbeat_interval, heartbeat_timeout)"
+        "2:3 redis.host: unknown key `host` (expected one of: url, tls, sentinel, heartbeat_interval, heartbeat_timeout)"
     );
     assert_eq!(
         one_error("routes:\n  - name: a\n    channel: x\n    audience: {users: \"{payload.u}\"}\n"),
@@ -1160,5 +1160,45 @@ fn instance_names_a_bridge_among_several() {
     assert_eq!(
         one_error(&format!("instance: \"\"\n{MINIMAL}")),
         "1:11 instance: expected a name of 1 to 64 printable ASCII characters, without spaces"
+    );
+}
+
+#[test]
+fn redis_sentinel_settings_are_checked() {
+    let sentinel =
+        |body: &str| format!("redis:\n  url: redis://:pw@unused:1/0\n  sentinel:\n{body}{MINIMAL}");
+    let config = ok(&sentinel(
+        "    master: mymaster\n    nodes: [redis://10.0.0.1:26379, \"rediss://[::1]:26380\"]\n    password: s3\n",
+    ));
+    let Some(settings) = &config.redis.sentinel else {
+        panic!("a sentinel section");
+    };
+    assert_eq!(settings.master, "mymaster");
+    assert_eq!(settings.nodes.len(), 2);
+    assert!(
+        !format!("{settings:?}").contains("s3"),
+        "Debug shows no password"
+    );
+    assert_eq!(
+        one_error(&sentinel("    master: m\n    nodes: []\n")),
+        "5:12 redis.sentinel.nodes: must list at least one sentinel"
+    );
+    assert_eq!(
+        one_error(&sentinel("    master: m\n    nodes: [redis://10.0.0.1]\n")),
+        "5:13 redis.sentinel.nodes[0]: `redis://10.0.0.1` must be redis://HOST:PORT (with the port, e.g. 26379, and nothing after it)"
+    );
+    assert_eq!(
+        one_error(&sentinel("    master: m\n    nodes: [10.0.0.1:26379]\n")),
+        "5:13 redis.sentinel.nodes[0]: `10.0.0.1:26379` must start with redis:// or rediss://"
+    );
+    assert_eq!(
+        one_error(&sentinel("    nodes: [redis://10.0.0.1:26379]\n")),
+        "4:5 redis.sentinel.master: missing key `master`: the master's name in the sentinels' configuration"
+    );
+    assert_eq!(
+        one_error(&sentinel(
+            "    master: m\n    nodes: [redis://a:1]\n  cluster: {}\n"
+        )),
+        "6:3 redis.cluster: unknown key `cluster` (expected one of: url, tls, sentinel, heartbeat_interval, heartbeat_timeout)"
     );
 }

@@ -517,3 +517,22 @@ fn check_reads_and_verifies_the_redis_tls_files() {
         &["redis.tls.key_file", "expected a PEM private key"],
     );
 }
+
+#[test]
+fn check_refuses_bad_sentinel_settings_with_file_line_column() {
+    let with_nodes = |nodes: &str| {
+        format!(
+            "redis:\n  url: redis://unused:1/0\n  sentinel:\n    master: mymaster\n    nodes: {nodes}\nroutes:\n  - name: jobs\n    channel: jobs\n"
+        )
+    };
+    assert_config_rejected(
+        &with_nodes("[]"),
+        Some(5),
+        &["redis.sentinel.nodes", "at least one sentinel"],
+    );
+    assert_config_rejected(
+        &with_nodes("[redis://127.0.0.1:26379, redis://10.0.0.2]"),
+        Some(5),
+        &["redis.sentinel.nodes[1]", "with the port"],
+    );
+}

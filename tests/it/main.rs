@@ -21,6 +21,8 @@
 //!   wrong password named in the log.
 //! - `redis_tls`: `rediss://` to a real TLS redis-server: a CA file, mutual TLS, an unknown
 //!   CA and a wrong host name (not ready, logged once, counted, fixed without a restart).
+//! - `sentinel`: three sentinels, a master and a replica: the bridge follows SENTINEL
+//!   FAILOVER and a killed master under a publish load, nothing got twice, losses in gaps.
 //! - `watchdog`: a black-holed subscription detected and replaced, Redis restarted again and
 //!   again, `gap` notices.
 //! - `abuse`: slow loris, oversized heads, garbage, bad keys, subscribe and command floods,
@@ -62,5 +64,6 @@ mod reload;
 mod resilience;
 mod routing;
 mod security;
+mod sentinel;
 mod support;
 mod watchdog;

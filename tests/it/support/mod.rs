@@ -164,6 +164,8 @@ pub struct RedisServer {
     port: u16,
     /// TLS on a second port besides the plain one (which the tests' publishers and PING use).
     tls: Option<RedisTls>,
+    /// More arguments for redis-server (e.g. `--replicaof`).
+    extra: Vec<String>,
     /// The working directory (`--dir`) and its log file.
     dir: tempfile::TempDir,
     /// The running server, `None` while killed.
@@ -186,6 +188,18 @@ impl RedisServer {
         RedisServer::start_with_tls(None)
     }
 
+    /// Starts a replica of the server on `master_port`.
+    pub fn start_replica_of(master_port: u16) -> RedisServer {
+        let mut server = RedisServer::start_with_tls(None);
+        server.extra = vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master_port.to_string(),
+        ];
+        server.restart();
+        server
+    }
+
     /// Starts a server that also accepts TLS (`tls.port` is picked here) on 127.0.0.1 and
     /// 127.0.0.2 (an address its certificate may not name).
     pub fn start_with_tls(tls: Option<RedisTls>) -> RedisServer {
@@ -193,6 +207,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port: 0,
             tls,
+            extra: Vec::new(),
             dir,
             child: None,
         };
@@ -271,6 +286,7 @@ impl RedisServer {
                     .args(["--tls-auth-clients", auth_clients]);
             }
         }
+        command.args(&self.extra);
         let mut child = command
             .arg("--dir")
             .arg(self.dir.path())
@@ -314,7 +330,7 @@ impl Drop for RedisServer {
 }
 
 /// True when a Redis server on `port` answers `PING` with `+PONG`.
-fn redis_ping(port: u16) -> bool {
+pub fn redis_ping(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut s) = StdTcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
