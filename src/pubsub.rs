@@ -515,10 +515,14 @@ fn timed_out() -> redis::RedisError {
     std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out").into()
 }
 
-/// The settings of the server to connect to: `settings` themselves, or with
-/// `redis.sentinel`, the master the sentinels name now. Asked at every connection, so that
-/// the reconnect after a failover finds the new master.
+/// The settings of the server to connect to: `settings` themselves; with `redis.sentinel`,
+/// the master the sentinels name now; with `redis.cluster`, the first node that answers.
+/// Asked at every connection, so that the reconnect after a failover finds the new master,
+/// or another node.
 async fn resolve(settings: &RedisSettings) -> Result<RedisSettings, Failure> {
+    if let Some(nodes) = &settings.cluster {
+        return first_answering(settings, nodes).await;
+    }
     let Some(sentinel) = &settings.sentinel else {
         return Ok(settings.clone());
     };
@@ -547,6 +551,44 @@ async fn resolve(settings: &RedisSettings) -> Result<RedisSettings, Failure> {
     Err(Failure {
         reason: RedisErrorReason::Sentinel,
         message: format!("no sentinel answered ({})", errors.join("; ")),
+    })
+}
+
+/// The first cluster node that answers PING, with the credentials and TLS of `settings`:
+/// classic PUBLISH reaches the subscribers of every node of a cluster, so any one will do.
+async fn first_answering(
+    settings: &RedisSettings,
+    nodes: &[String],
+) -> Result<RedisSettings, Failure> {
+    let mut errors = Vec::new();
+    for node in nodes {
+        let address = node.split_once("://").map_or(node.as_str(), |(_, a)| a);
+        let Some((host, Ok(port))) = address.rsplit_once(':').map(|(h, p)| (h, p.parse())) else {
+            continue;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let candidate = RedisSettings {
+            url: with_address(&settings.url, host, port),
+            cluster: None,
+            ..settings.clone()
+        };
+        let ping = async {
+            let mut connection = client(&candidate)?
+                .get_multiplexed_async_connection()
+                .await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, ping).await {
+            Ok(Ok(_)) => return Ok(candidate),
+            Ok(Err(err)) => errors.push(format!("{node}: {err}")),
+            Err(_) => errors.push(format!("{node}: {}", timed_out())),
+        }
+    }
+    Err(Failure {
+        reason: RedisErrorReason::Unreachable,
+        message: format!("no cluster node answered ({})", errors.join("; ")),
     })
 }
 

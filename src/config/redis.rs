@@ -20,6 +20,9 @@ pub struct RedisSettings {
     /// Where to ask for the master (`sentinel`); `url` then gives the scheme, credentials
     /// and database, not the host.
     pub sentinel: Option<Sentinel>,
+    /// The nodes of a Redis Cluster (`cluster.nodes`), tried in order: classic PUBLISH
+    /// reaches the subscribers of every node, so one node is enough.
+    pub cluster: Option<Vec<String>>,
     /// How often the subscription watchdog publishes a heartbeat to itself
     /// (`heartbeat_interval`, default 5s).
     pub heartbeat_interval: Duration,
@@ -32,7 +35,10 @@ impl RedisSettings {
     /// Whether a connection made with `self` would reach the same server in the same way as
     /// one made with `other` (the watchdog's timing aside).
     pub fn same_server(&self, other: &RedisSettings) -> bool {
-        self.url == other.url && self.tls == other.tls && self.sentinel == other.sentinel
+        self.url == other.url
+            && self.tls == other.tls
+            && self.sentinel == other.sentinel
+            && self.cluster == other.cluster
     }
 }
 
@@ -63,6 +69,7 @@ impl Default for RedisSettings {
             url: DEFAULT_REDIS_URL.to_owned(),
             tls: None,
             sentinel: None,
+            cluster: None,
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
         }
@@ -102,6 +109,7 @@ const REDIS_KEYS: &[&str] = &[
     "url",
     "tls",
     "sentinel",
+    "cluster",
     "heartbeat_interval",
     "heartbeat_timeout",
 ];
@@ -132,6 +140,16 @@ pub(super) fn compile(ctx: &mut Ctx, node: &Node) -> Option<RedisSettings> {
     let sentinel = match section.get("sentinel") {
         None => Some(None),
         Some(sentinel_node) => sentinel(ctx, sentinel_node).map(Some),
+    };
+    let cluster = match (section.get("cluster"), section.get("sentinel")) {
+        (None, _) => Some(None),
+        (Some(cluster_node), Some(_)) => {
+            let message =
+                "`sentinel` and `cluster` exclude each other: a Redis is one or the other";
+            ctx.error(cluster_node, "redis.cluster", message);
+            None
+        }
+        (Some(cluster_node), None) => cluster(ctx, cluster_node).map(Some),
     };
     let positive = |ctx: &mut Ctx, key: &str, default: Duration| match section.get(key) {
         None => Some(default),
@@ -169,6 +187,7 @@ pub(super) fn compile(ctx: &mut Ctx, node: &Node) -> Option<RedisSettings> {
         url: url?,
         tls: tls?,
         sentinel: sentinel?,
+        cluster: cluster?,
         heartbeat_interval: heartbeat_interval?,
         heartbeat_timeout: heartbeat_timeout?,
     })
@@ -226,7 +245,7 @@ fn sentinel(ctx: &mut Ctx, node: &Node) -> Option<Sentinel> {
             );
             None
         }
-        Some(nodes_node) => sentinel_nodes(ctx, nodes_node),
+        Some(nodes_node) => node_list(ctx, nodes_node, "redis.sentinel.nodes"),
     };
     let password = match section.get("password") {
         None => Some(None),
@@ -241,29 +260,38 @@ fn sentinel(ctx: &mut Ctx, node: &Node) -> Option<Sentinel> {
     })
 }
 
-/// Reads the sentinels' URLs: `redis://HOST:PORT` or `rediss://HOST:PORT`, port required
-/// (a sentinel's usual port, 26379, is not Redis's default, so leaving it out is a mistake).
-fn sentinel_nodes(ctx: &mut Ctx, node: &Node) -> Option<Vec<String>> {
+/// Reads `redis.cluster`.
+fn cluster(ctx: &mut Ctx, node: &Node) -> Option<Vec<String>> {
+    let section = fields(ctx, node, "redis.cluster", &["nodes"])?;
+    match section.get("nodes") {
+        None => {
+            ctx.error(
+                node,
+                "redis.cluster.nodes",
+                "missing key `nodes`: the cluster's nodes",
+            );
+            None
+        }
+        Some(nodes) => node_list(ctx, nodes, "redis.cluster.nodes"),
+    }
+}
+
+/// Reads the URLs of sentinels or cluster nodes: `redis://HOST:PORT` or `rediss://HOST:PORT`,
+/// port required (neither a sentinel's usual port, 26379, nor a cluster's are Redis's
+/// default, so leaving it out is a mistake).
+fn node_list(ctx: &mut Ctx, node: &Node, key: &str) -> Option<Vec<String>> {
     let Kind::Seq(items) = &node.kind else {
-        ctx.error(
-            node,
-            "redis.sentinel.nodes",
-            "expected a list of redis://HOST:PORT",
-        );
+        ctx.error(node, key, "expected a list of redis://HOST:PORT");
         return None;
     };
     if items.is_empty() {
-        ctx.error(
-            node,
-            "redis.sentinel.nodes",
-            "must list at least one sentinel",
-        );
+        ctx.error(node, key, "must list at least one node");
         return None;
     }
     let mut nodes = Vec::with_capacity(items.len());
     let mut valid = true;
     for (i, item) in items.iter().enumerate() {
-        let path = format!("redis.sentinel.nodes[{i}]");
+        let path = format!("{key}[{i}]");
         let Some(url) = yaml::string(ctx, item, &path) else {
             valid = false;
             continue;

@@ -364,7 +364,7 @@ fn unknown_key_inside_a_route_and_sections() {
     );
     assert_eq!(
         one_error(&format!("redis:\n  host: x\n{MINIMAL}")),
-        "2:3 redis.host: unknown key `host` (expected one of: url, tls, sentinel, heartbeat_interval, heartbeat_timeout)"
+        "2:3 redis.host: unknown key `host` (expected one of: url, tls, sentinel, cluster, heartbeat_interval, heartbeat_timeout)"
     );
     assert_eq!(
         one_error("routes:\n  - name: a\n    channel: x\n    audience: {users: \"{payload.u}\"}\n"),
@@ -1181,7 +1181,7 @@ fn redis_sentinel_settings_are_checked() {
     );
     assert_eq!(
         one_error(&sentinel("    master: m\n    nodes: []\n")),
-        "5:12 redis.sentinel.nodes: must list at least one sentinel"
+        "5:12 redis.sentinel.nodes: must list at least one node"
     );
     assert_eq!(
         one_error(&sentinel("    master: m\n    nodes: [redis://10.0.0.1]\n")),
@@ -1197,8 +1197,19 @@ fn redis_sentinel_settings_are_checked() {
     );
     assert_eq!(
         one_error(&sentinel(
-            "    master: m\n    nodes: [redis://a:1]\n  cluster: {}\n"
+            "    master: m\n    nodes: [redis://a:1]\n  cluster:\n    nodes: [redis://b:7000]\n"
         )),
-        "6:3 redis.cluster: unknown key `cluster` (expected one of: url, tls, sentinel, heartbeat_interval, heartbeat_timeout)"
+        "7:5 redis.cluster: `sentinel` and `cluster` exclude each other: a Redis is one or the other"
     );
+    let cluster = |nodes: &str| format!("redis:\n  cluster:\n    nodes: {nodes}\n{MINIMAL}");
+    assert_eq!(
+        one_error(&cluster("[]")),
+        "3:12 redis.cluster.nodes: must list at least one node"
+    );
+    assert_eq!(
+        one_error(&cluster("[redis://10.0.0.1:7000, redis://10.0.0.2]")),
+        "3:36 redis.cluster.nodes[1]: `redis://10.0.0.2` must be redis://HOST:PORT (with the port, e.g. 26379, and nothing after it)"
+    );
+    let config = ok(&cluster("[redis://10.0.0.1:7000, redis://10.0.0.2:7000]"));
+    assert_eq!(config.redis.cluster.map(|nodes| nodes.len()), Some(2));
 }

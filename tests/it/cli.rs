@@ -528,7 +528,7 @@ fn check_refuses_bad_sentinel_settings_with_file_line_column() {
     assert_config_rejected(
         &with_nodes("[]"),
         Some(5),
-        &["redis.sentinel.nodes", "at least one sentinel"],
+        &["redis.sentinel.nodes", "at least one node"],
     );
     assert_config_rejected(
         &with_nodes("[redis://127.0.0.1:26379, redis://10.0.0.2]"),

@@ -17,6 +17,8 @@
 //! - `monitoring`: the Prometheus alert rules (promtool, then a real Prometheus scraping a
 //!   real bridge) and the Grafana dashboard's queries against the metrics exported.
 //! - `packaging`: the systemd unit (systemd-analyze) and the Debian package.
+//! - `cluster`: a 3-master Redis Cluster: the bridge subscribes on one node and moves to the
+//!   next when it is killed.
 //! - `redis_acl`: the bridge under README's least ACL user; a denied command or channel and a
 //!   wrong password named in the log.
 //! - `redis_tls`: `rediss://` to a real TLS redis-server: a CA file, mutual TLS, an unknown
@@ -50,6 +52,7 @@ mod admin;
 mod auth;
 mod browser;
 mod cli;
+mod cluster;
 mod compat;
 mod conformance;
 mod console;

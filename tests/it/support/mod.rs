@@ -203,11 +203,20 @@ impl RedisServer {
     /// Starts a server that also accepts TLS (`tls.port` is picked here) on 127.0.0.1 and
     /// 127.0.0.2 (an address its certificate may not name).
     pub fn start_with_tls(tls: Option<RedisTls>) -> RedisServer {
+        RedisServer::start_inner(tls, Vec::new())
+    }
+
+    /// Starts a server with more redis-server arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with_args(args: &[&str]) -> RedisServer {
+        RedisServer::start_inner(None, args.iter().map(|a| a.to_string()).collect())
+    }
+
+    fn start_inner(tls: Option<RedisTls>, extra: Vec<String>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         let mut server = RedisServer {
             port: 0,
             tls,
-            extra: Vec::new(),
+            extra,
             dir,
             child: None,
         };
