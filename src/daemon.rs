@@ -60,7 +60,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(async move {
         systemd::follow(&follower.systemd, follower.redis_changes.subscribe()).await
     });
-    tracing::info!(addr = %local, epoch = %shared.epoch, version = env!("CARGO_PKG_VERSION"), "listening");
+    tracing::info!(addr = %local, instance = %shared.instance, epoch = %shared.epoch, version = env!("CARGO_PKG_VERSION"), "listening");
 
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",

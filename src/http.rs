@@ -319,6 +319,7 @@ fn stats(shared: Arc<Shared>) -> Response {
                 "last_reload_error": status.last_reload_error,
             },
             "epoch": &shared.epoch,
+            "instance": &shared.instance,
         }),
     )
 }
@@ -488,9 +489,9 @@ async fn publish(admin: Arc<str>, body: bytes::Bytes, shared: Arc<Shared>) -> Re
         Ok(request) => request,
         Err(message) => return json_reply(StatusCode::BAD_REQUEST, &json!({"error": message})),
     };
-    let url = shared.config().redis.url.clone();
+    let redis = shared.config().redis.clone();
     let published =
-        tokio::time::timeout(PUBLISH_TIMEOUT, pubsub::publish(&url, &channel, &payload)).await;
+        tokio::time::timeout(PUBLISH_TIMEOUT, pubsub::publish(&redis, &channel, &payload)).await;
     match published {
         Ok(Ok(receivers)) => {
             tracing::info!(%admin, channel, bytes = payload.len(), receivers, "published through /api/publish");
@@ -504,7 +505,7 @@ async fn publish(admin: Arc<str>, body: bytes::Bytes, shared: Arc<Shared>) -> Re
             )
         }
         Ok(Err(err)) => {
-            tracing::warn!(error = %err, "/api/publish: redis refused the PUBLISH");
+            tracing::warn!(channel, error = %err, "/api/publish: redis refused the PUBLISH");
             json_reply(
                 StatusCode::BAD_GATEWAY,
                 &json!({"error": format!("redis refused the PUBLISH: {err}")}),

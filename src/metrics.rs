@@ -89,6 +89,46 @@ impl DropReason {
     }
 }
 
+/// Why a connection to Redis could not be made or used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisErrorReason {
+    /// The server's certificate was not verified (unknown CA, wrong host name, expired), or
+    /// the TLS handshake failed otherwise.
+    Tls,
+    /// A wrong user name or password.
+    Auth,
+    /// The ACL user may not run a command the bridge needs (NOPERM).
+    Denied,
+    /// Refused, unreachable, timed out, or closed by the server.
+    Unreachable,
+    /// No sentinel answered, or they know no master of that name.
+    Sentinel,
+    /// Anything else Redis answered.
+    Other,
+}
+
+impl RedisErrorReason {
+    const ALL: [RedisErrorReason; 6] = [
+        Self::Tls,
+        Self::Auth,
+        Self::Denied,
+        Self::Unreachable,
+        Self::Sentinel,
+        Self::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Tls => "tls",
+            Self::Auth => "auth",
+            Self::Denied => "denied",
+            Self::Unreachable => "unreachable",
+            Self::Sentinel => "sentinel",
+            Self::Other => "other",
+        }
+    }
+}
+
 /// Upper bounds of `bridge_delivery_seconds`: 50 µs to 5 s, roughly ×2.5 apart, because a
 /// healthy bridge delivers in well under a millisecond and an overloaded one in seconds.
 const DELIVERY_BUCKETS: [f64; 12] = [
@@ -125,6 +165,7 @@ pub struct Metrics {
     pub redis_reconnects: Counter,
     /// Subscriber connections replaced because the heartbeat stopped coming back.
     pub redis_stalls: Counter,
+    redis_errors: Family<Reason, Counter>,
     reloads: Family<Reason, Counter>,
     /// Redis receipt to socket write of each frame. Measured against the hand-written
     /// atomics it replaced, with
@@ -223,6 +264,14 @@ impl Default for Metrics {
             "bridge_redis_stalls",
             "Subscriber connections replaced because the heartbeat did not come back in time",
         );
+        let redis_errors: Family<Reason, Counter> = family(
+            &mut registry,
+            "bridge_redis_connect_errors",
+            "Redis connections that failed or were refused, by reason",
+        );
+        for reason in RedisErrorReason::ALL {
+            let _ = redis_errors.get_or_create(&[("reason", reason.label())]);
+        }
         let reloads: Family<Reason, Counter> = family(
             &mut registry,
             "bridge_config_reloads",
@@ -269,6 +318,7 @@ impl Default for Metrics {
             redis_connected,
             redis_reconnects,
             redis_stalls,
+            redis_errors,
             reloads,
             delivery,
             routes: Mutex::default(),
@@ -341,6 +391,12 @@ impl Metrics {
         self.dropped
             .get_or_create(&[("reason", reason.label())])
             .inc_by(frames);
+    }
+
+    pub fn redis_error(&self, reason: RedisErrorReason) {
+        self.redis_errors
+            .get_or_create(&[("reason", reason.label())])
+            .inc();
     }
 
     pub fn reload(&self, ok: bool) {
@@ -466,6 +522,7 @@ mod tests {
         metrics.rejected(RejectReason::Capacity);
         metrics.dropped(DropReason::QueueFull, 2);
         metrics.reload(false);
+        metrics.redis_error(RedisErrorReason::Tls);
         metrics.observe_delivery(Duration::from_micros(300));
         let text = metrics.render();
         for line in [
@@ -474,6 +531,7 @@ mod tests {
             "bridge_connections_rejected_total{reason=\"origin\"} 0",
             "bridge_messages_dropped_total{reason=\"queue_full\"} 2",
             "bridge_config_reloads_total{result=\"error\"} 1",
+            "bridge_redis_connect_errors_total{reason=\"tls\"} 1",
             "bridge_delivery_seconds_bucket{le=\"0.00025\"} 0",
             "bridge_delivery_seconds_bucket{le=\"0.0005\"} 1",
             "bridge_delivery_seconds_bucket{le=\"+Inf\"} 1",

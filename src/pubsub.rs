@@ -1,7 +1,9 @@
 //! The one module that talks to Redis: a subscriber connection that SUBSCRIBEs the routes'
 //! channels and PSUBSCRIBEs their patterns, reconnects with capped exponential backoff,
 //! applies new routing tables by subscription difference, and hands every message to the
-//! dispatcher. Also the short-lived connections `/api/publish` uses.
+//! dispatcher. Also the short-lived connections `/api/publish` uses. Every connection it
+//! makes (subscriber, heartbeats, switch markers, `/api/publish`) is built by [`client`] from
+//! the same `redis` settings: URL, credentials, TLS roots and client certificate.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,8 +17,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Interval;
 
-use crate::config::RESERVED_PREFIX;
+use crate::config::{RESERVED_PREFIX, RedisSettings};
 use crate::dispatch::Dispatcher;
+use crate::metrics::RedisErrorReason;
 use crate::router::Routing;
 use crate::state::Shared;
 
@@ -108,7 +111,8 @@ struct Task {
     retry: Duration,
     /// Whether a connection was ever made: the next one is a reconnect, with gap notices.
     ever_connected: bool,
-    /// The last connection error logged, so that a Redis that stays down is logged once.
+    /// The last connection error logged, so that a Redis that stays down (or a certificate
+    /// that stays wrong) is logged once, not once per retry.
     last_error: String,
     /// Numbers the switch markers of this process.
     switches: u64,
@@ -118,7 +122,12 @@ struct Task {
 
 /// One subscribed connection, and the work in flight on it.
 struct Link {
-    url: String,
+    /// The settings it was made with, to tell whether a reload changes the server.
+    redis: RedisSettings,
+    /// The server's URL (the master the sentinels named, with `redis.sentinel`).
+    server: String,
+    /// Makes the connections that publish heartbeats and markers, as this one was made.
+    client: redis::Client,
     sink: PubSubSink,
     stream: PubSubStream,
     subscribed: Subscriptions,
@@ -169,25 +178,40 @@ impl Task {
     /// Connects and subscribes, retrying with backoff until it works; `None` on shutdown.
     async fn connect(&mut self) -> Option<Link> {
         loop {
-            let url = self.shared.config().redis.url.clone();
+            let settings = self.shared.config().redis.clone();
             let connected = tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return None,
-                connected = connect(&url) => connected,
+                connected = connect(&settings) => connected,
             };
             let subscribed = match connected {
-                Ok(pubsub) => self.subscribe_all(url.clone(), pubsub).await,
-                Err(err) => Err(err),
+                Ok((server, client, pubsub)) => {
+                    self.subscribe_all(settings.clone(), server, client, pubsub)
+                        .await
+                }
+                Err(failure) => Err(failure),
             };
             match subscribed {
                 Ok(link) => {
                     self.announce(&link);
                     return Some(link);
                 }
-                Err(err) => {
-                    let err = err.to_string();
-                    if err != self.last_error {
-                        tracing::warn!(redis = %redact(&url), error = %err, retry_in = ?self.retry, "redis unavailable");
-                        self.last_error = err;
+                Err(Failure {
+                    reason,
+                    message: err,
+                }) => {
+                    self.shared.metrics.redis_error(reason);
+                    // Compared without digits: some errors count something that changes at
+                    // every attempt (an expired certificate's "N seconds ago").
+                    let same: String = err.chars().filter(|c| !c.is_ascii_digit()).collect();
+                    if same != self.last_error {
+                        tracing::warn!(
+                            redis = %redact(&settings.url),
+                            reason = reason.label(),
+                            error = %err,
+                            retry_in = ?self.retry,
+                            "redis unavailable"
+                        );
+                        self.last_error = same;
                     }
                     if !wait_retry(&self.shared, &mut self.requests, self.retry).await {
                         return None;
@@ -202,9 +226,11 @@ impl Task {
     /// starts the heartbeats.
     async fn subscribe_all(
         &self,
-        url: String,
+        redis: RedisSettings,
+        server: String,
+        client: redis::Client,
         pubsub: redis::aio::PubSub,
-    ) -> redis::RedisResult<Link> {
+    ) -> Result<Link, Failure> {
         let (mut sink, stream) = pubsub.split();
         let mut subscribed = Subscriptions::default();
         let routing = self.shared.routing.load_full();
@@ -216,14 +242,24 @@ impl Task {
             Some(&heartbeat_channel),
         )
         .await?;
+        // The first heartbeat now, so that an ACL user that may not PUBLISH on the bridge's
+        // own channels is reported as such rather than, later, as a stalled subscription.
+        if let Err(err) = publish_with(&client, &heartbeat_channel, b"").await {
+            return Err(match is_denied(&err) {
+                true => Failure::denied("PUBLISH on", &heartbeat_channel),
+                false => err.into(),
+            });
+        }
         let settings = &routing.config.redis;
         let heartbeats = tokio::spawn(send_heartbeats(
-            url.clone(),
+            client.clone(),
             heartbeat_channel.clone(),
             settings.heartbeat_interval,
         ));
         Ok(Link {
-            url,
+            redis,
+            server,
+            client,
             sink,
             stream,
             subscribed,
@@ -253,7 +289,8 @@ impl Task {
             tracing::info!(connections = notified, "gap notices sent");
         }
         tracing::info!(
-            redis = %redact(&link.url),
+            redis = %redact(&link.server),
+            instance = %shared.instance,
             channels = link.subscribed.channels.len(),
             patterns = link.subscribed.patterns.len(),
             "redis subscribed"
@@ -299,11 +336,11 @@ impl Task {
         routing: Arc<Routing>,
         done: oneshot::Sender<()>,
     ) -> Result<(), Lost> {
-        if routing.config.redis.url != link.url {
+        if !routing.config.redis.same_server(&link.redis) {
             // The next connection subscribes the new table from scratch.
             self.shared.routing.store(routing);
             let _ = done.send(());
-            return Err("redis.url changed");
+            return Err("redis.url or redis.tls changed");
         }
         self.switches += 1;
         let marker = format!(
@@ -316,14 +353,14 @@ impl Task {
             &routing,
             Some(&marker),
         );
-        if let Err(err) = added.await {
-            tracing::warn!(error = %err, "redis subscription change failed");
+        if let Err(Failure { reason, message }) = added.await {
+            tracing::warn!(reason = reason.label(), error = %message, "redis subscription change failed");
             // In force all the same: the next connection subscribes it.
             self.shared.routing.store(routing);
             let _ = done.send(());
             return Err("subscription change failed");
         }
-        let give_up = tokio::spawn(publish_marker(link.url.clone(), marker.clone()));
+        let give_up = tokio::spawn(publish_marker(link.client.clone(), marker.clone()));
         link.pending = Some(Pending {
             routing,
             done,
@@ -422,10 +459,11 @@ impl Task {
     }
 }
 
-/// A client whose TCP connections probe an idle peer and give up on unacknowledged writes, so
-/// that a half-open connection (a vanished host, a NAT or proxy that forgot it) ends on its
-/// own; the heartbeat catches what TCP cannot see.
-fn client(url: &str) -> redis::RedisResult<redis::Client> {
+/// A client for the configured server: its credentials, and for `rediss://` the configured
+/// CA (else the system roots) and client certificate. Its TCP connections probe an idle peer
+/// and give up on unacknowledged writes, so that a half-open connection (a vanished host, a
+/// NAT or proxy that forgot it) ends on its own; the heartbeat catches what TCP cannot see.
+fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
     let keepalive = socket2::TcpKeepalive::new()
         .with_time(TCP_KEEPALIVE)
         .with_interval(TCP_KEEPALIVE_INTERVAL)
@@ -433,18 +471,265 @@ fn client(url: &str) -> redis::RedisResult<redis::Client> {
     let tcp = TcpSettings::default()
         .set_keepalive(keepalive)
         .set_user_timeout(TCP_USER_TIMEOUT);
-    redis::Client::open(url.into_connection_info()?.set_tcp_settings(tcp))
+    let info = settings
+        .url
+        .as_str()
+        .into_connection_info()?
+        .set_tcp_settings(tcp);
+    match &settings.tls {
+        None => redis::Client::open(info),
+        Some(tls) => {
+            let certificates = redis::TlsCertificates {
+                client_tls: tls.client.as_ref().map(|identity| redis::ClientTlsConfig {
+                    client_cert: identity.cert.clone(),
+                    client_key: identity.key.clone(),
+                }),
+                root_cert: tls.ca.clone(),
+            };
+            redis::Client::build_with_tls(info, certificates)
+        }
+    }
 }
 
-async fn connect(url: &str) -> redis::RedisResult<redis::aio::PubSub> {
-    let client = client(url)?;
+/// Connects a subscriber to the server (the master the sentinels name now, with
+/// `redis.sentinel`); with its URL and the client that made it.
+async fn connect(
+    settings: &RedisSettings,
+) -> Result<(String, redis::Client, redis::aio::PubSub), Failure> {
+    let server = resolve(settings).await?;
+    let client = client(&server)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
-        Ok(result) => result,
-        Err(_) => Err(redis::RedisError::from(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timed out",
-        ))),
+        Ok(result) => Ok((server.url, client, result?)),
+        Err(_) => Err(timed_out().into()),
     }
+}
+
+fn timed_out() -> redis::RedisError {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out").into()
+}
+
+/// The settings of the server to connect to: `settings` themselves; with `redis.sentinel`,
+/// the master the sentinels name now; with `redis.cluster`, the first node that answers.
+/// Asked at every connection, so that the reconnect after a failover finds the new master,
+/// or another node.
+async fn resolve(settings: &RedisSettings) -> Result<RedisSettings, Failure> {
+    if let Some(nodes) = &settings.cluster {
+        return first_answering(settings, nodes).await;
+    }
+    let Some(sentinel) = &settings.sentinel else {
+        return Ok(settings.clone());
+    };
+    let mut errors = Vec::new();
+    for node in &sentinel.nodes {
+        match ask_sentinel(settings, node).await {
+            Ok(Some((host, port))) => {
+                let mut master = settings.clone();
+                master.url = with_address(&settings.url, &host, port);
+                master.sentinel = None;
+                return Ok(master);
+            }
+            Ok(None) => {
+                let message = format!(
+                    "the sentinel {node} knows no master named `{}` (redis.sentinel.master)",
+                    sentinel.master
+                );
+                return Err(Failure {
+                    reason: RedisErrorReason::Sentinel,
+                    message,
+                });
+            }
+            Err(err) => errors.push(format!("{node}: {err}")),
+        }
+    }
+    Err(Failure {
+        reason: RedisErrorReason::Sentinel,
+        message: format!("no sentinel answered ({})", errors.join("; ")),
+    })
+}
+
+/// The first cluster node that answers PING, with the credentials and TLS of `settings`:
+/// classic PUBLISH reaches the subscribers of every node of a cluster, so any one will do.
+async fn first_answering(
+    settings: &RedisSettings,
+    nodes: &[String],
+) -> Result<RedisSettings, Failure> {
+    let mut errors = Vec::new();
+    for node in nodes {
+        let address = node.split_once("://").map_or(node.as_str(), |(_, a)| a);
+        let Some((host, Ok(port))) = address.rsplit_once(':').map(|(h, p)| (h, p.parse())) else {
+            continue;
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let candidate = RedisSettings {
+            url: with_address(&settings.url, host, port),
+            cluster: None,
+            ..settings.clone()
+        };
+        let ping = async {
+            let mut connection = client(&candidate)?
+                .get_multiplexed_async_connection()
+                .await?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut connection)
+                .await
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, ping).await {
+            Ok(Ok(_)) => return Ok(candidate),
+            Ok(Err(err)) => errors.push(format!("{node}: {err}")),
+            Err(_) => errors.push(format!("{node}: {}", timed_out())),
+        }
+    }
+    Err(Failure {
+        reason: RedisErrorReason::Unreachable,
+        message: format!("no cluster node answered ({})", errors.join("; ")),
+    })
+}
+
+/// `SENTINEL get-master-addr-by-name` on the sentinel at `node`, with the sentinels'
+/// password and the TLS settings of `settings`.
+async fn ask_sentinel(
+    settings: &RedisSettings,
+    node: &str,
+) -> redis::RedisResult<Option<(String, u16)>> {
+    let Some(sentinel) = &settings.sentinel else {
+        return Ok(None);
+    };
+    let url = match &sentinel.password {
+        Some(password) => with_password(node, password),
+        None => node.to_owned(),
+    };
+    // Each sentinel's own scheme says whether it speaks TLS (with the same `redis.tls`).
+    let tls = match url.starts_with("rediss://") {
+        true => settings.tls.clone(),
+        false => None,
+    };
+    let node_settings = RedisSettings {
+        url,
+        tls,
+        sentinel: None,
+        ..settings.clone()
+    };
+    let client = client(&node_settings)?;
+    let ask = async {
+        let mut connection = client.get_multiplexed_async_connection().await?;
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&sentinel.master)
+            .query_async::<Option<(String, u16)>>(&mut connection)
+            .await
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, ask).await {
+        Ok(answer) => answer,
+        Err(_) => Err(timed_out()),
+    }
+}
+
+/// `url` with its host and port replaced (scheme, credentials, database and options kept).
+fn with_address(url: &str, host: &str, port: u16) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("redis", url));
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    let credentials = match authority.rfind('@') {
+        Some(at) => &authority[..=at],
+        None => "",
+    };
+    let host = match host.contains(':') {
+        true => format!("[{host}]"),
+        false => host.to_owned(),
+    };
+    format!("{scheme}://{credentials}{host}:{port}{tail}")
+}
+
+/// `redis://HOST:PORT` with `password` for the default user, percent-encoded.
+fn with_password(node: &str, password: &str) -> String {
+    let (scheme, address) = node.split_once("://").unwrap_or(("redis", node));
+    let encoded: String = password
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect();
+    format!("{scheme}://:{encoded}@{address}")
+}
+
+/// Why connecting or subscribing failed: the kind (for the metric) and what to log.
+struct Failure {
+    reason: RedisErrorReason,
+    message: String,
+}
+
+impl From<redis::RedisError> for Failure {
+    fn from(err: redis::RedisError) -> Failure {
+        let reason = classify(&err);
+        let message = match reason {
+            RedisErrorReason::Auth => {
+                format!("{err}: check the user name and password of redis.url")
+            }
+            _ => err.to_string(),
+        };
+        Failure { reason, message }
+    }
+}
+
+impl Failure {
+    /// The ACL user may not run `command` on `channel`.
+    fn denied(command: &str, channel: &str) -> Failure {
+        let grant = match channel.starts_with(RESERVED_PREFIX) {
+            true => format!("&{RESERVED_PREFIX}*"),
+            false => format!("&{channel}"),
+        };
+        Failure {
+            reason: RedisErrorReason::Denied,
+            message: format!(
+                "NOPERM: the ACL user may not {command} `{channel}`; allow it with `{grant}` in its ACL"
+            ),
+        }
+    }
+}
+
+fn is_denied(err: &redis::RedisError) -> bool {
+    err.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+}
+
+/// What kind of failure `err` is, for `bridge_redis_connect_errors_total` and the log line.
+fn classify(err: &redis::RedisError) -> RedisErrorReason {
+    if is_tls_error(err) {
+        return RedisErrorReason::Tls;
+    }
+    match err.kind() {
+        redis::ErrorKind::AuthenticationFailed => RedisErrorReason::Auth,
+        redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => RedisErrorReason::Denied,
+        _ if matches!(err.code(), Some("WRONGPASS" | "NOAUTH")) => RedisErrorReason::Auth,
+        _ if err.is_io_error() || err.is_connection_dropped() => RedisErrorReason::Unreachable,
+        _ => RedisErrorReason::Other,
+    }
+}
+
+/// Whether a rustls error is behind `err`: tokio-rustls hands them over inside an I/O error,
+/// which the redis crate keeps behind an `Arc`.
+fn is_tls_error(err: &redis::RedisError) -> bool {
+    type Shared = Arc<dyn std::error::Error + Send + Sync>;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(mut error) = next {
+        if let Some(shared) = error.downcast_ref::<Shared>() {
+            error = shared.as_ref();
+        }
+        if error.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(io) = error.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
 }
 
 /// Sleeps before a reconnect while still applying routing changes (there is no connection
@@ -481,7 +766,7 @@ async fn subscribe_difference(
     subscribed: &mut Subscriptions,
     routing: &Routing,
     marker: Option<&str>,
-) -> redis::RedisResult<()> {
+) -> Result<(), Failure> {
     let channels: Vec<&str> = routing
         .channels()
         .filter(|c| !subscribed.channels.contains(*c))
@@ -489,7 +774,7 @@ async fn subscribe_difference(
     if !channels.is_empty() || marker.is_some() {
         let mut command = channels.clone();
         command.extend(marker);
-        sink.subscribe(&command).await?;
+        subscribe(sink, false, &command).await?;
         subscribed
             .channels
             .extend(channels.iter().map(|c| c.to_string()));
@@ -499,7 +784,7 @@ async fn subscribe_difference(
         .filter(|p| !subscribed.patterns.contains(*p))
         .collect();
     if !patterns.is_empty() {
-        sink.psubscribe(&patterns).await?;
+        subscribe(sink, true, &patterns).await?;
         subscribed
             .patterns
             .extend(patterns.iter().map(|p| p.to_string()));
@@ -507,11 +792,38 @@ async fn subscribe_difference(
     Ok(())
 }
 
+/// SUBSCRIBEs `names` (PSUBSCRIBEs with `patterns`); an ACL denial names the first one the
+/// user may not have, since Redis does not say which.
+async fn subscribe(sink: &mut PubSubSink, patterns: bool, names: &[&str]) -> Result<(), Failure> {
+    let command = if patterns { "PSUBSCRIBE" } else { "SUBSCRIBE" };
+    let all = match patterns {
+        true => sink.psubscribe(names).await,
+        false => sink.subscribe(names).await,
+    };
+    let Err(err) = all else {
+        return Ok(());
+    };
+    if !is_denied(&err) {
+        return Err(err.into());
+    }
+    // One at a time: the connection is dropped after a denial, whatever these subscribe.
+    for name in names {
+        let one = match patterns {
+            true => sink.psubscribe(name).await,
+            false => sink.subscribe(name).await,
+        };
+        if one.is_err_and(|err| is_denied(&err)) {
+            return Err(Failure::denied(command, name));
+        }
+    }
+    Err(err.into())
+}
+
 /// Publishes a switch's marker (the subscriber connection cannot PUBLISH); resolves only with
 /// a reason to stop waiting for the marker to come back.
-async fn publish_marker(url: String, marker: String) -> String {
+async fn publish_marker(client: redis::Client, marker: String) -> String {
     let deadline = tokio::time::Instant::now() + MARKER_TIMEOUT;
-    match tokio::time::timeout(MARKER_TIMEOUT, publish(&url, &marker, b"")).await {
+    match tokio::time::timeout(MARKER_TIMEOUT, publish_with(&client, &marker, b"")).await {
         Ok(Ok(0)) => return "the marker reached no subscriber".to_owned(),
         Ok(Ok(_)) => {}
         Ok(Err(err)) => return format!("cannot publish the marker: {err}"),
@@ -524,13 +836,13 @@ async fn publish_marker(url: String, marker: String) -> String {
 /// PUBLISHes a heartbeat on `channel` every `interval` from a connection of its own (a
 /// subscribed connection cannot publish), until aborted. A failure is not reported here: the
 /// missing heartbeat is what the subscriber notices.
-async fn send_heartbeats(url: String, channel: String, interval: Duration) {
+async fn send_heartbeats(client: redis::Client, channel: String, interval: Duration) {
     let mut ticks = tokio::time::interval(interval);
     let mut connection: Option<redis::aio::MultiplexedConnection> = None;
     loop {
         ticks.tick().await;
         if connection.is_none() {
-            let connect = async { client(&url)?.get_multiplexed_async_connection().await };
+            let connect = client.get_multiplexed_async_connection();
             connection = tokio::time::timeout(interval, connect)
                 .await
                 .ok()
@@ -616,8 +928,22 @@ async fn unsubscribe(
 }
 
 /// PUBLISHes on a short-lived connection; returns Redis's count of receivers.
-pub async fn publish(url: &str, channel: &str, payload: &[u8]) -> redis::RedisResult<i64> {
-    let client = client(url)?;
+pub async fn publish(
+    settings: &RedisSettings,
+    channel: &str,
+    payload: &[u8],
+) -> redis::RedisResult<i64> {
+    let server = resolve(settings)
+        .await
+        .map_err(|failure| std::io::Error::other(failure.message))?;
+    publish_with(&client(&server)?, channel, payload).await
+}
+
+async fn publish_with(
+    client: &redis::Client,
+    channel: &str,
+    payload: &[u8],
+) -> redis::RedisResult<i64> {
     let mut connection = client.get_multiplexed_async_connection().await?;
     redis::cmd("PUBLISH")
         .arg(channel)
@@ -638,7 +964,23 @@ pub fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, with_address, with_password};
+
+    #[test]
+    fn the_master_takes_the_place_of_the_host_only() {
+        assert_eq!(
+            with_address("rediss://bridge:pw@unused:1/2", "10.0.0.7", 6380),
+            "rediss://bridge:pw@10.0.0.7:6380/2"
+        );
+        assert_eq!(
+            with_address("redis://unused", "::1", 6379),
+            "redis://[::1]:6379"
+        );
+        assert_eq!(
+            with_password("redis://10.0.0.1:26379", "a b@c"),
+            "redis://:a%20b%40c@10.0.0.1:26379"
+        );
+    }
 
     #[test]
     fn redact_hides_credentials_only() {

@@ -323,6 +323,9 @@ pub async fn reload(
     if config.listen != old.listen {
         tracing::warn!(old = %old.listen, new = %config.listen, "`listen` changed: takes effect at the next restart");
     }
+    if config.instance != old.instance {
+        tracing::warn!(instance = %shared.instance, "`instance` changed: takes effect at the next restart");
+    }
     if config.websocket.path != old.websocket.path {
         tracing::warn!(old = %old.websocket.path, new = %config.websocket.path, "`websocket.path` changed: takes effect at the next restart");
     }

@@ -42,6 +42,9 @@ pub struct Shared {
     pub systemd: Notifier,
     /// Identifies this process run, so that clients can tell a restart (sequences restart).
     pub epoch: String,
+    /// This bridge's name among several: `instance`, else the host name, else one made of
+    /// the epoch. Fixed for the process's life.
+    pub instance: String,
     /// Cancelled once, when the process starts shutting down.
     pub shutdown: CancellationToken,
     /// Every session task, awaited (within the grace period) at shutdown.
@@ -123,6 +126,12 @@ impl Shared {
         metrics
             .connections_max
             .set(i64::try_from(config.websocket.max_connections).unwrap_or(i64::MAX));
+        let epoch = uuid::Uuid::new_v4().to_string();
+        let instance = config
+            .instance
+            .clone()
+            .or_else(host_name)
+            .unwrap_or_else(|| format!("bridge-{}", &epoch[..8]));
         let routing = Routing::new(Arc::new(config), &metrics);
         Arc::new(Shared {
             routing: ArcSwap::from_pointee(routing),
@@ -131,7 +140,8 @@ impl Shared {
             redis_ready: AtomicBool::new(false),
             redis_changes: watch::Sender::new(false),
             systemd: Notifier::from_env(),
-            epoch: uuid::Uuid::new_v4().to_string(),
+            epoch,
+            instance,
             shutdown: CancellationToken::new(),
             sessions: TaskTracker::new(),
             next_connection: AtomicU64::new(1),
@@ -230,4 +240,11 @@ impl Drop for Slot {
         }
         self.shared.slots.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// The kernel's host name, when it has one.
+fn host_name() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_owned())
 }

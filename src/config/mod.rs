@@ -4,7 +4,7 @@
 //! bound, nothing is spawned. Layout:
 //! - `yaml`: the raw layer — the YAML tree with positions, `${VAR}` interpolation, and the
 //!   readers that turn nodes into typed values while collecting errors;
-//! - `websocket`, `auth`, `route`, `proxies` (`trusted_proxies`): one section each, raw
+//! - `redis`, `websocket`, `auth`, `route`, `proxies` (`trusted_proxies`): one section each, raw
 //!   nodes → typed settings (templates and audiences compiled here, so the hot path only
 //!   renders);
 //! - this file: the top level, the error types and [`Config::load`].
@@ -14,6 +14,7 @@
 
 mod auth;
 mod proxies;
+mod redis;
 mod route;
 mod schema;
 mod websocket;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use auth::{AdminSettings, ApiKey, AuthMode, AuthSettings, JwtSettings};
+pub use redis::{ClientIdentity, RedisSettings, RedisTls};
 pub use route::{Audience, Delivery, Format, PayloadMatch, Route, Source};
 pub use websocket::{Compression, Rate, SlowClient, WebSocketSettings, Welcome};
 
@@ -66,31 +68,11 @@ pub struct Config {
     pub trusted_proxies: TrustedProxies,
     /// Whether `GET /` serves the console page (`console`, default true).
     pub console: bool,
+    /// This bridge's name among several (`instance`; absent: the host name), shown in
+    /// `/ws/stats` and the logs.
+    pub instance: Option<String>,
     /// The routes, in file order (at least one).
     pub routes: Vec<Route>,
-}
-
-/// The `redis` section.
-#[derive(Clone, Debug)]
-pub struct RedisSettings {
-    /// `redis://` or `rediss://` URL (may hold a password: do not log it).
-    pub url: String,
-    /// How often the subscription watchdog publishes a heartbeat to itself
-    /// (`heartbeat_interval`, default 5s).
-    pub heartbeat_interval: Duration,
-    /// How long without any heartbeat back before the subscriber connection counts as
-    /// stalled and is replaced (`heartbeat_timeout`, default 15s).
-    pub heartbeat_timeout: Duration,
-}
-
-impl Default for RedisSettings {
-    fn default() -> RedisSettings {
-        RedisSettings {
-            url: DEFAULT_REDIS_URL.to_owned(),
-            heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
-            heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
-        }
-    }
 }
 
 /// A file a configuration was built from, and the SHA-256 of the bytes it was built from.
@@ -113,10 +95,7 @@ const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::LOCALHOST,
     8080,
 ));
-const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379/0";
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
-const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Config {
     /// Every key of the routing file, section by section, with its type, its default and
@@ -255,7 +234,7 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         None => Some(DEFAULT_LISTEN),
     };
     let redis = match top.get("redis") {
-        Some(node) => redis(ctx, node),
+        Some(node) => redis::compile(ctx, node),
         None => Some(RedisSettings::default()),
     };
     let websocket = websocket::compile(ctx, top.get("websocket"));
@@ -269,6 +248,10 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
     let console = match top.get("console") {
         Some(node) => yaml::boolean(ctx, node, "console"),
         None => Some(true),
+    };
+    let instance = match top.get("instance") {
+        Some(node) => instance(ctx, node).map(Some),
+        None => Some(None),
     };
     let routes = match top.get("routes") {
         Some(node) => route::compile_all(ctx, node),
@@ -295,8 +278,21 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         shutdown_grace: shutdown_grace?,
         trusted_proxies: trusted_proxies?,
         console: console?,
+        instance: instance?,
         routes: routes?,
     })
+}
+
+/// An instance name: printable, without spaces, short enough for a log field.
+fn instance(ctx: &mut Ctx, node: &yaml::Node) -> Option<String> {
+    let name = yaml::string(ctx, node, "instance")?;
+    let valid = !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_graphic());
+    if !valid {
+        let message = "expected a name of 1 to 64 printable ASCII characters, without spaces";
+        ctx.error(node, "instance", message);
+        return None;
+    }
+    Some(name)
 }
 
 fn socket_addr(ctx: &mut Ctx, node: &yaml::Node, path: &str) -> Option<SocketAddr> {
@@ -310,74 +306,6 @@ fn socket_addr(ctx: &mut Ctx, node: &yaml::Node, path: &str) -> Option<SocketAdd
             ctx.error(node, path, message);
             None
         }
-    }
-}
-
-fn redis(ctx: &mut Ctx, node: &yaml::Node) -> Option<RedisSettings> {
-    let section = fields(ctx, node, "redis", &schema::names(schema::REDIS))?;
-    let url = match section.get("url") {
-        None => Some(DEFAULT_REDIS_URL.to_owned()),
-        Some(url_node) => redis_url(ctx, url_node),
-    };
-    let positive = |ctx: &mut Ctx, key: &str, default: Duration| match section.get(key) {
-        None => Some(default),
-        Some(node) => {
-            let path = format!("redis.{key}");
-            match yaml::duration(ctx, node, &path)? {
-                Duration::ZERO => {
-                    ctx.error(node, &path, "must be longer than 0s");
-                    None
-                }
-                value => Some(value),
-            }
-        }
-    };
-    let heartbeat_interval = positive(ctx, "heartbeat_interval", DEFAULT_HEARTBEAT_INTERVAL);
-    let heartbeat_timeout = positive(ctx, "heartbeat_timeout", DEFAULT_HEARTBEAT_TIMEOUT);
-    if let (Some(interval), Some(timeout)) = (heartbeat_interval, heartbeat_timeout)
-        && timeout <= interval
-    {
-        let node = section
-            .get("heartbeat_timeout")
-            .or_else(|| section.get("heartbeat_interval"))
-            .unwrap_or(node);
-        ctx.error(
-            node,
-            "redis.heartbeat_timeout",
-            format!(
-                "must be longer than heartbeat_interval ({}), else every interval counts as a stall",
-                humantime::format_duration(interval)
-            ),
-        );
-        return None;
-    }
-    Some(RedisSettings {
-        url: url?,
-        heartbeat_interval: heartbeat_interval?,
-        heartbeat_timeout: heartbeat_timeout?,
-    })
-}
-
-fn redis_url(ctx: &mut Ctx, url_node: &yaml::Node) -> Option<String> {
-    let url = yaml::string(ctx, url_node, "redis.url")?;
-    let rest = url
-        .strip_prefix("redis://")
-        .or_else(|| url.strip_prefix("rediss://"));
-    match rest {
-        // The URL is not quoted back: it may hold a password.
-        None => {
-            ctx.error(
-                url_node,
-                "redis.url",
-                "must start with redis:// or rediss://",
-            );
-            None
-        }
-        Some("") => {
-            ctx.error(url_node, "redis.url", "has no host after the scheme");
-            None
-        }
-        Some(_) => Some(url),
     }
 }
 

@@ -138,6 +138,12 @@ pub(super) const TOP: &[Key] = &[
         meaning: "whether GET / serves the console page",
     },
     Key {
+        name: "instance",
+        kind: "string",
+        default: Default::Otherwise("the host name"),
+        meaning: "this bridge's name among several behind one load balancer",
+    },
+    Key {
         name: "routes",
         kind: "list",
         default: Default::Otherwise("required, at least one"),
@@ -150,7 +156,25 @@ pub(super) const REDIS: &[Key] = &[
         name: "url",
         kind: "string",
         default: Default::Value("redis://127.0.0.1:6379/0"),
-        meaning: "redis:// or rediss://, with a password if needed; never logged with it",
+        meaning: "redis:// or rediss://, with an ACL user and password if needed; never logged with the password",
+    },
+    Key {
+        name: "sentinel",
+        kind: "mapping",
+        default: Default::Otherwise("none"),
+        meaning: "ask these sentinels for the master",
+    },
+    Key {
+        name: "cluster",
+        kind: "mapping",
+        default: Default::Otherwise("none"),
+        meaning: "the nodes of a Redis Cluster; excludes sentinel",
+    },
+    Key {
+        name: "tls",
+        kind: "mapping",
+        default: Default::Otherwise("none"),
+        meaning: "what a rediss:// connection trusts and presents",
     },
     Key {
         name: "heartbeat_interval",
@@ -163,6 +187,55 @@ pub(super) const REDIS: &[Key] = &[
         kind: "duration > `heartbeat_interval`",
         default: Default::Value("15s"),
         meaning: "no heartbeat back for this long: the subscription is replaced",
+    },
+];
+
+pub(super) const SENTINEL: &[Key] = &[
+    Key {
+        name: "master",
+        kind: "string",
+        default: Default::Otherwise("required"),
+        meaning: "the master's name in the sentinels' monitor line",
+    },
+    Key {
+        name: "nodes",
+        kind: "list",
+        default: Default::Otherwise("required, at least one"),
+        meaning: "redis://HOST:PORT of each sentinel, asked in order",
+    },
+    Key {
+        name: "password",
+        kind: "string",
+        default: Default::Otherwise("none"),
+        meaning: "the sentinels' own password",
+    },
+];
+
+pub(super) const CLUSTER: &[Key] = &[Key {
+    name: "nodes",
+    kind: "list",
+    default: Default::Otherwise("required, at least one"),
+    meaning: "redis://HOST:PORT of each node, tried in order",
+}];
+
+pub(super) const TLS: &[Key] = &[
+    Key {
+        name: "ca_file",
+        kind: "path",
+        default: Default::Otherwise("the system roots"),
+        meaning: "PEM certificates the server's chain must lead to",
+    },
+    Key {
+        name: "cert_file",
+        kind: "path",
+        default: Default::Otherwise("none"),
+        meaning: "the client certificate for mutual TLS",
+    },
+    Key {
+        name: "key_file",
+        kind: "path",
+        default: Default::Otherwise("none"),
+        meaning: "the client certificate's private key",
     },
 ];
 
@@ -467,6 +540,8 @@ pub(super) const ROUTE: &[Key] = &[
 pub(super) const SECTIONS: &[(&str, &[Key])] = &[
     ("## Top level", TOP),
     ("## `redis`", REDIS),
+    ("### `redis.sentinel`", SENTINEL),
+    ("### `redis.tls`", TLS),
     ("## `websocket`", WEBSOCKET),
     ("### `websocket.compression`", COMPRESSION),
     ("## `auth`", AUTH),

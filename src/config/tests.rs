@@ -364,7 +364,7 @@ fn unknown_key_inside_a_route_and_sections() {
     );
     assert_eq!(
         one_error(&format!("redis:\n  host: x\n{MINIMAL}")),
-        "2:3 redis.host: unknown key `host` (expected one of: url, heartbeat_interval, heartbeat_timeout)"
+        "2:3 redis.host: unknown key `host` (expected one of: url, sentinel, cluster, tls, heartbeat_interval, heartbeat_timeout)"
     );
     assert_eq!(
         one_error("routes:\n  - name: a\n    channel: x\n    audience: {users: \"{payload.u}\"}\n"),
@@ -1228,4 +1228,143 @@ fn docs_routing_md_has_the_keys_types_and_defaults_of_the_tables() {
             }
         }
     }
+}
+
+#[test]
+fn redis_tls_files_are_read_and_checked_at_load() {
+    let dir = match tempfile::tempdir() {
+        Ok(dir) => dir,
+        Err(e) => panic!("tempdir: {e}"),
+    };
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        if let Err(e) = std::fs::write(&path, text) {
+            panic!("write {name}: {e}");
+        }
+        path.display().to_string()
+    };
+    let garbage = file("garbage.pem", "not a certificate\n");
+    let bad_base64 = file(
+        "bad.pem",
+        "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
+    );
+    let not_a_certificate = file(
+        "short.pem",
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    );
+    let missing = dir.path().join("missing.pem").display().to_string();
+    let tls = |url: &str, keys: &str| format!("redis:\n  url: {url}\n  tls:\n{keys}{MINIMAL}");
+    let rediss = "rediss://redis.internal:6380/0";
+    assert_eq!(
+        one_error(&tls(rediss, &format!("    ca_file: {missing}\n"))),
+        format!(
+            "4:14 redis.tls.ca_file: cannot read `{missing}`: No such file or directory (os error 2)"
+        )
+    );
+    assert_eq!(
+        one_error(&tls(rediss, &format!("    ca_file: {garbage}\n"))),
+        "4:14 redis.tls.ca_file: expected PEM certificates (-----BEGIN CERTIFICATE-----), found none"
+    );
+    let error = one_error(&tls(rediss, &format!("    ca_file: {bad_base64}\n")));
+    assert!(
+        error.starts_with("4:14 redis.tls.ca_file: expected PEM certificates: "),
+        "{error}"
+    );
+    let error = one_error(&tls(rediss, &format!("    ca_file: {not_a_certificate}\n")));
+    assert!(
+        error.starts_with("4:14 redis.tls.ca_file: not a usable CA certificate: "),
+        "{error}"
+    );
+    assert_eq!(
+        one_error(&tls(rediss, &format!("    cert_file: {garbage}\n"))),
+        "4:5 redis.tls.key_file: `cert_file` needs `key_file` too: the private key of the client certificate"
+    );
+    assert_eq!(
+        one_error(&tls(rediss, &format!("    key_file: {garbage}\n"))),
+        "4:5 redis.tls.cert_file: `key_file` needs `cert_file` too: the client certificate it signs for"
+    );
+    assert_eq!(
+        one_error(&tls(
+            "redis://redis.internal:6379/0",
+            &format!("    ca_file: {garbage}\n")
+        )),
+        "4:5 redis.tls: applies to TLS connections only: the url must start with rediss://"
+    );
+    assert_eq!(
+        one_error(&tls(rediss, "    ca: x\n")),
+        "4:5 redis.tls.ca: unknown key `ca` (expected one of: ca_file, cert_file, key_file)"
+    );
+    // No `tls` section: a rediss:// URL verifies against the system roots.
+    let config = ok(&format!("redis:\n  url: {rediss}\n{MINIMAL}"));
+    assert!(config.redis.tls.is_none());
+}
+
+#[test]
+fn instance_names_a_bridge_among_several() {
+    assert_eq!(ok(MINIMAL).instance, None);
+    assert_eq!(
+        ok(&format!("instance: ws-1\n{MINIMAL}"))
+            .instance
+            .as_deref(),
+        Some("ws-1")
+    );
+    assert_eq!(
+        one_error(&format!("instance: \"ws 1\"\n{MINIMAL}")),
+        "1:11 instance: expected a name of 1 to 64 printable ASCII characters, without spaces"
+    );
+    assert_eq!(
+        one_error(&format!("instance: \"\"\n{MINIMAL}")),
+        "1:11 instance: expected a name of 1 to 64 printable ASCII characters, without spaces"
+    );
+}
+
+#[test]
+fn redis_sentinel_settings_are_checked() {
+    let sentinel =
+        |body: &str| format!("redis:\n  url: redis://:pw@unused:1/0\n  sentinel:\n{body}{MINIMAL}");
+    let config = ok(&sentinel(
+        "    master: mymaster\n    nodes: [redis://10.0.0.1:26379, \"rediss://[::1]:26380\"]\n    password: s3\n",
+    ));
+    let Some(settings) = &config.redis.sentinel else {
+        panic!("a sentinel section");
+    };
+    assert_eq!(settings.master, "mymaster");
+    assert_eq!(settings.nodes.len(), 2);
+    assert!(
+        !format!("{settings:?}").contains("s3"),
+        "Debug shows no password"
+    );
+    assert_eq!(
+        one_error(&sentinel("    master: m\n    nodes: []\n")),
+        "5:12 redis.sentinel.nodes: must list at least one node"
+    );
+    assert_eq!(
+        one_error(&sentinel("    master: m\n    nodes: [redis://10.0.0.1]\n")),
+        "5:13 redis.sentinel.nodes[0]: `redis://10.0.0.1` must be redis://HOST:PORT (with the port, e.g. 26379, and nothing after it)"
+    );
+    assert_eq!(
+        one_error(&sentinel("    master: m\n    nodes: [10.0.0.1:26379]\n")),
+        "5:13 redis.sentinel.nodes[0]: `10.0.0.1:26379` must start with redis:// or rediss://"
+    );
+    assert_eq!(
+        one_error(&sentinel("    nodes: [redis://10.0.0.1:26379]\n")),
+        "4:5 redis.sentinel.master: missing key `master`: the master's name in the sentinels' configuration"
+    );
+    assert_eq!(
+        one_error(&sentinel(
+            "    master: m\n    nodes: [redis://a:1]\n  cluster:\n    nodes: [redis://b:7000]\n"
+        )),
+        "7:5 redis.cluster: `sentinel` and `cluster` exclude each other: a Redis is one or the other"
+    );
+    let cluster = |nodes: &str| format!("redis:\n  cluster:\n    nodes: {nodes}\n{MINIMAL}");
+    assert_eq!(
+        one_error(&cluster("[]")),
+        "3:12 redis.cluster.nodes: must list at least one node"
+    );
+    assert_eq!(
+        one_error(&cluster("[redis://10.0.0.1:7000, redis://10.0.0.2]")),
+        "3:36 redis.cluster.nodes[1]: `redis://10.0.0.2` must be redis://HOST:PORT (with the port, e.g. 26379, and nothing after it)"
+    );
+    let config = ok(&cluster("[redis://10.0.0.1:7000, redis://10.0.0.2:7000]"));
+    assert_eq!(config.redis.cluster.map(|nodes| nodes.len()), Some(2));
 }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use crate::redis_tls::Certificates;
 use crate::support::{Bridge, Exit, dedent, run_binary};
 
 /// The lines of `stderr` that look like `PATH:LINE:COLUMN: rest`, as (line, column, rest).
@@ -491,5 +492,69 @@ fn route_rules_are_enforced() {
         "#,
         None,
         &["routes"],
+    );
+}
+
+#[test]
+fn check_reads_and_verifies_the_redis_tls_files() {
+    let certificates = Certificates::make();
+    let file = |name: &str| certificates.path(name).display().to_string();
+    let yaml = |ca: &str, cert: &str, key: &str| {
+        format!(
+            "redis:\n  url: rediss://localhost:6380/0\n  tls:\n    ca_file: {ca}\n    cert_file: {cert}\n    key_file: {key}\nroutes:\n  - name: jobs\n    channel: jobs\n"
+        )
+    };
+    let valid = Bridge::check(&yaml(
+        &file("ca.pem"),
+        &file("client.pem"),
+        &file("client.key"),
+    ));
+    assert_eq!(valid.code, Some(0), "stderr:\n{}", valid.stderr);
+    assert_config_rejected(
+        &yaml(&file("ca.pem"), &file("client.pem"), &file("server.key")),
+        Some(6),
+        &["redis.tls.key_file", "does not go with `cert_file`"],
+    );
+    assert_config_rejected(
+        &yaml(
+            &file("missing-ca.pem"),
+            &file("client.pem"),
+            &file("client.key"),
+        ),
+        Some(4),
+        &["redis.tls.ca_file", "cannot read", "missing-ca.pem"],
+    );
+    assert_config_rejected(
+        &yaml(
+            &file("client.key"),
+            &file("client.pem"),
+            &file("client.key"),
+        ),
+        Some(4),
+        &["redis.tls.ca_file", "expected PEM certificates"],
+    );
+    assert_config_rejected(
+        &yaml(&file("ca.pem"), &file("client.pem"), &file("client.pem")),
+        Some(6),
+        &["redis.tls.key_file", "expected a PEM private key"],
+    );
+}
+
+#[test]
+fn check_refuses_bad_sentinel_settings_with_file_line_column() {
+    let with_nodes = |nodes: &str| {
+        format!(
+            "redis:\n  url: redis://unused:1/0\n  sentinel:\n    master: mymaster\n    nodes: {nodes}\nroutes:\n  - name: jobs\n    channel: jobs\n"
+        )
+    };
+    assert_config_rejected(
+        &with_nodes("[]"),
+        Some(5),
+        &["redis.sentinel.nodes", "at least one node"],
+    );
+    assert_config_rejected(
+        &with_nodes("[redis://127.0.0.1:26379, redis://10.0.0.2]"),
+        Some(5),
+        &["redis.sentinel.nodes[1]", "with the port"],
     );
 }

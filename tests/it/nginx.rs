@@ -1,7 +1,8 @@
 //! End to end through a real nginx running the shipped site file
 //! (packaging/nginx/redis-ws-bridge.conf) with a certificate made at test time: TLS
 //! termination, the WebSocket upgrade, the client address carried in X-Forwarded-For to the
-//! bridge's logs, and the endpoints that must not be reachable from outside.
+//! bridge's logs, and the endpoints that must not be reachable from outside; three bridges
+//! balanced by the same site (least_conn), sharing nothing but Redis.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
@@ -12,7 +13,10 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::support::tokens::{auth_section, token};
-use crate::support::{Bridge, Publisher, RedisServer, WAIT, WsClient, config, log_field};
+use crate::support::{
+    ADMIN_TOKEN, Bridge, JOB_ROUTE, Publisher, RedisServer, WAIT, WsClient, config, http_post,
+    log_field,
+};
 
 /// A real nginx on a free loopback port, in its own prefix directory; stopped on drop.
 pub struct Nginx {
@@ -28,6 +32,11 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx with the shipped site file, proxying to the bridge at `upstream`.
     pub fn start(upstream: SocketAddr) -> Nginx {
+        Nginx::start_balancing(&[upstream])
+    }
+
+    /// Starts nginx with the shipped site file, balancing over the bridges at `upstreams`.
+    pub fn start_balancing(upstreams: &[SocketAddr]) -> Nginx {
         let dir = tempfile::tempdir().expect("temp dir for nginx");
         let cert_path = dir.path().join("cert.pem");
         let key_path = dir.path().join("key.pem");
@@ -53,7 +62,7 @@ impl Nginx {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
-            write_config(dir.path(), port, upstream, &cert_path, &key_path);
+            write_config(dir.path(), port, upstreams, &cert_path, &key_path);
             match spawn(dir.path(), port) {
                 Ok(child) => {
                     return Nginx {
@@ -150,14 +159,15 @@ fn free_port() -> u16 {
 
 /// The shipped site file with the test's port, upstream and certificate, inside a minimal
 /// nginx.conf whose every path is in `dir`.
-fn write_config(dir: &Path, port: u16, upstream: SocketAddr, cert: &Path, key: &Path) {
+fn write_config(dir: &Path, port: u16, upstreams: &[SocketAddr], cert: &Path, key: &Path) {
+    let servers: Vec<String> = upstreams.iter().map(|a| format!("server {a};")).collect();
     let shipped =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/nginx/redis-ws-bridge.conf");
     let mut site = std::fs::read_to_string(&shipped).expect("read the nginx site file");
     for (from, to) in [
         ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
         ("listen [::]:443 ssl;", String::new()),
-        ("server 127.0.0.1:8080;", format!("server {upstream};")),
+        ("server 127.0.0.1:8080;", servers.join("\n    ")),
         (
             "/etc/ssl/certs/ws.example.com.pem",
             cert.display().to_string(),
@@ -384,4 +394,93 @@ async fn a_wss_client_behind_nginx_gets_frames_and_its_own_address_is_logged() {
         .await;
     assert_eq!(publish.0, 404, "POST /api/publish through nginx");
     client.close().await;
+}
+
+/// `POST /api/publish` of `{"n": n}` on `job:9` to `bridge`, as the administrator.
+async fn publish_through(bridge: &Bridge, n: u64) {
+    let bearer = format!("Bearer {ADMIN_TOKEN}");
+    let body = format!(r#"{{"channel": "job:9", "payload": {{"n": {n}}}}}"#);
+    let (status, answer) = http_post(
+        bridge.addr(),
+        "/api/publish",
+        &[("Authorization", bearer.as_str())],
+        &body,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
+#[tokio::test]
+async fn three_bridges_behind_nginx_share_the_clients_and_one_redis() {
+    let redis = RedisServer::start();
+    let names = ["bridge-a", "bridge-b", "bridge-c"];
+    let bridges: Vec<Bridge> = names
+        .iter()
+        .map(|name| {
+            let yaml = format!("instance: {name}\n{}", config("", JOB_ROUTE));
+            Bridge::start(&redis, &yaml)
+        })
+        .collect();
+    for bridge in &bridges {
+        bridge.wait_ready().await;
+    }
+    let upstreams: Vec<SocketAddr> = bridges.iter().map(Bridge::addr).collect();
+    let nginx = Nginx::start_balancing(&upstreams);
+    let url = format!("wss://127.0.0.1:{}/ws", nginx.addr.port());
+    let local: IpAddr = "127.0.0.1".parse().expect("address");
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut client = WsClient::connect_tls(&url, nginx.addr, local, &nginx.cert, &[]).await;
+        let welcome = client.next_json().await;
+        assert_eq!(welcome["type"], "connected", "{welcome}");
+        client.subscribe(1, &["job:9"]).await;
+        clients.push(client);
+    }
+    // least_conn: each new connection went to a bridge with the fewest.
+    for (bridge, name) in bridges.iter().zip(names) {
+        let stats = bridge.stats().await;
+        assert_eq!(stats["instance"], name, "{stats}");
+        assert_eq!(stats["connections"], 2, "{name}: {stats}");
+        let listening = bridge
+            .wait_log(WAIT, |v| {
+                log_field(v, "message").and_then(Value::as_str) == Some("listening")
+            })
+            .await;
+        assert_eq!(log_field(&listening, "instance"), Some(&json!(name)));
+    }
+
+    // A publish on one bridge reaches the clients of all, through Redis.
+    publish_through(&bridges[0], 1).await;
+    for client in &mut clients {
+        let frame = client.next_json().await;
+        assert_eq!(frame["data"], json!({"n": 1}), "{frame}");
+    }
+
+    // A reload of one bridge disturbs none of the clients, its own included: the next frame
+    // of each is the next message, with no notice between.
+    let path = bridges[1].config_path();
+    let yaml = std::fs::read_to_string(path).expect("read the routing file");
+    let yaml = yaml.replace(
+        "routes:\n",
+        "routes:\n  - name: extra\n    channel: extra\n    topic: extra\n",
+    );
+    std::fs::write(path, yaml).expect("rewrite the routing file");
+    bridges[1].signal("HUP");
+    bridges[1]
+        .wait_log(WAIT, |v| {
+            log_field(v, "message").and_then(Value::as_str) == Some("reloaded")
+        })
+        .await;
+    publish_through(&bridges[2], 2).await;
+    for client in &mut clients {
+        let frame = client.next_json().await;
+        assert_eq!(frame["data"], json!({"n": 2}), "{frame}");
+    }
+    for bridge in &bridges {
+        assert_eq!(
+            bridge.metric("bridge_redis_reconnects_total").await,
+            Some(0)
+        );
+        assert_eq!(bridge.stats().await["connections"], 2);
+    }
 }

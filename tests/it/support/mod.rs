@@ -162,24 +162,70 @@ pub fn assert_envelope(frame: &Value, ty: &str, topic: &str, seq: u64, data: &Va
 pub struct RedisServer {
     /// The TCP port, kept across `restart`.
     port: u16,
+    /// TLS on a second port besides the plain one (which the tests' publishers and PING use).
+    tls: Option<RedisTls>,
+    /// More arguments for redis-server (e.g. `--replicaof`).
+    extra: Vec<String>,
     /// The working directory (`--dir`) and its log file.
     dir: tempfile::TempDir,
     /// The running server, `None` while killed.
     child: Option<Child>,
 }
 
+/// A server's TLS port, certificate and key (PEM files), and the CA its clients' certificates
+/// are verified against when `auth_clients` (mutual TLS).
+pub struct RedisTls {
+    pub port: u16,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+    pub auth_clients: bool,
+}
+
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_with_tls(None)
+    }
+
+    /// Starts a replica of the server on `master_port`.
+    pub fn start_replica_of(master_port: u16) -> RedisServer {
+        let mut server = RedisServer::start_with_tls(None);
+        server.extra = vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master_port.to_string(),
+        ];
+        server.restart();
+        server
+    }
+
+    /// Starts a server that also accepts TLS (`tls.port` is picked here) on 127.0.0.1 and
+    /// 127.0.0.2 (an address its certificate may not name).
+    pub fn start_with_tls(tls: Option<RedisTls>) -> RedisServer {
+        RedisServer::start_inner(tls, Vec::new())
+    }
+
+    /// Starts a server with more redis-server arguments (e.g. `--cluster-enabled yes`).
+    pub fn start_with_args(args: &[&str]) -> RedisServer {
+        RedisServer::start_inner(None, args.iter().map(|a| a.to_string()).collect())
+    }
+
+    fn start_inner(tls: Option<RedisTls>, extra: Vec<String>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         let mut server = RedisServer {
             port: 0,
+            tls,
+            extra,
             dir,
             child: None,
         };
         let mut last_error = String::new();
         for _ in 0..10 {
             server.port = pick_port();
+            if let Some(tls) = &mut server.tls {
+                tls.port = pick_port();
+            }
             match server.spawn() {
                 Ok(()) => return server,
                 Err(e) => last_error = e,
@@ -195,6 +241,11 @@ impl RedisServer {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The TLS port of a server started with [`RedisServer::start_with_tls`].
+    pub fn tls_port(&self) -> u16 {
+        self.tls.as_ref().expect("a server started with TLS").port
     }
 
     /// Kills the server with SIGKILL (no goodbye to its clients) and reaps it.
@@ -223,11 +274,29 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), String> {
         let port = self.port.to_string();
         let log = self.dir.path().join("redis.log");
-        let mut child = Command::new("redis-server")
-            .arg("--port")
-            .arg(&port)
-            .arg("--bind")
-            .arg("127.0.0.1")
+        let mut command = Command::new("redis-server");
+        command.arg("--port").arg(&port);
+        match &self.tls {
+            None => {
+                command.arg("--bind").arg("127.0.0.1");
+            }
+            Some(tls) => {
+                let auth_clients = if tls.auth_clients { "yes" } else { "no" };
+                command
+                    .args(["--bind", "127.0.0.1", "127.0.0.2"])
+                    .arg("--tls-port")
+                    .arg(tls.port.to_string())
+                    .arg("--tls-cert-file")
+                    .arg(&tls.cert)
+                    .arg("--tls-key-file")
+                    .arg(&tls.key)
+                    .arg("--tls-ca-cert-file")
+                    .arg(&tls.ca)
+                    .args(["--tls-auth-clients", auth_clients]);
+            }
+        }
+        command.args(&self.extra);
+        let mut child = command
             .arg("--dir")
             .arg(self.dir.path())
             .arg("--save")
@@ -270,7 +339,7 @@ impl Drop for RedisServer {
 }
 
 /// True when a Redis server on `port` answers `PING` with `+PONG`.
-fn redis_ping(port: u16) -> bool {
+pub fn redis_ping(port: u16) -> bool {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let Ok(mut s) = StdTcpStream::connect_timeout(&addr, Duration::from_millis(500)) else {
         return false;
