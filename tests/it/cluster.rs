@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use crate::support::{
     ADMIN_TOKEN, Bridge, JOB_ROUTE, RedisServer, WAIT, config, http_post, log_field, publish,
-    wait_until_async,
+    wait_until, wait_until_async,
 };
 
 fn cluster_node() -> RedisServer {
@@ -95,6 +95,11 @@ async fn the_bridge_subscribes_on_one_node_and_moves_when_it_dies() {
     let gap = client.recv_json(WAIT).await;
     assert_eq!(gap["type"], "gap", "{gap}");
     bridge.wait_readyz(200, WAIT).await;
+    // Ready comes before the log line that names the node.
+    wait_until(WAIT, "the second `redis subscribed` line", || {
+        subscribed_to(&bridge).len() >= 2
+    })
+    .await;
     assert_eq!(
         subscribed_to(&bridge)[1],
         json!(format!("redis://{}/0", addresses[1]))
