@@ -452,13 +452,8 @@ fn public_key(
 /// Reads a key, secret or token file: `Some(None)` when it does not exist and `ctx`
 /// tolerates that (`check`; the note says how to `make` it), `None` after an error.
 fn read_file(ctx: &mut Ctx, node: &Node, path: &str, make: &str) -> Option<Option<Vec<u8>>> {
-    let name = yaml::string(ctx, node, path)?;
-    if name.is_empty() {
-        ctx.error(node, path, "expected a file path");
-        return None;
-    }
-    let file = ctx.resolve(&name);
-    match ctx.read(&file) {
+    let (file, read) = yaml::named_file(ctx, node, path)?;
+    match read {
         Ok(bytes) => Some(Some(bytes)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && ctx.tolerate_absent => {
             let message = format!(

@@ -355,26 +355,9 @@ fn tls(ctx: &mut Ctx, node: &Node) -> Option<RedisTls> {
     })
 }
 
-/// Reads a file the configuration names; `None` after an error at `node`.
-fn read(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Vec<u8>> {
-    let name = yaml::string(ctx, node, path)?;
-    if name.is_empty() {
-        ctx.error(node, path, "expected a file path");
-        return None;
-    }
-    let file = ctx.resolve(&name);
-    match ctx.read(&file) {
-        Ok(bytes) => Some(bytes),
-        Err(e) => {
-            ctx.error(node, path, format!("cannot read `{}`: {e}", file.display()));
-            None
-        }
-    }
-}
-
 /// Reads PEM certificates; `as_roots`: each must serve as a trust anchor.
 fn certificates(ctx: &mut Ctx, node: &Node, path: &str, as_roots: bool) -> Option<Vec<u8>> {
-    let pem = read(ctx, node, path)?;
+    let pem = yaml::file(ctx, node, path)?;
     let parsed: Result<Vec<CertificateDer>, _> = CertificateDer::pem_slice_iter(&pem).collect();
     let certificates = match parsed {
         Ok(certificates) if !certificates.is_empty() => certificates,
@@ -404,7 +387,7 @@ fn certificates(ctx: &mut Ctx, node: &Node, path: &str, as_roots: bool) -> Optio
 fn identity(ctx: &mut Ctx, cert_node: &Node, key_node: &Node) -> Option<ClientIdentity> {
     let cert = certificates(ctx, cert_node, "redis.tls.cert_file", false);
     let key_path = "redis.tls.key_file";
-    let key = read(ctx, key_node, key_path);
+    let key = yaml::file(ctx, key_node, key_path);
     let (cert, key) = (cert?, key?);
     let parsed_key = match PrivateKeyDer::from_pem_slice(&key) {
         Ok(parsed) => parsed,

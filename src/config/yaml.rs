@@ -462,6 +462,30 @@ fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// Reads a string; a number or boolean is taken as its text.
+/// The file a key names (relative to the routing file) and the outcome of reading it;
+/// `None` after an error at `node` (not a string, or empty).
+pub(super) fn named_file(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+) -> Option<(std::path::PathBuf, std::io::Result<Vec<u8>>)> {
+    let name = string(ctx, node, path)?;
+    if name.is_empty() {
+        ctx.error(node, path, "expected a file path");
+        return None;
+    }
+    let file = ctx.resolve(&name);
+    let read = ctx.read(&file);
+    Some((file, read))
+}
+
+/// The bytes of the file a key names; `None` after an error at `node`.
+pub(super) fn file(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Vec<u8>> {
+    let (file, read) = named_file(ctx, node, path)?;
+    read.map_err(|e| ctx.error(node, path, format!("cannot read `{}`: {e}", file.display())))
+        .ok()
+}
+
 pub(super) fn string(ctx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
     match &node.kind {
         Kind::Str(s) => Some(s.clone()),
