@@ -208,14 +208,13 @@ impl Default for Metrics {
             "bridge_connections_revoked",
             "Open connections closed by a reload because their credential no longer verifies",
         );
-        let rejected: Family<Reason, Counter> = family(
+        let rejected = labelled(
             &mut registry,
             "bridge_connections_rejected",
             "Connections refused before the upgrade, by reason",
+            "reason",
+            &RejectReason::ALL.map(|reason| reason.label()),
         );
-        for reason in RejectReason::ALL {
-            let _ = rejected.get_or_create(&[("reason", reason.label())]);
-        }
         let redis_messages = counter(
             &mut registry,
             "bridge_redis_messages_received",
@@ -236,14 +235,13 @@ impl Default for Metrics {
             "bridge_messages_unroutable",
             "Messages skipped because a placeholder had no value, by route",
         );
-        let dropped: Family<Reason, Counter> = family(
+        let dropped = labelled(
             &mut registry,
             "bridge_messages_dropped",
             "Frames not delivered to a connection, by reason",
+            "reason",
+            &DropReason::ALL.map(|reason| reason.label()),
         );
-        for reason in DropReason::ALL {
-            let _ = dropped.get_or_create(&[("reason", reason.label())]);
-        }
         let slow_client_disconnects = counter(
             &mut registry,
             "bridge_slow_client_disconnects",
@@ -264,22 +262,20 @@ impl Default for Metrics {
             "bridge_redis_stalls",
             "Subscriber connections replaced because the heartbeat did not come back in time",
         );
-        let redis_errors: Family<Reason, Counter> = family(
+        let redis_errors = labelled(
             &mut registry,
             "bridge_redis_connect_errors",
             "Redis connections that failed or were refused, by reason",
+            "reason",
+            &RedisErrorReason::ALL.map(|reason| reason.label()),
         );
-        for reason in RedisErrorReason::ALL {
-            let _ = redis_errors.get_or_create(&[("reason", reason.label())]);
-        }
-        let reloads: Family<Reason, Counter> = family(
+        let reloads = labelled(
             &mut registry,
             "bridge_config_reloads",
             "Routing file reloads, by result",
+            "result",
+            &["ok", "error"],
         );
-        for result in ["ok", "error"] {
-            let _ = reloads.get_or_create(&[("result", result)]);
-        }
         let delivery = Histogram::new(DELIVERY_BUCKETS);
         registry.register(
             "bridge_delivery_seconds",
@@ -342,6 +338,22 @@ fn gauge(registry: &mut Registry, name: &str, help: &str) -> Gauge {
     let gauge = Gauge::default();
     registry.register(name, help, gauge.clone());
     gauge
+}
+
+/// A family of counters with one label, a series of each of `values` shown from the start
+/// (at 0), so that a rate over it exists before the first event.
+fn labelled(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: &[&'static str],
+) -> Family<Reason, Counter> {
+    let family: Family<Reason, Counter> = family(registry, name, help);
+    for value in values {
+        let _ = family.get_or_create(&[(label, *value)]);
+    }
+    family
 }
 
 /// A family of counters, one per label set.
