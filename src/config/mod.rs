@@ -29,7 +29,7 @@ use std::time::Duration;
 
 pub use auth::{AdminSettings, ApiKey, AuthMode, AuthSettings, JwtSettings};
 pub use redis::{ClientIdentity, RedisSettings, RedisTls};
-pub use route::{Audience, Delivery, Format, PayloadMatch, Route, Source};
+pub use route::{Audience, Delivery, Format, PayloadMatch, Retention, Route, Source};
 pub use websocket::{Compression, Rate, SlowClient, WebSocketSettings, Welcome};
 
 use sha2::{Digest, Sha256};
@@ -73,6 +73,9 @@ pub struct Config {
     pub instance: Option<String>,
     /// The routes, in file order (at least one).
     pub routes: Vec<Route>,
+    /// The most bytes the frames retained by routes' `history` may take in the process
+    /// (`history_max_bytes`, default 64 MiB); past it the oldest are dropped first.
+    pub history_max_bytes: usize,
 }
 
 /// A file a configuration was built from, and the SHA-256 of the bytes it was built from.
@@ -96,6 +99,7 @@ const DEFAULT_LISTEN: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     8080,
 ));
 const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+const DEFAULT_HISTORY_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 impl Config {
     /// Every key of the routing file, section by section, with its type, its default and
@@ -264,6 +268,11 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
             None
         }
     };
+    let history_max_bytes = match top.get("history_max_bytes") {
+        Some(node) => yaml::number_at_least(ctx, node, "history_max_bytes", 1)
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        None => Some(DEFAULT_HISTORY_MAX_BYTES),
+    };
     if let (Some(auth), Some(routes), Some(node)) = (&auth, &routes, top.get("routes")) {
         auth::check_audiences(ctx, auth, node, routes);
     }
@@ -280,6 +289,7 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         console: console?,
         instance: instance?,
         routes: routes?,
+        history_max_bytes: history_max_bytes?,
     })
 }
 

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::schema;
 use super::yaml::{self, Ctx, Kind, Node, fields, index, join};
@@ -32,7 +33,23 @@ pub struct Route {
     /// The envelope's `type` (YAML key `type`; default: the route name). Only set by the file
     /// for `format: envelope`; for other formats it is the literal route name.
     pub event_type: Template,
+    /// What the route keeps of its recent frames, per topic, for replays (`history`).
+    pub history: Option<Retention>,
+    /// Whether a connection's queue holds at most one unsent frame per topic of the route,
+    /// the newer replacing the older (`conflate`).
+    pub conflate: bool,
 }
+
+/// A route's `history`: per topic, the last `size` frames, none older than `ttl`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub size: usize,
+    /// `None`: no age limit (the sizes and `history_max_bytes` still bound it).
+    pub ttl: Option<Duration>,
+}
+
+/// The most frames one topic may retain: a replay is a burst of them into one queue.
+pub const MAX_HISTORY_SIZE: u64 = 10_000;
 
 /// Where a route's messages come from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -192,6 +209,16 @@ impl Route {
             Format::Raw => out.push_str(" format=raw"),
             Format::Template(_) => out.push_str(" format=template"),
         }
+        if let Some(history) = &self.history {
+            let _ = write!(out, " history(size={}", history.size);
+            if let Some(ttl) = history.ttl {
+                let _ = write!(out, ", ttl={}", humantime::format_duration(ttl));
+            }
+            out.push(')');
+        }
+        if self.conflate {
+            out.push_str(" conflate");
+        }
         out
     }
 }
@@ -335,6 +362,14 @@ fn compile(
         None => Some(Format::Envelope),
     };
     let event_type = event_type(ctx, &route, path, &format, name.as_deref(), &message_scope);
+    let history = match route.get("history") {
+        Some(node) => retention(ctx, node, &key("history")).map(Some),
+        None => Some(None),
+    };
+    let conflate = match route.get("conflate") {
+        Some(node) => yaml::boolean(ctx, node, &key("conflate")),
+        None => Some(false),
+    };
 
     Some(Route {
         name: Arc::from(name?),
@@ -345,6 +380,56 @@ fn compile(
         audience: audience?,
         format: format?,
         event_type: event_type?,
+        history: history?,
+        conflate: conflate?,
+    })
+}
+
+/// `history: {size, ttl}`: `size` required, `ttl` optional.
+fn retention(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Retention> {
+    if !matches!(node.kind, Kind::Map(_) | Kind::Invalid) {
+        let message = format!(
+            "expected a mapping such as {{size: 50, ttl: 10m}}, found {}",
+            yaml::found_text(node)
+        );
+        ctx.error(node, path, message);
+        return None;
+    }
+    let section = fields(ctx, node, path, &schema::names(schema::HISTORY))?;
+    let size = match section.get("size") {
+        Some(size_node) => {
+            let key = join(path, "size");
+            match yaml::number_at_least(ctx, size_node, &key, 1) {
+                Some(size) if size <= MAX_HISTORY_SIZE => usize::try_from(size).ok(),
+                Some(_) => {
+                    let message = format!("must be 1 to {MAX_HISTORY_SIZE}");
+                    ctx.error(size_node, &key, message);
+                    None
+                }
+                None => None,
+            }
+        }
+        None => {
+            ctx.error(node, &join(path, "size"), "missing key `size`");
+            None
+        }
+    };
+    let ttl = match section.get("ttl") {
+        Some(ttl_node) => {
+            let key = join(path, "ttl");
+            match yaml::duration(ctx, ttl_node, &key) {
+                Some(ttl) if ttl.is_zero() => {
+                    ctx.error(ttl_node, &key, "must be longer than 0s");
+                    None
+                }
+                other => other.map(Some),
+            }
+        }
+        None => Some(None),
+    };
+    Some(Retention {
+        size: size?,
+        ttl: ttl?,
     })
 }
 

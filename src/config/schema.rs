@@ -149,6 +149,12 @@ pub(super) const TOP: &[Key] = &[
         default: Default::Otherwise("required, at least one"),
         meaning: "the routes",
     },
+    Key {
+        name: "history_max_bytes",
+        kind: "integer ≥ 1",
+        default: Default::Value("67108864"),
+        meaning: "the most bytes the frames retained by `history` take in the whole process",
+    },
 ];
 
 pub(super) const REDIS: &[Key] = &[
@@ -534,6 +540,33 @@ pub(super) const ROUTE: &[Key] = &[
         default: Default::Otherwise("the route name"),
         meaning: "the envelope's type",
     },
+    Key {
+        name: "history",
+        kind: "mapping",
+        default: Default::Otherwise("absent: nothing retained"),
+        meaning: "the recent frames kept per topic for replays",
+    },
+    Key {
+        name: "conflate",
+        kind: "boolean",
+        default: Default::Value("false"),
+        meaning: "a connection's queue holds at most one unsent frame per topic, the newest",
+    },
+];
+
+pub(super) const HISTORY: &[Key] = &[
+    Key {
+        name: "size",
+        kind: "integer 1–10000",
+        default: Default::Otherwise("required"),
+        meaning: "the frames kept per topic, the newest",
+    },
+    Key {
+        name: "ttl",
+        kind: "duration > 0",
+        default: Default::Otherwise("absent: no age limit"),
+        meaning: "frames older than this are dropped",
+    },
 ];
 
 /// Every section's table, with the heading docs/routing.md gives it.
@@ -549,4 +582,5 @@ pub(super) const SECTIONS: &[(&str, &[Key])] = &[
     ("### `auth.api_keys`", API_KEY),
     ("## `admin`", ADMIN),
     ("## `routes`", ROUTE),
+    ("### `routes[].history`", HISTORY),
 ];

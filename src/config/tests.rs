@@ -1181,14 +1181,15 @@ fn the_defaults_of_the_tables_are_the_defaults_in_force() {
     let (implicit, explicit) = (load(routes), load(&explicit));
     let shown = |config: &Config| {
         format!(
-            "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+            "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {}",
             config.listen,
             config.redis,
             config.websocket,
             config.shutdown_grace,
             config.trusted_proxies,
             config.console,
-            config.routes
+            config.routes,
+            config.history_max_bytes
         )
     };
     assert_eq!(shown(&implicit), shown(&explicit));
@@ -1367,4 +1368,73 @@ fn redis_sentinel_settings_are_checked() {
     );
     let config = ok(&cluster("[redis://10.0.0.1:7000, redis://10.0.0.2:7000]"));
     assert_eq!(config.redis.cluster.map(|nodes| nodes.len()), Some(2));
+}
+
+#[test]
+fn history_conflate_and_their_bound() {
+    let config = ok(
+        "history_max_bytes: 1048576\nroutes:\n  - name: a\n    pattern: \"job:*\"\n    topic: \"job:{1}\"\n    history: { size: 50, ttl: 10m }\n    conflate: true\n  - name: b\n    channel: c\n    history: { size: 1 }\n  - name: plain\n    channel: d\n",
+    );
+    assert_eq!(config.history_max_bytes, 1 << 20);
+    assert_eq!(
+        config.routes[0].history,
+        Some(crate::config::Retention {
+            size: 50,
+            ttl: Some(Duration::from_secs(600))
+        })
+    );
+    assert!(config.routes[0].conflate);
+    assert!(
+        config.routes[0]
+            .describe()
+            .ends_with(" history(size=50, ttl=10m) conflate")
+    );
+    assert_eq!(
+        config.routes[1].history.map(|h| (h.size, h.ttl)),
+        Some((1, None))
+    );
+    assert!(config.routes[2].history.is_none() && !config.routes[2].conflate);
+    assert_eq!(ok(MINIMAL).history_max_bytes, 64 << 20);
+
+    let route = |body: &str| one_error(&format!("routes:\n  - name: a\n    channel: x\n{body}"));
+    assert_eq!(
+        route("    history: 50\n"),
+        "4:14 routes[0].history: expected a mapping such as {size: 50, ttl: 10m}, found `50`"
+    );
+    assert_eq!(
+        route("    history: { ttl: 1m }\n"),
+        "4:14 routes[0].history.size: missing key `size`"
+    );
+    assert_eq!(
+        route("    history: { size: 0 }\n"),
+        "4:22 routes[0].history.size: must be at least 1"
+    );
+    assert_eq!(
+        route("    history: { size: 10001 }\n"),
+        "4:22 routes[0].history.size: must be 1 to 10000"
+    );
+    assert_eq!(
+        route("    history: { size: many }\n"),
+        "4:22 routes[0].history.size: expected a whole number, found `many`"
+    );
+    assert_eq!(
+        route("    history: { size: 5, ttl: 0s }\n"),
+        "4:30 routes[0].history.ttl: must be longer than 0s"
+    );
+    assert_eq!(
+        route("    history: { size: 5, ttl: soon }\n"),
+        "4:30 routes[0].history.ttl: invalid duration `soon`: expected number at 0 (examples: 30s, 250ms, 2m)"
+    );
+    assert_eq!(
+        route("    history: { size: 5, tll: 1m }\n"),
+        "4:25 routes[0].history.tll: unknown key `tll` (did you mean `ttl`?)"
+    );
+    assert_eq!(
+        route("    conflate: sometimes\n"),
+        "4:15 routes[0].conflate: expected true or false, found `sometimes`"
+    );
+    assert_eq!(
+        one_error(&format!("history_max_bytes: 0\n{MINIMAL}")),
+        "1:20 history_max_bytes: must be at least 1"
+    );
 }
