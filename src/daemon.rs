@@ -55,6 +55,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let subscriber = pubsub::spawn(shared.clone());
     tokio::spawn(reload::run(shared.clone(), subscriber, path, hangup));
     let server = tokio::spawn(http::serve(shared.clone(), listener));
+    tokio::spawn(expire_history(shared.clone()));
     // Started after the bind: its READY=1 needs "listening" as well as "subscribed".
     let follower = shared.clone();
     tokio::spawn(async move {
@@ -71,6 +72,23 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     shutdown(&shared, signal_name, grace).await;
     let _ = server.await;
     Ok(())
+}
+
+/// How often retained frames past their route's `ttl` are dropped (a replay never sends
+/// one, whenever this runs: it drops them first).
+const HISTORY_SWEEP: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Releases expired retained frames, so that a topic nobody publishes to any more does not
+/// hold its frames until the bound pushes them out.
+async fn expire_history(shared: Arc<Shared>) {
+    let mut sweep = tokio::time::interval(HISTORY_SWEEP);
+    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            _ = sweep.tick() => shared.history.expire(std::time::Instant::now()),
+        }
+    }
 }
 
 /// Stops accepting, closes every client with 1001 after what is queued for it, and waits for

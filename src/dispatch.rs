@@ -15,13 +15,14 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use crate::audience::Resolved;
-use crate::config::{Compression, Delivery, Route};
+use crate::config::{Compression, Delivery, Retention, Route};
 use crate::deflate;
+use crate::history::{Payload, Retained};
 use crate::hub::{Connection, Indexes};
 use crate::metrics::DropReason;
 use crate::outbox::Pushed;
 use crate::protocol::Filter;
-use crate::router::{self, Incoming, Plan};
+use crate::router::{self, Incoming, PayloadAt, Plan};
 use crate::state::Shared;
 use crate::wsframe;
 
@@ -33,9 +34,18 @@ const MAX_SEQUENCED_TOPICS: usize = 1_000_000;
 /// costs more than writing them here.
 const MIN_FLUSH_SHARE: usize = 512;
 
+/// A topic's sequence counter.
+#[derive(Debug, Clone, Copy)]
+struct Sequence {
+    last: u64,
+    /// Some route retains the topic's frames: a frame of it that a route does not retain
+    /// must be told to the history, which can then no longer resume positions before it.
+    retained: bool,
+}
+
 pub struct Dispatcher {
     shared: Arc<Shared>,
-    seqs: HashMap<Box<str>, u64>,
+    seqs: HashMap<Box<str>, Sequence>,
     next_dispatch: u64,
     /// Connections with frames queued since the last flush.
     unflushed: Vec<Arc<Connection>>,
@@ -116,6 +126,11 @@ impl Dispatcher {
             };
             self.next_dispatch += 1;
             let dispatch = self.next_dispatch;
+            // One copy of the resolved audience for all the topics' retained frames.
+            let audience = route.history.map(|_| Arc::new(plan.audience.clone()));
+            // Retained frames are appended within the same read-lock section as their
+            // fan-out: a subscribe (under the write lock) sees a message either in the
+            // history or live, never both and never neither.
             let hub = self.shared.hub.read();
             for topic in &plan.topics {
                 let mut fan_out = FanOut {
@@ -123,6 +138,10 @@ impl Dispatcher {
                     message: &message,
                     plan: &plan,
                     frame: None,
+                    seq: 0,
+                    payload_at: None,
+                    skipped_retained: false,
+                    conflate_key: None,
                     compressed: None,
                     compression: routing.config.websocket.compression,
                     delivered: 0,
@@ -130,12 +149,26 @@ impl Dispatcher {
                     shared: &self.shared,
                     unflushed: &mut self.unflushed,
                 };
-                let outcome = match route.delivery {
-                    Delivery::Auto => fan_out.auto(&hub, &mut self.seqs, route, topic),
-                    Delivery::Subscribe => fan_out.subscribed(&hub, &mut self.seqs, route, topic),
+                let outcome = if route.history.is_some()
+                    && fan_out.render(&mut self.seqs, route, topic).is_none()
+                {
+                    // A frame to retain is rendered whether anyone receives it live or not.
+                    Rendered::Unresolvable
+                } else {
+                    match route.delivery {
+                        Delivery::Auto => fan_out.auto(&hub, &mut self.seqs, route, topic),
+                        Delivery::Subscribe => {
+                            fan_out.subscribed(&hub, &mut self.seqs, route, topic)
+                        }
+                    }
                 };
                 counters.delivered.inc_by(fan_out.delivered);
                 self.queued += fan_out.delivered as usize;
+                if let (Some(retention), Some(audience)) = (route.history, &audience) {
+                    fan_out.retain(route, retention, audience, topic);
+                } else if fan_out.skipped_retained {
+                    self.shared.history.skipped(topic, fan_out.seq);
+                }
                 if outcome == Rendered::Unresolvable {
                     counters.unroutable.inc();
                     tracing::debug!(route = %route.name, channel, topic, "unroutable message: a format placeholder has no value");
@@ -156,8 +189,17 @@ struct FanOut<'a, 'm> {
     dispatch: u64,
     message: &'a Incoming<'m>,
     plan: &'a Plan<'m>,
-    /// Rendered on the first admitted recipient, so topics nobody receives cost nothing.
+    /// Rendered on the first admitted recipient, so topics nobody receives cost nothing
+    /// (unless the route retains its frames).
     frame: Option<Option<Bytes>>,
+    /// The rendered frame's `seq`.
+    seq: u64,
+    /// Where the rendered frame holds the payload.
+    payload_at: Option<PayloadAt>,
+    /// The frame took a `seq` of a topic some other route retains.
+    skipped_retained: bool,
+    /// The topic, shared by its queued frames, when the route conflates them.
+    conflate_key: Option<Arc<str>>,
     /// `frame` compressed, on the first admitted recipient that takes it so: one stream for
     /// every window, since the compressor's references never reach before the message.
     compressed: Option<Bytes>,
@@ -172,7 +214,7 @@ impl FanOut<'_, '_> {
     fn auto(
         &mut self,
         hub: &Indexes,
-        seqs: &mut HashMap<Box<str>, u64>,
+        seqs: &mut HashMap<Box<str>, Sequence>,
         route: &Route,
         topic: &str,
     ) -> Rendered {
@@ -198,7 +240,7 @@ impl FanOut<'_, '_> {
     fn subscribed(
         &mut self,
         hub: &Indexes,
-        seqs: &mut HashMap<Box<str>, u64>,
+        seqs: &mut HashMap<Box<str>, Sequence>,
         route: &Route,
         topic: &str,
     ) -> Rendered {
@@ -232,7 +274,7 @@ impl FanOut<'_, '_> {
         &mut self,
         connection: &Arc<Connection>,
         filter: Option<&Filter>,
-        seqs: &mut HashMap<Box<str>, u64>,
+        seqs: &mut HashMap<Box<str>, Sequence>,
         route: &Route,
         topic: &str,
     ) -> bool {
@@ -250,22 +292,7 @@ impl FanOut<'_, '_> {
         if !connection.claim(self.dispatch) {
             return true;
         }
-        let frame = self.frame.get_or_insert_with(|| {
-            // A message skipped as unroutable takes no sequence number.
-            let seq = seqs.get(topic).map_or(1, |last| last + 1);
-            let frame = router::render_frame(route, self.message, self.plan, topic, seq)?;
-            match seqs.get_mut(topic) {
-                Some(last) => *last = seq,
-                None => {
-                    if seqs.len() >= MAX_SEQUENCED_TOPICS {
-                        seqs.clear();
-                    }
-                    seqs.insert(topic.into(), seq);
-                }
-            }
-            Some(frame)
-        });
-        let Some(frame) = frame.clone() else {
+        let Some(frame) = self.render(seqs, route, topic) else {
             return false;
         };
         let frame = match connection.deflate {
@@ -273,7 +300,19 @@ impl FanOut<'_, '_> {
             None => frame,
         };
         let metrics = &self.shared.metrics;
-        match connection.outbox.push_frame(frame, self.received_at) {
+        let pushed = if route.conflate {
+            let topic = self.conflate_key.get_or_insert_with(|| Arc::from(topic));
+            connection
+                .outbox
+                .push_conflated(frame, self.received_at, topic)
+        } else {
+            connection.outbox.push_frame(frame, self.received_at)
+        };
+        match pushed {
+            Pushed::Conflated => {
+                self.delivered += 1;
+                metrics.conflated.inc();
+            }
             Pushed::Queued { flush } => {
                 self.delivered += 1;
                 if flush {
@@ -291,6 +330,87 @@ impl FanOut<'_, '_> {
             Pushed::Closed => metrics.dropped(DropReason::Closing, 1),
         }
         true
+    }
+
+    /// The frame, rendered on first need with the topic's next `seq`; `None` when a
+    /// placeholder has no value.
+    fn render(
+        &mut self,
+        seqs: &mut HashMap<Box<str>, Sequence>,
+        route: &Route,
+        topic: &str,
+    ) -> Option<Bytes> {
+        if let Some(frame) = &self.frame {
+            return frame.clone();
+        }
+        // A message skipped as unroutable takes no sequence number.
+        let seq = seqs.get(topic).map_or(1, |sequence| sequence.last + 1);
+        let rendered = router::render_frame(route, self.message, self.plan, topic, seq);
+        let Some((frame, payload_at)) = rendered else {
+            self.frame = Some(None);
+            return None;
+        };
+        let retains = route.history.is_some();
+        match seqs.get_mut(topic) {
+            Some(sequence) => {
+                sequence.last = seq;
+                self.skipped_retained = sequence.retained && !retains;
+                sequence.retained |= retains;
+            }
+            None => {
+                if seqs.len() >= MAX_SEQUENCED_TOPICS {
+                    seqs.clear();
+                    // Positions taken before are void: `seq` numbers start again.
+                    self.shared.history.restart();
+                }
+                let sequence = Sequence {
+                    last: seq,
+                    retained: retains,
+                };
+                seqs.insert(topic.into(), sequence);
+            }
+        }
+        self.seq = seq;
+        self.payload_at = Some(payload_at);
+        self.frame = Some(Some(frame.clone()));
+        Some(frame)
+    }
+
+    /// Hands the rendered frame (and its compressed form, if a recipient needed one) to the
+    /// history.
+    fn retain(
+        &mut self,
+        route: &Route,
+        retention: Retention,
+        audience: &Arc<Resolved>,
+        topic: &str,
+    ) {
+        let (Some(Some(frame)), Some(payload_at)) = (self.frame.take(), self.payload_at.take())
+        else {
+            return;
+        };
+        let payload = match (route.delivery, payload_at) {
+            // Filters apply to subscriptions only.
+            (Delivery::Auto, _) => Payload::Unneeded,
+            (_, PayloadAt::NotJson) => Payload::NotJson,
+            (_, PayloadAt::Frame(range)) => Payload::InFrame(range),
+            (_, PayloadAt::Elsewhere) => match self.message.json() {
+                Some(_) => Payload::Copy(Bytes::copy_from_slice(self.message.payload)),
+                None => Payload::NotJson,
+            },
+        };
+        let retained = Retained {
+            seq: self.seq,
+            dispatch: self.dispatch,
+            at: self.received_at,
+            frame,
+            compressed: self.compressed.take(),
+            audience: audience.clone(),
+            payload,
+        };
+        self.shared
+            .history
+            .append(topic, &route.name, retention, retained);
     }
 
     /// What a recipient with permessage-deflate and a window of `window_bits` gets: the

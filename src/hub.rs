@@ -175,6 +175,12 @@ impl Hub {
     ///
     /// A connection holds at most `limit` topics: admitted topics past it are refused with
     /// `too_many_subscriptions`.
+    ///
+    /// `then` runs last, still under the lock, with the connection and the subscribed topics:
+    /// what it queues (a replay of retained frames) comes after the answer and before any
+    /// live frame of those topics, since the dispatcher appends to the history and fans out
+    /// under the read lock.
+    #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         &self,
         id: ConnId,
@@ -183,6 +189,7 @@ impl Hub {
         limit: usize,
         mut admit: impl FnMut(&str) -> Result<(), ErrorCode>,
         answer: impl FnOnce(&[String], &[Refusal]) -> Bytes,
+        then: impl FnOnce(&Connection, &[String]),
     ) -> usize {
         let mut indexes = self.write();
         let Indexes {
@@ -233,6 +240,7 @@ impl Hub {
             };
             by_topic.entry(topic).or_default().insert(id, subscriber);
         }
+        then(&entry.connection, &admitted);
         entry.topics.len()
     }
 
@@ -408,6 +416,8 @@ mod tests {
         Bytes::new()
     }
 
+    fn no_replay(_: &Connection, _: &[String]) {}
+
     fn topics(names: &[&str]) -> Vec<String> {
         names.iter().map(|name| name.to_string()).collect()
     }
@@ -433,6 +443,7 @@ mod tests {
                 answered = (admitted.to_vec(), refused.to_vec());
                 Bytes::new()
             },
+            no_replay,
         );
         assert_eq!(count, 2);
         assert_eq!(answered.0, ["yes", "yes too"]);
@@ -450,7 +461,15 @@ mod tests {
     async fn subscribe_stops_at_the_limit_but_keeps_existing_topics() {
         let hub = Hub::default();
         hub.register(connection(1, None).await);
-        hub.subscribe(1, topics(&["a", "b"]), None, 3, admit_all, no_answer);
+        hub.subscribe(
+            1,
+            topics(&["a", "b"]),
+            None,
+            3,
+            admit_all,
+            no_answer,
+            no_replay,
+        );
         let mut answer = (Vec::new(), Vec::new());
         let count = hub.subscribe(
             1,
@@ -462,6 +481,7 @@ mod tests {
                 answer = (admitted.to_vec(), refused.to_vec());
                 Bytes::new()
             },
+            no_replay,
         );
         assert_eq!(count, 3);
         assert_eq!(answer.0, ["a", "c"]);
@@ -486,11 +506,19 @@ mod tests {
         hub.register(connection(1, Some("alice")).await);
         hub.register(connection(2, None).await);
         assert_eq!(
-            hub.subscribe(1, topics(&["a", "b"]), None, 10, admit_all, no_answer),
+            hub.subscribe(
+                1,
+                topics(&["a", "b"]),
+                None,
+                10,
+                admit_all,
+                no_answer,
+                no_replay
+            ),
             2
         );
         assert_eq!(
-            hub.subscribe(2, topics(&["a"]), None, 10, admit_all, no_answer),
+            hub.subscribe(2, topics(&["a"]), None, 10, admit_all, no_answer, no_replay),
             1
         );
         assert_eq!(hub.read().subscribers("a").unwrap().count(), 2);
@@ -507,7 +535,15 @@ mod tests {
     async fn retain_topics_reports_what_each_connection_lost() {
         let hub = Hub::default();
         hub.register(connection(1, None).await);
-        hub.subscribe(1, topics(&["keep", "drop"]), None, 10, admit_all, no_answer);
+        hub.subscribe(
+            1,
+            topics(&["keep", "drop"]),
+            None,
+            10,
+            admit_all,
+            no_answer,
+            no_replay,
+        );
         let lost = hub.retain_topics(|topic| topic == "keep");
         assert_eq!(lost.len(), 1);
         assert_eq!(lost[0].1, ["drop"]);

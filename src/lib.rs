@@ -29,6 +29,7 @@ pub mod wsframe;
 // The daemon's insides.
 mod assets;
 mod dispatch;
+mod history;
 mod http;
 mod hub;
 mod metrics;

@@ -89,6 +89,26 @@ impl DropReason {
     }
 }
 
+/// Why a topic of a `since` could not be resumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapReason {
+    /// The positions come from another process.
+    EpochChanged,
+    /// Some frame after the position is no longer retained.
+    HistoryExhausted,
+}
+
+impl GapReason {
+    pub const ALL: [GapReason; 2] = [Self::EpochChanged, Self::HistoryExhausted];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::EpochChanged => "epoch_changed",
+            Self::HistoryExhausted => "history_exhausted",
+        }
+    }
+}
+
 /// Why a connection to Redis could not be made or used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RedisErrorReason {
@@ -178,6 +198,15 @@ pub struct Metrics {
     route_messages: Family<RouteLabel, Counter>,
     route_delivered: Family<RouteLabel, Counter>,
     route_unroutable: Family<RouteLabel, Counter>,
+    /// Frames retained by routes' `history`, and the bytes they count for against
+    /// `history_max_bytes`.
+    pub history_frames: Gauge,
+    pub history_bytes: Gauge,
+    /// Retained frames queued to connections by `last` and `since`.
+    pub replayed: Counter,
+    resume_gaps: Family<Reason, Counter>,
+    /// Frames of `conflate: true` routes that replaced an unsent one in a connection's queue.
+    pub conflated: Counter,
     /// The file-descriptor limit and resident memory, read from `/proc/self` at each scrape:
     /// with one descriptor per client, `bridge_connections` close to `process_max_fds` means
     /// `LimitNOFILE` is what refuses the next clients.
@@ -276,6 +305,33 @@ impl Default for Metrics {
             "result",
             &["ok", "error"],
         );
+        let history_frames = gauge(
+            &mut registry,
+            "bridge_history_frames",
+            "Frames retained by routes' history",
+        );
+        let history_bytes = gauge(
+            &mut registry,
+            "bridge_history_bytes",
+            "Bytes the retained frames count for against history_max_bytes",
+        );
+        let replayed = counter(
+            &mut registry,
+            "bridge_history_replayed_frames",
+            "Retained frames queued to connections by last and since",
+        );
+        let resume_gaps = labelled(
+            &mut registry,
+            "bridge_history_gaps",
+            "Topics of a since that could not be resumed, by reason",
+            "reason",
+            &GapReason::ALL.map(|reason| reason.label()),
+        );
+        let conflated = counter(
+            &mut registry,
+            "bridge_messages_conflated",
+            "Frames of conflate routes that replaced an unsent frame of their topic",
+        );
         let delivery = Histogram::new(DELIVERY_BUCKETS);
         registry.register(
             "bridge_delivery_seconds",
@@ -321,6 +377,11 @@ impl Default for Metrics {
             route_messages,
             route_delivered,
             route_unroutable,
+            history_frames,
+            history_bytes,
+            replayed,
+            resume_gaps,
+            conflated,
             process_max_fds,
             process_resident_memory,
         }
@@ -403,6 +464,13 @@ impl Metrics {
         self.dropped
             .get_or_create(&[("reason", reason.label())])
             .inc_by(frames);
+    }
+
+    /// `topics` topics of a `since` got a gap for `reason`.
+    pub fn resume_gap(&self, reason: GapReason, topics: usize) {
+        self.resume_gaps
+            .get_or_create(&[("reason", reason.label())])
+            .inc_by(topics as u64);
     }
 
     pub fn redis_error(&self, reason: RedisErrorReason) {

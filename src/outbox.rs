@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Waker;
 use std::time::Instant;
 
@@ -51,6 +51,8 @@ pub enum Pushed {
     Queued { flush: bool },
     /// Queued after discarding the oldest frame (`slow_client: drop_oldest`).
     DroppedOldest,
+    /// Took the place of an unsent frame of the same topic (`conflate: true`).
+    Conflated,
     /// The queue was full under `slow_client: disconnect`: the connection is now closing.
     Overflowed,
     /// The connection is already closing; the frame was discarded.
@@ -85,9 +87,34 @@ pub enum Written {
 #[derive(Debug)]
 struct Queued {
     frame: Bytes,
-    /// When the Redis message of a route frame arrived, for the delivery-time histogram;
-    /// `None` for the server's own frames.
-    received_at: Option<Instant>,
+    kind: Kind,
+    /// The topic of a frame of a `conflate: true` route, which a newer frame of the topic
+    /// replaces while it waits.
+    conflate: Option<Arc<str>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// The server's own frame (an answer, a notice, a ping).
+    Reply,
+    /// A route frame, with when its Redis message arrived (for the delivery-time histogram).
+    Live(Instant),
+    /// A retained frame sent again, which the histogram leaves out.
+    Replayed,
+}
+
+impl Queued {
+    fn reply(frame: Bytes) -> Queued {
+        Queued {
+            frame,
+            kind: Kind::Reply,
+            conflate: None,
+        }
+    }
+
+    fn is_route_frame(&self) -> bool {
+        self.kind != Kind::Reply
+    }
 }
 
 #[derive(Debug, Default)]
@@ -146,9 +173,34 @@ impl Outbox {
     /// Queues a route frame, applying the slow-client policy when full. Nothing is written:
     /// the caller flushes the connection when told to.
     pub fn push_frame(&self, frame: Bytes, received_at: Instant) -> Pushed {
+        self.push(frame, received_at, None)
+    }
+
+    /// Queues a frame of a `conflate: true` route: in place of the newest unsent frame of
+    /// `topic` when the queue holds one (it then takes no room of its own), else as
+    /// [`Outbox::push_frame`] does.
+    pub fn push_conflated(&self, frame: Bytes, received_at: Instant, topic: &Arc<str>) -> Pushed {
+        self.push(frame, received_at, Some(topic))
+    }
+
+    fn push(&self, frame: Bytes, received_at: Instant, conflate: Option<&Arc<str>>) -> Pushed {
         let mut state = self.lock();
         if state.closing.is_some() {
             return Pushed::Closed;
+        }
+        if let Some(topic) = conflate {
+            // The front frame may be partly written: it has to go out as it is.
+            let skip = usize::from(state.front_written > 0);
+            let waiting = state.queue.iter_mut().skip(skip).rev().find(|item| {
+                item.conflate
+                    .as_ref()
+                    .is_some_and(|queued| Arc::ptr_eq(queued, topic) || queued == topic)
+            });
+            if let Some(item) = waiting {
+                item.frame = frame;
+                item.kind = Kind::Live(received_at);
+                return Pushed::Conflated;
+            }
         }
         let mut outcome = None;
         if state.route_frames >= self.capacity {
@@ -171,7 +223,7 @@ impl Outbox {
                         .queue
                         .iter()
                         .skip(skip)
-                        .position(|item| item.received_at.is_some())
+                        .position(Queued::is_route_frame)
                     {
                         state.queue.remove(index + skip);
                         state.route_frames -= 1;
@@ -183,10 +235,31 @@ impl Outbox {
         let flush = state.queue.is_empty() && !state.blocked;
         state.queue.push_back(Queued {
             frame,
-            received_at: Some(received_at),
+            kind: Kind::Live(received_at),
+            conflate: conflate.cloned(),
         });
         state.route_frames += 1;
         outcome.unwrap_or(Pushed::Queued { flush })
+    }
+
+    /// How many more route frames the queue takes before the slow-client policy applies.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.lock().route_frames)
+    }
+
+    /// Queues retained frames being replayed, as route frames, without writing them. The
+    /// caller keeps to [`Outbox::room`], so they never set off the slow-client policy.
+    pub fn push_replayed(&self, frames: Vec<Bytes>) {
+        let mut state = self.lock();
+        if state.closing.is_some() {
+            return;
+        }
+        state.route_frames += frames.len();
+        state.queue.extend(frames.into_iter().map(|frame| Queued {
+            frame,
+            kind: Kind::Replayed,
+            conflate: None,
+        }));
     }
 
     /// Writes what is queued, unless the session already waits for the socket.
@@ -229,10 +302,7 @@ impl Outbox {
             return false;
         }
         state.reply_bytes += frame.len();
-        state.queue.push_back(Queued {
-            frame,
-            received_at: None,
-        });
+        state.queue.push_back(Queued::reply(frame));
         true
     }
 
@@ -260,10 +330,7 @@ impl Outbox {
 
     /// Queues the close frame after everything else; the session's last frame.
     pub fn push_close_frame(&self, frame: Bytes) {
-        self.lock().queue.push_back(Queued {
-            frame,
-            received_at: None,
-        });
+        self.lock().queue.push_back(Queued::reply(frame));
     }
 
     /// Whether the session must wait for the socket before writing, and why it must close.
@@ -347,13 +414,16 @@ impl Outbox {
                 written -= left;
                 state.front_written = 0;
                 state.frames_sent += 1;
-                match front.received_at {
-                    Some(received_at) => {
+                match front.kind {
+                    Kind::Live(received_at) => {
                         state.route_frames -= 1;
                         let now = *now.get_or_insert_with(Instant::now);
                         metrics.observe_delivery(now.saturating_duration_since(received_at));
                     }
-                    None => state.reply_bytes = state.reply_bytes.saturating_sub(front.frame.len()),
+                    Kind::Replayed => state.route_frames -= 1,
+                    Kind::Reply => {
+                        state.reply_bytes = state.reply_bytes.saturating_sub(front.frame.len())
+                    }
                 }
                 state.queue.pop_front();
             }
@@ -383,12 +453,12 @@ fn discard_backlog(state: &mut State) {
     state.route_frames = state
         .queue
         .iter()
-        .filter(|item| item.received_at.is_some())
+        .filter(|item| item.is_route_frame())
         .count();
     state.reply_bytes = state
         .queue
         .iter()
-        .filter(|item| item.received_at.is_none())
+        .filter(|item| !item.is_route_frame())
         .map(|item| item.frame.len())
         .sum();
 }
@@ -488,10 +558,10 @@ mod tests {
         let metrics = Metrics::default();
         let outbox = Outbox::new(server, 2, SlowClient::DropOldest, reply_limit(0));
         let now = Instant::now();
-        outbox.lock().queue.push_back(Queued {
-            frame: frame("hello "),
-            received_at: None,
-        });
+        outbox
+            .lock()
+            .queue
+            .push_back(Queued::reply(frame("hello ")));
         outbox.push_frame(frame("1"), now);
         outbox.push_frame(frame("2"), now);
         assert_eq!(outbox.push_frame(frame("3"), now), Pushed::DroppedOldest);

@@ -16,6 +16,8 @@ pub enum Command {
     Subscribe {
         topics: Vec<String>,
         filter: Option<Filter>,
+        /// Retained frames to send first (`last`, `since`).
+        replay: Replay,
     },
     Unsubscribe {
         topics: Vec<String>,
@@ -25,6 +27,27 @@ pub enum Command {
         token: String,
     },
 }
+
+/// What a subscribe asks to be replayed: `last` frames of each topic, and for the topics of
+/// `since`, every frame after a position.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Replay {
+    pub last: Option<usize>,
+    pub since: Option<Since>,
+}
+
+/// Positions in one epoch: the `seq` of the last frame received, per topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Since {
+    pub epoch: String,
+    pub seq: BTreeMap<String, u64>,
+}
+
+/// The most frames `last` asks for per topic (a route retains at most as many).
+pub const MAX_LAST: u64 = 10_000;
+
+/// Longest `since.epoch`: an epoch is a UUID, perhaps with a suffix.
+pub const MAX_EPOCH_BYTES: usize = 128;
 
 /// A parsed command with the `id` the client wants echoed.
 #[derive(Debug, Clone, PartialEq)]
@@ -77,6 +100,10 @@ struct RawCommand {
     filter: Option<BTreeMap<String, OneOrMany>>,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    last: Option<Value>,
+    #[serde(default)]
+    since: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -151,13 +178,28 @@ pub fn parse(text: &str) -> Result<Request, BadRequest> {
             Ok(())
         }
     };
+    if raw.kind != "subscribe" {
+        unexpected("last", raw.last.is_some())?;
+        unexpected("since", raw.since.is_some())?;
+    }
     let command = match raw.kind.as_str() {
         "subscribe" => {
             unexpected("token", raw.token.is_some())?;
             let filter = raw.filter.map(filter).transpose().map_err(bad)?;
+            let topics = topics(raw.topics)?;
+            let last = raw.last.map(last).transpose().map_err(bad)?;
+            let since = raw.since.map(since).transpose().map_err(bad)?;
+            if let Some(since) = &since
+                && let Some(stray) = since.seq.keys().find(|topic| !topics.contains(topic))
+            {
+                return Err(bad(format!(
+                    "`since.seq` names `{stray}`, which is not in `topics`"
+                )));
+            }
             Command::Subscribe {
-                topics: topics(raw.topics)?,
+                topics,
                 filter,
+                replay: Replay { last, since },
             }
         }
         "unsubscribe" => {
@@ -182,6 +224,51 @@ pub fn parse(text: &str) -> Result<Request, BadRequest> {
         other => return Err(bad(format!("unknown command type `{other}`"))),
     };
     Ok(Request { id, command })
+}
+
+/// `last`: how many retained frames of each topic.
+fn last(value: Value) -> Result<usize, String> {
+    match value.as_u64() {
+        Some(n) if n <= MAX_LAST => usize::try_from(n).map_err(|_| String::new()),
+        _ => Err(format!("`last` must be an integer from 0 to {MAX_LAST}")),
+    }
+}
+
+/// `since`: `{"epoch": "…", "seq": {"topic": n, …}}`, on a subscribe or the upgrade URL.
+pub fn since(value: Value) -> Result<Since, String> {
+    const SHAPE: &str = "`since` must be an object {\"epoch\": \"…\", \"seq\": {\"topic\": n}}";
+    let Value::Object(mut fields) = value else {
+        return Err(SHAPE.to_owned());
+    };
+    if let Some(other) = fields.keys().find(|key| *key != "epoch" && *key != "seq") {
+        return Err(format!("`{other}` is not a field of `since` (epoch, seq)"));
+    }
+    let epoch = match fields.remove("epoch") {
+        Some(Value::String(epoch)) if epoch.len() <= MAX_EPOCH_BYTES => epoch,
+        _ => {
+            return Err(format!(
+                "`since.epoch` must be a string of at most {MAX_EPOCH_BYTES} bytes"
+            ));
+        }
+    };
+    let Some(Value::Object(positions)) = fields.remove("seq") else {
+        return Err("`since.seq` must be an object of topics and positions".to_owned());
+    };
+    if positions.len() > MAX_TOPICS_PER_COMMAND {
+        return Err(format!(
+            "`since.seq` names more than {MAX_TOPICS_PER_COMMAND} topics"
+        ));
+    }
+    let mut seq = BTreeMap::new();
+    for (topic, position) in positions {
+        let Some(position) = position.as_u64() else {
+            return Err(format!(
+                "the position of `{topic}` in `since.seq` must be an integer ≥ 0"
+            ));
+        };
+        seq.insert(topic, position);
+    }
+    Ok(Since { epoch, seq })
 }
 
 /// A subscription's filter, within the bounds that keep its cost per message small.
@@ -290,6 +377,14 @@ pub enum Reply<'a> {
         since: &'a str,
         topics: &'a [&'a str],
     },
+    /// Topics of a `since` that cannot be resumed: refetch their state.
+    #[serde(rename = "gap")]
+    ResumeGap {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        reason: &'a str,
+        topics: &'a [String],
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
@@ -331,10 +426,16 @@ mod tests {
     fn parses_each_command() {
         let request = parse(r#"{"type":"subscribe","id":1,"topics":["a","b"],"filter":{"status":["running"],"data.kind":"x"}}"#).unwrap();
         assert_eq!(request.id, Some(json!(1)));
-        let Command::Subscribe { topics, filter } = request.command else {
+        let Command::Subscribe {
+            topics,
+            filter,
+            replay,
+        } = request.command
+        else {
             panic!()
         };
         assert_eq!(topics, ["a", "b"]);
+        assert_eq!(replay, Replay::default());
         let filter = filter.unwrap();
         assert!(filter.admits(Some(&json!({"status":"running","data":{"kind":"x"}}))));
         assert!(!filter.admits(Some(&json!({"status":"failed","data":{"kind":"x"}}))));
@@ -365,6 +466,97 @@ mod tests {
         assert!(parse(r#"{"type":"ping","extra":1}"#).is_err());
         assert!(parse(r#"[1,2]"#).is_err());
         assert!(parse(r#"{"type":"refresh"}"#).is_err());
+    }
+
+    #[test]
+    fn replays_are_asked_with_last_and_since() {
+        let replay = |command: Value| match parse(&command.to_string()) {
+            Ok(Request {
+                command: Command::Subscribe { replay, .. },
+                ..
+            }) => Ok(replay),
+            Ok(other) => panic!("{other:?}"),
+            Err(bad) => Err(bad.message),
+        };
+        let subscribe = |extra: Value| {
+            let mut command = json!({"type": "subscribe", "id": 1, "topics": ["a", "b"]});
+            for (key, value) in extra.as_object().unwrap() {
+                command[key] = value.clone();
+            }
+            replay(command)
+        };
+        assert_eq!(
+            subscribe(json!({"last": 3, "since": {"epoch": "e", "seq": {"a": 17, "b": 0}}})),
+            Ok(Replay {
+                last: Some(3),
+                since: Some(Since {
+                    epoch: "e".into(),
+                    seq: BTreeMap::from([("a".into(), 17), ("b".into(), 0)]),
+                }),
+            })
+        );
+        assert_eq!(subscribe(json!({"last": 0})).unwrap().last, Some(0));
+        let refused = [
+            (
+                json!({"last": -1}),
+                "`last` must be an integer from 0 to 10000",
+            ),
+            (
+                json!({"last": 10_001}),
+                "`last` must be an integer from 0 to 10000",
+            ),
+            (
+                json!({"last": "5"}),
+                "`last` must be an integer from 0 to 10000",
+            ),
+            (
+                json!({"last": 1.5}),
+                "`last` must be an integer from 0 to 10000",
+            ),
+            (
+                json!({"since": 5}),
+                r#"`since` must be an object {"epoch": "…", "seq": {"topic": n}}"#,
+            ),
+            (
+                json!({"since": {"epoch": "e", "seq": {}, "from": 1}}),
+                "`from` is not a field of `since` (epoch, seq)",
+            ),
+            (
+                json!({"since": {"seq": {"a": 1}}}),
+                "`since.epoch` must be a string of at most 128 bytes",
+            ),
+            (
+                json!({"since": {"epoch": "e".repeat(129), "seq": {}}}),
+                "`since.epoch` must be a string of at most 128 bytes",
+            ),
+            (
+                json!({"since": {"epoch": "e", "seq": [1]}}),
+                "`since.seq` must be an object of topics and positions",
+            ),
+            (
+                json!({"since": {"epoch": "e", "seq": {"a": -1}}}),
+                "the position of `a` in `since.seq` must be an integer ≥ 0",
+            ),
+            (
+                json!({"since": {"epoch": "e", "seq": {"a": "1"}}}),
+                "the position of `a` in `since.seq` must be an integer ≥ 0",
+            ),
+            (
+                json!({"since": {"epoch": "e", "seq": {"c": 1}}}),
+                "`since.seq` names `c`, which is not in `topics`",
+            ),
+        ];
+        for (extra, message) in refused {
+            assert_eq!(subscribe(extra.clone()), Err(message.to_owned()), "{extra}");
+        }
+        assert_eq!(
+            replay(json!({"type": "unsubscribe", "topics": ["a"], "last": 1})),
+            Err("`last` is not a field of `unsubscribe`".to_owned())
+        );
+        assert_eq!(
+            replay(json!({"type": "ping", "since": {}})),
+            Err("`since` is not a field of `ping`".to_owned())
+        );
     }
 
     #[test]

@@ -332,6 +332,7 @@ pub async fn reload(
     let routes = config.routes.len();
     let routing = Arc::new(Routing::new(Arc::new(config), &shared.metrics));
     subscriber.apply(routing.clone()).await;
+    shared.history.configure(&routing.config, &old);
     let orphaned = shared.hub.retain_topics(|topic| routing.produces(topic));
     for (connection, topics) in &orphaned {
         let notice = Reply::Unsubscribed {

@@ -181,6 +181,21 @@ impl Routing {
             })
     }
 
+    /// The first route with `history` that can produce `topic`, if any.
+    pub fn retaining_route(&self, topic: &str) -> Option<Arc<str>> {
+        self.config
+            .routes
+            .iter()
+            .filter(|route| route.history.is_some())
+            .find(|route| {
+                route
+                    .topics
+                    .iter()
+                    .any(|template| Told::by(route, template, topic).is_some())
+            })
+            .map(|route| route.name.clone())
+    }
+
     /// The literal topics of the `auto` routes whose audience can admit `identity`, announced
     /// in the `connected` frame: a connection is told only of what it may receive (naming an `admin-events` topic to an
     /// anonymous client would tell it more than it may see).
@@ -410,15 +425,27 @@ pub fn plan<'m>(
     })
 }
 
+/// Where a rendered frame holds the message's payload, for filters applied to it later (a
+/// replay).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayloadAt {
+    /// The payload is not JSON.
+    NotJson,
+    /// These bytes of the frame are the payload as it was published.
+    Frame(std::ops::Range<usize>),
+    /// The frame does not hold it as it was (a JSON template).
+    Elsewhere,
+}
+
 /// The WebSocket frame `route` sends for `message` on `topic`, encoded once for every
-/// recipient; `None` when a placeholder has no value.
+/// recipient, and where it holds the payload; `None` when a placeholder has no value.
 pub fn render_frame(
     route: &Route,
     message: &Incoming,
     plan: &Plan,
     topic: &str,
     seq: u64,
-) -> Option<Bytes> {
+) -> Option<(Bytes, PayloadAt)> {
     let payload = if route.needs_payload() {
         message.json()
     } else {
@@ -436,13 +463,18 @@ pub fn render_frame(
     };
     match &route.format {
         Format::Raw => Some(match std::str::from_utf8(message.payload) {
-            Ok(_) => wsframe::text(message.payload),
-            Err(_) => wsframe::binary(message.payload),
+            Ok(_) => {
+                let frame = wsframe::text(message.payload);
+                let start = frame.len() - message.payload.len();
+                let at = PayloadAt::Frame(start..frame.len());
+                (frame, at)
+            }
+            Err(_) => (wsframe::binary(message.payload), PayloadAt::NotJson),
         }),
         Format::Template(template) => {
             let bytes = template.render_to_vec(&scope)?;
             std::str::from_utf8(&bytes).ok()?;
-            Some(wsframe::text(&bytes))
+            Some((wsframe::text(&bytes), PayloadAt::Elsewhere))
         }
         Format::Envelope => {
             let event_type = route.event_type.render(&scope)?;
@@ -454,14 +486,23 @@ pub fn render_frame(
             out.extend_from_slice(
                 format!(",\"seq\":{seq},\"ts\":\"{}\",\"data\":", message.now()).as_bytes(),
             );
-            if message.is_json() {
+            let data = if message.is_json() {
+                let start = out.len();
                 out.extend_from_slice(message.payload);
+                Some(start..out.len())
             } else {
                 serde_json::to_writer(&mut out, &String::from_utf8_lossy(message.payload)).ok()?;
-            }
+                None
+            };
             out.push(b'}');
             std::str::from_utf8(&out).ok()?;
-            Some(wsframe::text(&out))
+            let frame = wsframe::text(&out);
+            let header = frame.len() - out.len();
+            let at = match data {
+                Some(data) => PayloadAt::Frame(data.start + header..data.end + header),
+                None => PayloadAt::NotJson,
+            };
+            Some((frame, at))
         }
     }
 }

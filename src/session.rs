@@ -13,11 +13,14 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::audience::Resolved;
 use crate::auth::{Authenticator, Credential, Identity, Rejection};
 use crate::config::{AuthMode, Rate, Welcome};
+use crate::history::{Recipient, Retained, Wanted};
 use crate::hub::Connection;
+use crate::metrics::GapReason;
 use crate::outbox::{Closing, Written};
-use crate::protocol::{self, Command, ErrorCode, Filter, Refusal, Reply, Request};
+use crate::protocol::{self, Command, ErrorCode, Filter, Refusal, Replay, Reply, Request};
 use crate::rate::TokenBucket;
 use crate::router::Routing;
 use crate::state::{Shared, Slot};
@@ -213,7 +216,7 @@ fn welcome(
         user: identity.user.as_deref(),
         roles: &identity.roles,
         topics: &routing.auto_topics(identity),
-        epoch: &shared.epoch,
+        epoch: &shared.history.epoch(),
     }
     .to_json()
 }
@@ -656,7 +659,11 @@ impl Commands<'_> {
         let id = id.as_ref();
         match command {
             Command::Ping => self.reply(&Reply::Pong { id }),
-            Command::Subscribe { topics, filter } => self.subscribe(id, topics, filter),
+            Command::Subscribe {
+                topics,
+                filter,
+                replay,
+            } => self.subscribe(id, topics, filter, &replay),
             Command::Unsubscribe { topics } => {
                 let removed = shared.hub.unsubscribe(connection.id, &topics);
                 self.reply(&Reply::Unsubscribed {
@@ -673,7 +680,13 @@ impl Commands<'_> {
     /// for the whole command: `subscribed` (listing what was refused, if anything was), or
     /// one `error` when nothing was taken. One answer per command, whatever its size, so a
     /// flood of refused topics is not amplified into a flood of answers.
-    fn subscribe(&self, id: Option<&Value>, topics: Vec<String>, filter: Option<Filter>) {
+    fn subscribe(
+        &self,
+        id: Option<&Value>,
+        topics: Vec<String>,
+        filter: Option<Filter>,
+        replay: &Replay,
+    ) {
         let (shared, connection) = (self.shared, self.connection);
         let identity = connection.identity.load();
         let max_subscriptions = shared.config().websocket.max_subscriptions;
@@ -697,13 +710,25 @@ impl Commands<'_> {
             }
             .to_frame(),
         };
+        let filter = filter.map(Arc::new);
+        let then = |connection: &Connection, subscribed: &[String]| {
+            queue_replay(
+                shared,
+                connection,
+                id,
+                subscribed,
+                filter.as_deref(),
+                replay,
+            );
+        };
         shared.hub.subscribe(
             connection.id,
             topics,
-            filter.map(Arc::new),
+            filter.clone(),
             max_subscriptions,
             admit,
             answer,
+            then,
         );
         connection.outbox.flush(&shared.metrics);
     }
@@ -771,6 +796,71 @@ impl Commands<'_> {
             refused: &[],
         });
     }
+}
+
+/// Queues what `replay` asks for the `subscribed` topics, for `connection` (under the hub's
+/// write lock, so that the live frames follow without a seam): a `gap` per reason for the
+/// positions that cannot be resumed, then the retained frames, oldest first, each checked
+/// now against its audience for this identity and against `filter`.
+fn queue_replay(
+    shared: &Shared,
+    connection: &Connection,
+    id: Option<&Value>,
+    subscribed: &[String],
+    filter: Option<&Filter>,
+    replay: &Replay,
+) {
+    if subscribed.is_empty() || (replay.last.is_none() && replay.since.is_none()) {
+        return;
+    }
+    let epoch = shared.history.epoch();
+    let mut wanted: Vec<(&str, Wanted)> = Vec::new();
+    let mut other_epoch: Vec<String> = Vec::new();
+    for topic in subscribed {
+        let position = replay.since.as_ref().and_then(|since| {
+            let seq = *since.seq.get(topic)?;
+            Some((since.epoch == *epoch, seq))
+        });
+        match (position, replay.last) {
+            (Some((true, seq)), _) => wanted.push((topic, Wanted::After(seq))),
+            (Some((false, _)), _) => other_epoch.push(topic.clone()),
+            (None, Some(last)) if last > 0 => wanted.push((topic, Wanted::Last(last))),
+            (None, _) => {}
+        }
+    }
+    let identity = connection.identity.load();
+    let admits = |frame: &Retained| {
+        (matches!(*frame.audience, Resolved::Everyone) || frame.audience.admits(&identity))
+            && filter.is_none_or(|filter| filter.admits(frame.json().as_ref()))
+    };
+    let routing = shared.routing.load();
+    let recipient = Recipient {
+        admits: &admits,
+        deflate: connection.deflate,
+        compression: routing.config.websocket.compression,
+    };
+    let found = shared
+        .history
+        .replay(&wanted, &recipient, connection.outbox.room(), &|topic| {
+            routing.retaining_route(topic)
+        });
+    for (reason, topics) in [
+        (GapReason::EpochChanged, &other_epoch),
+        (GapReason::HistoryExhausted, &found.exhausted),
+    ] {
+        if topics.is_empty() {
+            continue;
+        }
+        shared.metrics.resume_gap(reason, topics.len());
+        let gap = Reply::ResumeGap {
+            id,
+            reason: reason.label(),
+            topics,
+        };
+        connection.outbox.queue_reply(gap.to_frame());
+    }
+    shared.metrics.replayed.inc_by(found.frames.len() as u64);
+    connection.outbox.push_replayed(found.frames);
 }
 
 /// The message of a subscribe that took no topic, after its first refusal's code.

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::history::{Gauges, History};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::rate::KeyedBuckets;
@@ -31,6 +32,8 @@ pub struct Shared {
     /// The routing table in force; swapped whole by a reload, read per message.
     pub routing: ArcSwap<Routing>,
     pub hub: Hub,
+    /// The frames of routes with `history`, for replays.
+    pub history: History,
     pub metrics: Metrics,
     /// True while Redis is connected and every channel and pattern is subscribed. Set
     /// through [`Shared::set_redis_ready`].
@@ -132,10 +135,16 @@ impl Shared {
             .clone()
             .or_else(host_name)
             .unwrap_or_else(|| format!("bridge-{}", &epoch[..8]));
+        let gauges = Gauges {
+            frames: metrics.history_frames.clone(),
+            bytes: metrics.history_bytes.clone(),
+        };
+        let history = History::new(&epoch, &config, gauges);
         let routing = Routing::new(Arc::new(config), &metrics);
         Arc::new(Shared {
             routing: ArcSwap::from_pointee(routing),
             hub: Hub::default(),
+            history,
             metrics,
             redis_ready: AtomicBool::new(false),
             redis_changes: watch::Sender::new(false),

@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["auth", "outbox", "protocol", "rate"],
     &["audience"],
     &["router"],
-    &["hub"],
+    &["history", "hub"],
     &["state"],
     &["dispatch", "session"],
     &["pubsub"],

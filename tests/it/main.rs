@@ -44,6 +44,10 @@
 //!   for its compressed recipients and plain for the others, `min_bytes` and the client's
 //!   window, compressed commands, a deflate bomb (1009, memory bounded), the switch reloaded,
 //!   Python `websockets` and Node `ws` (also through the nginx wss site) as clients.
+//! - `history`: topics with memory: `last` and `since` replays byte-identical to the live
+//!   frames, the seam with the live stream under a publish storm, audiences and filters
+//!   checked again at replay, epochs across a restart, gaps, `ttl`, `history_max_bytes`,
+//!   reloads, conflation for a client that does not read, `auto` routes resumed from the URL.
 //! - `conformance`: RFC 6455 from the client's side, after Autobahn|Testsuite's server case
 //!   groups 1-7 and 9 (docs/conformance.md), with frames built byte by byte.
 //!
@@ -61,6 +65,7 @@ mod compat;
 mod compression;
 mod conformance;
 mod console;
+mod history;
 mod monitoring;
 mod nginx;
 mod ops;

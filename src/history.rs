@@ -1,0 +1,797 @@
+//! Topics with memory: the recent frames of the routes that have `history`, per topic, for
+//! replays (`last` and `since` on `subscribe`, `since` on the upgrade URL).
+//!
+//! A retained frame is the very `Bytes` its live delivery queued (so a replay is the same
+//! bytes, `seq` and `ts`), kept once per topic whatever the number of recipients, with what
+//! a replay needs to check it again for one connection: the audience the message resolved
+//! to, and where its payload is (for subscription filters). Memory is bounded per topic
+//! (`size`, `ttl`) and for the process (`history_max_bytes`, oldest first across topics).
+//!
+//! The dispatcher appends while it holds the hub's read lock, and a subscribe reads while it
+//! holds the hub's write lock, which is what makes the seam between a replay and the live
+//! stream exact (see `Hub::subscribe`). The rings have a lock of their own, taken after the
+//! hub's and never held while a socket is written.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use prometheus_client::metrics::gauge::Gauge;
+use serde_json::Value;
+
+use crate::audience::Resolved;
+use crate::config::{Compression, Config, Retention};
+use crate::deflate;
+use crate::wsframe;
+
+/// What one retained frame costs beyond its bytes: its entry in the ring and in the global
+/// order, and the bookkeeping around them.
+const ENTRY_OVERHEAD: usize = 128;
+
+/// Where a retained frame's payload is, for the filters a replay applies.
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// The payload is not JSON: no filter admits it.
+    NotJson,
+    /// The payload's bytes are these bytes of the frame (envelope and raw formats).
+    InFrame(Range<usize>),
+    /// A copy (JSON templates, whose frame does not hold the payload as it was).
+    Copy(Bytes),
+    /// Not kept: the route's frames are never filtered (`delivery: auto`).
+    Unneeded,
+}
+
+/// One frame as it was routed live.
+#[derive(Debug)]
+pub struct Retained {
+    pub seq: u64,
+    /// The dispatch it came from: one message reaches a connection once, replays included.
+    pub dispatch: u64,
+    pub at: Instant,
+    pub frame: Bytes,
+    /// The compressed form, once made (by the live fan-out or a first replay).
+    pub compressed: Option<Bytes>,
+    /// Shared by the topics of one message.
+    pub audience: Arc<Resolved>,
+    pub payload: Payload,
+}
+
+impl Retained {
+    fn cost(&self) -> usize {
+        let payload = match &self.payload {
+            Payload::Copy(bytes) => bytes.len(),
+            _ => 0,
+        };
+        self.frame.len() + self.compressed.as_ref().map_or(0, Bytes::len) + payload + ENTRY_OVERHEAD
+    }
+
+    /// The payload as JSON, for a filter; `None` when it is not JSON.
+    pub fn json(&self) -> Option<Value> {
+        match &self.payload {
+            Payload::InFrame(range) => serde_json::from_slice(self.frame.get(range.clone())?).ok(),
+            Payload::Copy(bytes) => serde_json::from_slice(bytes).ok(),
+            Payload::NotJson | Payload::Unneeded => None,
+        }
+    }
+}
+
+/// One topic's frames.
+#[derive(Debug)]
+struct Ring {
+    /// The topic (the key it is stored under, shared with the global order).
+    topic: Arc<str>,
+    /// The route whose `history` applies (the last one that appended).
+    route: Arc<str>,
+    retention: Retention,
+    /// The `seq` of the topic's last frame, retained or not.
+    last_seq: u64,
+    /// Every frame from this `seq` to `last_seq` is in `frames`: a position at or after
+    /// `complete_from - 1` can be resumed.
+    complete_from: u64,
+    frames: VecDeque<Retained>,
+}
+
+impl Ring {
+    /// Drops the oldest frame; what it cost.
+    fn pop_front(&mut self) -> Option<usize> {
+        let popped = self.frames.pop_front()?;
+        self.complete_from = self
+            .frames
+            .front()
+            .map_or(self.last_seq + 1, |front| front.seq)
+            .max(self.complete_from);
+        if self.frames.is_empty() {
+            // A topic with nothing retained keeps only its position.
+            self.frames = VecDeque::new();
+        }
+        Some(popped.cost())
+    }
+
+    /// Drops what is over `size` or older than `ttl`; what it freed, in frames and bytes.
+    fn trim(&mut self, now: Instant) -> (usize, usize) {
+        let mut freed = (0, 0);
+        loop {
+            let over = self.frames.len() > self.retention.size;
+            let expired = match (self.retention.ttl, self.frames.front()) {
+                (Some(ttl), Some(front)) => now.saturating_duration_since(front.at) > ttl,
+                _ => false,
+            };
+            if !(over || expired) {
+                return freed;
+            }
+            match self.pop_front() {
+                Some(cost) => freed = (freed.0 + 1, freed.1 + cost),
+                None => return freed,
+            }
+        }
+    }
+}
+
+/// How far back a replay of one topic goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wanted {
+    /// The newest `n` frames the connection may see.
+    Last(usize),
+    /// Every frame after this `seq`, or none (a gap).
+    After(u64),
+}
+
+/// What a replay found: the frames to queue, oldest first, and the topics that cannot be
+/// resumed.
+#[derive(Debug, Default)]
+pub struct Replay {
+    pub frames: Vec<Bytes>,
+    pub exhausted: Vec<String>,
+}
+
+/// Who a replay is for: whether a frame may go to it, and the window it compresses with.
+pub struct Recipient<'a> {
+    pub admits: &'a dyn Fn(&Retained) -> bool,
+    pub deflate: Option<u8>,
+    pub compression: Compression,
+}
+
+/// The gauges the history keeps true.
+#[derive(Debug, Clone, Default)]
+pub struct Gauges {
+    pub frames: Gauge,
+    pub bytes: Gauge,
+}
+
+#[derive(Debug, Default)]
+struct Rings {
+    topics: HashMap<Arc<str>, Ring>,
+    /// Every retained frame by topic and `seq`, oldest first, across topics; entries of
+    /// frames already gone are skipped (and compacted away).
+    order: VecDeque<(Arc<str>, u64)>,
+    frames: usize,
+    bytes: usize,
+    max_bytes: usize,
+    /// Routes that began to retain after the process started: a topic of theirs without a
+    /// ring may have had frames before.
+    late: HashSet<Arc<str>>,
+}
+
+impl Rings {
+    /// Drops the process's oldest frames until the bound holds.
+    fn evict(&mut self) {
+        while self.bytes > self.max_bytes {
+            let Some((topic, seq)) = self.order.pop_front() else {
+                return;
+            };
+            let Some(ring) = self.topics.get_mut(&topic) else {
+                continue;
+            };
+            if ring.frames.front().is_some_and(|front| front.seq == seq)
+                && let Some(cost) = ring.pop_front()
+            {
+                self.frames -= 1;
+                self.bytes -= cost;
+            }
+        }
+    }
+
+    /// Forgets the order entries of frames already gone once they outnumber the others.
+    fn compact(&mut self) {
+        if self.order.len() <= 2 * self.frames + 1024 {
+            return;
+        }
+        let topics = &self.topics;
+        self.order.retain(|(topic, seq)| {
+            topics
+                .get(topic)
+                .is_some_and(|ring| ring.frames.front().is_some_and(|front| front.seq <= *seq))
+        });
+    }
+
+    fn freed(&mut self, (frames, bytes): (usize, usize)) {
+        self.frames -= frames;
+        self.bytes -= bytes;
+    }
+}
+
+/// The retained frames of the process.
+#[derive(Debug)]
+pub struct History {
+    rings: Mutex<Rings>,
+    /// The positions' namespace: the process's epoch, and a new one whenever `seq` numbers
+    /// restart within the process (see [`History::restart`]).
+    epoch: ArcSwap<String>,
+    base_epoch: String,
+    restarts: AtomicU64,
+    gauges: Gauges,
+}
+
+impl History {
+    pub fn new(epoch: &str, config: &Config, gauges: Gauges) -> History {
+        History {
+            rings: Mutex::new(Rings {
+                max_bytes: config.history_max_bytes,
+                ..Rings::default()
+            }),
+            epoch: ArcSwap::from_pointee(epoch.to_owned()),
+            base_epoch: epoch.to_owned(),
+            restarts: AtomicU64::new(0),
+            gauges,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Rings> {
+        self.rings
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn publish_gauges(&self, rings: &Rings) {
+        self.gauges
+            .frames
+            .set(i64::try_from(rings.frames).unwrap_or(i64::MAX));
+        self.gauges
+            .bytes
+            .set(i64::try_from(rings.bytes).unwrap_or(i64::MAX));
+    }
+
+    /// The epoch positions are valid in, as the `connected` frame tells it.
+    pub fn epoch(&self) -> Arc<String> {
+        self.epoch.load_full()
+    }
+
+    /// `seq` numbers restart (the dispatcher dropped its counters): every position taken so
+    /// far is void, so everything retained goes and the epoch changes.
+    pub fn restart(&self) {
+        let mut rings = self.lock();
+        rings.topics.clear();
+        rings.order.clear();
+        rings.frames = 0;
+        rings.bytes = 0;
+        let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
+        self.epoch
+            .store(Arc::new(format!("{}.{n}", self.base_epoch)));
+        self.publish_gauges(&rings);
+    }
+
+    /// Retains `frame` of `topic`, routed by `route` with `retention`.
+    pub fn append(&self, topic: &str, route: &Arc<str>, retention: Retention, frame: Retained) {
+        let mut rings = self.lock();
+        let seq = frame.seq;
+        let cost = frame.cost();
+        let ring = match rings.topics.get_mut(topic) {
+            Some(ring) => ring,
+            None => {
+                let key: Arc<str> = Arc::from(topic);
+                rings.topics.entry(key.clone()).or_insert(Ring {
+                    topic: key,
+                    route: route.clone(),
+                    retention,
+                    last_seq: seq.saturating_sub(1),
+                    // Frames before this one were not retained, unless it is the first.
+                    complete_from: seq,
+                    frames: VecDeque::new(),
+                })
+            }
+        };
+        if seq != ring.last_seq + 1 {
+            ring.complete_from = seq;
+        }
+        if !Arc::ptr_eq(&ring.route, route) {
+            ring.route = route.clone();
+        }
+        ring.retention = retention;
+        ring.last_seq = seq;
+        ring.frames.push_back(frame);
+        let key = ring.topic.clone();
+        let freed = ring.trim(Instant::now());
+        rings.frames += 1;
+        rings.bytes += cost;
+        rings.freed(freed);
+        rings.order.push_back((key, seq));
+        rings.evict();
+        rings.compact();
+        self.publish_gauges(&rings);
+    }
+
+    /// A frame of `topic` that its route does not retain took `seq`: a position before it
+    /// cannot be resumed any more.
+    pub fn skipped(&self, topic: &str, seq: u64) {
+        let mut rings = self.lock();
+        if let Some(ring) = rings.topics.get_mut(topic) {
+            ring.last_seq = seq;
+            ring.complete_from = seq + 1;
+        }
+    }
+
+    /// Drops frames past their `ttl`.
+    pub fn expire(&self, now: Instant) {
+        let mut rings = self.lock();
+        let mut freed = (0, 0);
+        for ring in rings.topics.values_mut() {
+            if ring.retention.ttl.is_some() {
+                let (frames, bytes) = ring.trim(now);
+                freed = (freed.0 + frames, freed.1 + bytes);
+            }
+        }
+        rings.freed(freed);
+        rings.compact();
+        self.publish_gauges(&rings);
+    }
+
+    /// Applies a configuration: its bound, and each route's `history` to the topics it
+    /// retains (a route without it any more releases them). `previous` is the configuration
+    /// it replaces.
+    pub fn configure(&self, config: &Config, previous: &Config) {
+        let retentions: HashMap<&str, Retention> = config
+            .routes
+            .iter()
+            .filter_map(|route| Some((&*route.name, route.history?)))
+            .collect();
+        let mut rings = self.lock();
+        for route in &config.routes {
+            let retained_before = previous
+                .routes
+                .iter()
+                .any(|old| old.name == route.name && old.history.is_some());
+            if route.history.is_some() && !retained_before {
+                rings.late.insert(route.name.clone());
+            }
+        }
+        rings.max_bytes = config.history_max_bytes;
+        let now = Instant::now();
+        let mut freed = (0, 0);
+        rings
+            .topics
+            .retain(|_, ring| match retentions.get(&*ring.route) {
+                Some(retention) => {
+                    ring.retention = *retention;
+                    let (frames, bytes) = ring.trim(now);
+                    freed = (freed.0 + frames, freed.1 + bytes);
+                    true
+                }
+                None => {
+                    freed.0 += ring.frames.len();
+                    freed.1 += ring.frames.iter().map(Retained::cost).sum::<usize>();
+                    false
+                }
+            });
+        rings.freed(freed);
+        rings.evict();
+        rings.compact();
+        self.publish_gauges(&rings);
+    }
+
+    /// The frames `recipient` gets for `wanted` (each topic with how far back), at most
+    /// `budget` of them: `After` topics first, each whole or named in `exhausted`, then
+    /// `Last` topics, newest kept. `retains` tells whether a topic without a ring is one that
+    /// a route retains from the start of the epoch on (so that nothing was published on it).
+    /// Frames come oldest first, across topics in the order they were routed, and one
+    /// message once.
+    pub fn replay(
+        &self,
+        wanted: &[(&str, Wanted)],
+        recipient: &Recipient,
+        budget: usize,
+        retains: &dyn Fn(&str) -> Option<Arc<str>>,
+    ) -> Replay {
+        let mut rings = self.lock();
+        let now = Instant::now();
+        let mut replay = Replay::default();
+        let mut chosen: Vec<(u64, usize, &str, usize)> = Vec::new();
+        let mut left = budget;
+        let mut freed = (0, 0);
+        // `After` topics first: they are whole or nothing.
+        for pass in [true, false] {
+            for (order, (topic, from)) in wanted.iter().enumerate() {
+                if matches!(from, Wanted::After(_)) != pass {
+                    continue;
+                }
+                let Some(ring) = rings.topics.get_mut(*topic) else {
+                    if let Wanted::After(seq) = from {
+                        let fresh = *seq == 0
+                            && retains(topic).is_some_and(|route| !rings.late.contains(&route));
+                        if !fresh {
+                            replay.exhausted.push((*topic).to_owned());
+                        }
+                    }
+                    continue;
+                };
+                let trimmed = ring.trim(now);
+                freed = (freed.0 + trimmed.0, freed.1 + trimmed.1);
+                match *from {
+                    Wanted::After(seq) => {
+                        if seq > ring.last_seq || seq + 1 < ring.complete_from {
+                            replay.exhausted.push((*topic).to_owned());
+                            continue;
+                        }
+                        let start = ring.frames.partition_point(|frame| frame.seq <= seq);
+                        let picked: Vec<usize> = (start..ring.frames.len())
+                            .filter(|&i| (recipient.admits)(&ring.frames[i]))
+                            .collect();
+                        if picked.len() > left {
+                            replay.exhausted.push((*topic).to_owned());
+                            continue;
+                        }
+                        left -= picked.len();
+                        chosen.extend(
+                            picked
+                                .into_iter()
+                                .map(|i| (ring.frames[i].dispatch, order, *topic, i)),
+                        );
+                    }
+                    Wanted::Last(n) => {
+                        let mut picked: Vec<usize> = (0..ring.frames.len())
+                            .rev()
+                            .filter(|&i| (recipient.admits)(&ring.frames[i]))
+                            .take(n.min(left))
+                            .collect();
+                        picked.reverse();
+                        left -= picked.len();
+                        chosen.extend(
+                            picked
+                                .into_iter()
+                                .map(|i| (ring.frames[i].dispatch, order, *topic, i)),
+                        );
+                    }
+                }
+            }
+        }
+        rings.freed(freed);
+        chosen.sort_unstable_by_key(|&(dispatch, order, _, index)| (dispatch, order, index));
+        chosen.dedup_by_key(|&mut (dispatch, ..)| dispatch);
+        replay.frames.reserve(chosen.len());
+        for (_, _, topic, index) in chosen {
+            let Some(ring) = rings.topics.get_mut(topic) else {
+                continue;
+            };
+            let frame = &mut ring.frames[index];
+            let (bytes, grown) = for_recipient(frame, recipient);
+            replay.frames.push(bytes);
+            rings.bytes += grown;
+        }
+        rings.evict();
+        self.publish_gauges(&rings);
+        replay
+    }
+}
+
+/// The bytes of `frame` for `recipient`: compressed when it negotiated permessage-deflate and
+/// the frame is long enough and fits its window (compressed once, then kept with the frame),
+/// else plain. Also what keeping the compressed form added.
+fn for_recipient(frame: &mut Retained, recipient: &Recipient) -> (Bytes, usize) {
+    let Some(window_bits) = recipient.deflate else {
+        return (frame.frame.clone(), 0);
+    };
+    let len = wsframe::payload(&frame.frame).len();
+    if len < recipient.compression.min_bytes || !deflate::fits(window_bits, len) {
+        return (frame.frame.clone(), 0);
+    }
+    if let Some(compressed) = &frame.compressed {
+        return (compressed.clone(), 0);
+    }
+    let compressed = wsframe::deflated(&frame.frame, recipient.compression.level);
+    let grown = compressed.len();
+    frame.compressed = Some(compressed.clone());
+    (compressed, grown)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::from_str(text, std::path::Path::new("t.yaml")).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    const ROUTES: &str = "routes:\n  - name: r\n    pattern: \"t:*\"\n    topic: \"t:{1}\"\n    history: { size: 3 }\n";
+
+    fn history(max_bytes: usize) -> History {
+        History::new(
+            "epoch",
+            &config(&format!("history_max_bytes: {max_bytes}\n{ROUTES}")),
+            Gauges::default(),
+        )
+    }
+
+    fn route() -> Arc<str> {
+        Arc::from("r")
+    }
+
+    fn retention(size: usize) -> Retention {
+        Retention { size, ttl: None }
+    }
+
+    fn frame(seq: u64, dispatch: u64, audience: Resolved) -> Retained {
+        Retained {
+            seq,
+            dispatch,
+            at: Instant::now(),
+            frame: Bytes::from(format!("{seq}")),
+            compressed: None,
+            audience: Arc::new(audience),
+            payload: Payload::Unneeded,
+        }
+    }
+
+    fn anyone(_: &Retained) -> bool {
+        true
+    }
+
+    fn replay(
+        history: &History,
+        wanted: &[(&str, Wanted)],
+        budget: usize,
+    ) -> (Vec<String>, Vec<String>) {
+        let recipient = Recipient {
+            admits: &anyone,
+            deflate: None,
+            compression: Compression::default(),
+        };
+        let found = history.replay(wanted, &recipient, budget, &|_| Some(route()));
+        let frames = found
+            .frames
+            .iter()
+            .map(|bytes| String::from_utf8(bytes.to_vec()).unwrap())
+            .collect();
+        (frames, found.exhausted)
+    }
+
+    #[test]
+    fn a_ring_keeps_the_newest_and_resumes_only_what_it_holds_whole() {
+        let history = history(1 << 20);
+        for seq in 1..=5 {
+            history.append(
+                "t:a",
+                &route(),
+                retention(3),
+                frame(seq, seq, Resolved::Everyone),
+            );
+        }
+        assert_eq!(history.lock().frames, 3);
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::Last(2))], 100).0,
+            ["4", "5"]
+        );
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::Last(9))], 100).0,
+            ["3", "4", "5"]
+        );
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::After(2))], 100).0,
+            ["3", "4", "5"]
+        );
+        assert_eq!(replay(&history, &[("t:a", Wanted::After(4))], 100).0, ["5"]);
+        let nothing: (Vec<String>, Vec<String>) = (vec![], vec![]);
+        assert_eq!(replay(&history, &[("t:a", Wanted::After(5))], 100), nothing);
+        // Frame 2 is gone, and a position past the last is not one of this topic's.
+        for seq in [1, 6] {
+            assert_eq!(
+                replay(&history, &[("t:a", Wanted::After(seq))], 100),
+                (vec![], vec!["t:a".to_owned()])
+            );
+        }
+        // Over the budget: `After` is whole or a gap, `Last` keeps the newest.
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::After(2))], 2),
+            (vec![], vec!["t:a".to_owned()])
+        );
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::Last(3))], 2).0,
+            ["4", "5"]
+        );
+    }
+
+    #[test]
+    fn a_frame_the_history_did_not_keep_breaks_the_positions_before_it() {
+        let history = history(1 << 20);
+        history.append(
+            "t:a",
+            &route(),
+            retention(3),
+            frame(1, 1, Resolved::Everyone),
+        );
+        history.skipped("t:a", 2);
+        history.append(
+            "t:a",
+            &route(),
+            retention(3),
+            frame(3, 3, Resolved::Everyone),
+        );
+        assert_eq!(replay(&history, &[("t:a", Wanted::After(2))], 100).0, ["3"]);
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::After(0))], 100).1,
+            ["t:a"]
+        );
+        // A ring first made after the topic had frames cannot resume from before it.
+        history.append(
+            "t:b",
+            &route(),
+            retention(3),
+            frame(7, 4, Resolved::Everyone),
+        );
+        assert_eq!(
+            replay(&history, &[("t:b", Wanted::After(5))], 100).1,
+            ["t:b"]
+        );
+        assert_eq!(replay(&history, &[("t:b", Wanted::After(6))], 100).0, ["7"]);
+        // A topic without a ring: nothing published since the start, unless a position says
+        // otherwise.
+        assert_eq!(
+            replay(&history, &[("t:c", Wanted::After(0))], 100).1.len(),
+            0
+        );
+        assert_eq!(
+            replay(&history, &[("t:c", Wanted::After(1))], 100).1,
+            ["t:c"]
+        );
+    }
+
+    #[test]
+    fn replays_merge_topics_in_routing_order_once_per_message_and_check_each_frame() {
+        let history = history(1 << 20);
+        let mine = || Resolved::User("alice".into());
+        history.append("t:a", &route(), retention(3), frame(1, 1, mine()));
+        history.append(
+            "t:b",
+            &route(),
+            retention(3),
+            frame(1, 2, Resolved::Everyone),
+        );
+        history.append(
+            "t:a",
+            &route(),
+            retention(3),
+            frame(2, 3, Resolved::User("bob".into())),
+        );
+        // One message routed to both topics.
+        history.append("t:a", &route(), retention(3), frame(3, 4, mine()));
+        history.append("t:b", &route(), retention(3), frame(2, 4, mine()));
+        let alice = crate::auth::Identity {
+            user: Some(Arc::from("alice")),
+            roles: Vec::new(),
+            claims: serde_json::json!({"sub": "alice"}),
+            authenticated: true,
+            expires_at: None,
+        };
+        let admits = |frame: &Retained| frame.audience.admits(&alice);
+        let recipient = Recipient {
+            admits: &admits,
+            deflate: None,
+            compression: Compression::default(),
+        };
+        let wanted = [("t:a", Wanted::After(0)), ("t:b", Wanted::Last(5))];
+        let found = history.replay(&wanted, &recipient, 100, &|_| Some(route()));
+        let frames: Vec<&[u8]> = found.frames.iter().map(|b| &b[..]).collect();
+        // a1, b1, (a2 is bob's), a3 = b2 once.
+        assert_eq!(frames, [&b"1"[..], b"1", b"3"]);
+        assert!(found.exhausted.is_empty());
+    }
+
+    #[test]
+    fn the_process_bound_drops_the_oldest_frames_of_any_topic_first() {
+        let one = frame(1, 1, Resolved::Everyone).cost();
+        let history = history(3 * one);
+        history.append(
+            "t:a",
+            &route(),
+            retention(3),
+            frame(1, 1, Resolved::Everyone),
+        );
+        history.append(
+            "t:b",
+            &route(),
+            retention(3),
+            frame(1, 2, Resolved::Everyone),
+        );
+        history.append(
+            "t:a",
+            &route(),
+            retention(3),
+            frame(2, 3, Resolved::Everyone),
+        );
+        history.append(
+            "t:b",
+            &route(),
+            retention(3),
+            frame(2, 4, Resolved::Everyone),
+        );
+        let rings = history.lock();
+        assert_eq!((rings.frames, rings.bytes), (3, 3 * one));
+        assert_eq!(
+            rings.topics["t:a"].frames.len(),
+            1,
+            "t:a's first frame went first"
+        );
+        assert_eq!(rings.topics["t:a"].complete_from, 2);
+        drop(rings);
+        // Many frames dropped by the size: the global order does not grow with them.
+        for seq in 3..10_000 {
+            history.append(
+                "t:a",
+                &route(),
+                retention(1),
+                frame(seq, seq, Resolved::Everyone),
+            );
+        }
+        assert!(history.lock().order.len() < 2 * 3 + 1024 + 1);
+    }
+
+    #[test]
+    fn expiry_reloads_and_restarts_release_frames() {
+        let history = history(1 << 20);
+        let ttl = Retention {
+            size: 3,
+            ttl: Some(Duration::from_millis(10)),
+        };
+        history.append("t:a", &route(), ttl, frame(1, 1, Resolved::Everyone));
+        history.expire(Instant::now() + Duration::from_secs(1));
+        assert_eq!(history.lock().frames, 0);
+        assert_eq!(history.lock().bytes, 0);
+        // Its position stays: a client that saw frame 1 has missed nothing.
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::After(1))], 100),
+            (vec![], vec![])
+        );
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::After(0))], 100).1,
+            ["t:a"]
+        );
+
+        for seq in 2..=4 {
+            history.append(
+                "t:a",
+                &route(),
+                retention(3),
+                frame(seq, seq, Resolved::Everyone),
+            );
+        }
+        let shrunk = config(&ROUTES.replace("size: 3", "size: 1"));
+        let before = config(ROUTES);
+        history.configure(&shrunk, &before);
+        assert_eq!(replay(&history, &[("t:a", Wanted::Last(5))], 100).0, ["4"]);
+        let without = config("routes:\n  - name: r\n    channel: c\n");
+        history.configure(&without, &shrunk);
+        assert!(history.lock().topics.is_empty());
+        assert_eq!(history.lock().bytes, 0);
+        // Retaining again after a reload: a topic without a ring may have had frames.
+        history.configure(&before, &without);
+        assert_eq!(
+            replay(&history, &[("t:z", Wanted::After(0))], 100).1,
+            ["t:z"]
+        );
+
+        history.append(
+            "t:a",
+            &route(),
+            retention(3),
+            frame(5, 5, Resolved::Everyone),
+        );
+        assert_eq!(&**history.epoch(), "epoch");
+        history.restart();
+        assert_eq!(&**history.epoch(), "epoch.1");
+        assert_eq!(history.lock().frames, 0);
+    }
+}
