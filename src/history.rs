@@ -41,8 +41,8 @@ pub enum Payload {
     InFrame(Range<usize>),
     /// A copy (JSON templates, whose frame does not hold the payload as it was).
     Copy(Bytes),
-    /// Not kept: the route's frames are never filtered (`delivery: auto`).
-    Unneeded,
+    /// Not kept: a frame of a `delivery: auto` route, which filters never apply to.
+    Auto,
 }
 
 /// One frame as it was routed live.
@@ -74,7 +74,7 @@ impl Retained {
         match &self.payload {
             Payload::InFrame(range) => serde_json::from_slice(self.frame.get(range.clone())?).ok(),
             Payload::Copy(bytes) => serde_json::from_slice(bytes).ok(),
-            Payload::NotJson | Payload::Unneeded => None,
+            Payload::NotJson | Payload::Auto => None,
         }
     }
 }
@@ -532,7 +532,7 @@ mod tests {
             frame: Bytes::from(format!("{seq}")),
             compressed: None,
             audience: Arc::new(audience),
-            payload: Payload::Unneeded,
+            payload: Payload::Auto,
         }
     }
 
