@@ -740,6 +740,47 @@ mod tests {
     }
 
     #[test]
+    fn a_compressed_replay_is_made_once_and_counted() {
+        let history = history(1 << 20);
+        let long = wsframe::text(&[b'a'; 2000]);
+        let mut retained = frame(1, 1, Resolved::Everyone);
+        retained.frame = long.clone();
+        history.append("t:a", &route(), retention(3), retained);
+        let mut short = frame(2, 2, Resolved::Everyone);
+        short.frame = wsframe::text(b"tiny");
+        history.append("t:a", &route(), retention(3), short);
+        let before = history.lock().bytes;
+        let recipient = |deflate| Recipient {
+            admits: &anyone,
+            deflate,
+            compression: Compression::default(),
+        };
+        let wanted = [("t:a", Wanted::Last(2))];
+        let compressed = history.replay(&wanted, &recipient(Some(15)), 10, &|_| None);
+        assert_eq!(compressed.frames.len(), 2);
+        assert!(
+            compressed.frames[0].len() < 100,
+            "compressed: {}",
+            compressed.frames[0].len()
+        );
+        assert_eq!(
+            compressed.frames[1],
+            wsframe::text(b"tiny"),
+            "under min_bytes: plain"
+        );
+        let grown = history.lock().bytes - before;
+        assert_eq!(grown, compressed.frames[0].len());
+        let again = history.replay(&wanted, &recipient(Some(15)), 10, &|_| None);
+        assert_eq!(again.frames[0], compressed.frames[0]);
+        assert_eq!(history.lock().bytes - before, grown, "made once");
+        // A window the frame does not fit, or no permessage-deflate: the plain frame.
+        for deflate in [Some(8), None] {
+            let plain = history.replay(&wanted, &recipient(deflate), 10, &|_| None);
+            assert_eq!(plain.frames[0], long);
+        }
+    }
+
+    #[test]
     fn expiry_reloads_and_restarts_release_frames() {
         let history = history(1 << 20);
         let ttl = Retention {
