@@ -287,6 +287,9 @@ impl History {
         let mut rings = self.lock();
         let seq = frame.seq;
         let cost = frame.cost();
+        // The newest frame's arrival is now enough for the `ttl` of the older ones, without
+        // reading the clock.
+        let now = frame.at;
         let ring = match rings.topics.get_mut(topic) {
             Some(ring) => ring,
             None => {
@@ -312,7 +315,7 @@ impl History {
         ring.last_seq = seq;
         ring.frames.push_back(frame);
         let key = ring.topic.clone();
-        let freed = ring.trim(Instant::now());
+        let freed = ring.trim(now);
         rings.frames += 1;
         rings.bytes += cost;
         rings.freed(freed);
