@@ -290,7 +290,6 @@ impl Task {
         }
         tracing::info!(
             redis = %redact(&link.server),
-            instance = %shared.instance,
             channels = link.subscribed.channels.len(),
             patterns = link.subscribed.patterns.len(),
             "redis subscribed"
