@@ -118,6 +118,9 @@ struct Task {
     switches: u64,
     /// When the last subscriber connection was lost, for the gap notices.
     lost_at: String,
+    /// The master a sentinel announced with `+switch-master`: the next connection goes there
+    /// rather than asking again a sentinel that may not have learnt of the switch yet.
+    switched_to: Option<(String, u16)>,
 }
 
 /// One subscribed connection, and the work in flight on it.
@@ -140,6 +143,9 @@ struct Link {
     heartbeat_timeout: Duration,
     /// A reload waiting for its marker.
     pending: Option<Pending>,
+    /// With `redis.sentinel`: resolves with the new master's address when a sentinel
+    /// announces a failover (`+switch-master`).
+    switch: Option<JoinHandle<(String, u16)>>,
 }
 
 /// What woke the task while connected.
@@ -150,6 +156,8 @@ enum Event {
     Request(Option<Control>),
     WatchdogTick,
     Message(Option<redis::Msg>),
+    /// A sentinel announced that the master moved to this address.
+    Switched((String, u16)),
 }
 
 /// Why a connection is dropped and replaced.
@@ -165,6 +173,7 @@ async fn run(shared: Arc<Shared>, requests: mpsc::Receiver<Control>) {
         last_error: String::new(),
         switches: 0,
         lost_at: String::new(),
+        switched_to: None,
     };
     while let Some(mut link) = task.connect().await {
         let Some(reason) = task.serve(&mut link).await else {
@@ -179,9 +188,10 @@ impl Task {
     async fn connect(&mut self) -> Option<Link> {
         loop {
             let settings = self.shared.config().redis.clone();
+            let switched_to = self.switched_to.take();
             let connected = tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return None,
-                connected = connect(&settings) => connected,
+                connected = connect(&settings, switched_to) => connected,
             };
             let subscribed = match connected {
                 Ok((server, client, pubsub)) => {
@@ -256,6 +266,10 @@ impl Task {
             heartbeat_channel.clone(),
             settings.heartbeat_interval,
         ));
+        let switch = redis
+            .sentinel
+            .is_some()
+            .then(|| tokio::spawn(watch_switch(redis.clone())));
         Ok(Link {
             redis,
             server,
@@ -269,6 +283,7 @@ impl Task {
             watchdog: tokio::time::interval(settings.heartbeat_interval),
             heartbeat_timeout: settings.heartbeat_timeout,
             pending: None,
+            switch,
         })
     }
 
@@ -308,6 +323,10 @@ impl Task {
                 Event::WatchdogTick => self.check_heartbeat(link),
                 Event::Message(None) => Err("connection closed"),
                 Event::Message(Some(message)) => self.dispatch_batch(link, message).await,
+                Event::Switched(master) => {
+                    self.switched_to = Some(master);
+                    Err("the sentinels switched the master")
+                }
             };
             if let Err(reason) = handled {
                 return Some(reason);
@@ -321,6 +340,7 @@ impl Task {
             biased;
             _ = self.shared.shutdown.cancelled() => Event::Shutdown,
             reason = gave_up(&mut link.pending) => Event::GaveUp(reason),
+            master = switched(&mut link.switch) => Event::Switched(master),
             request = self.requests.recv(), if link.pending.is_none() => Event::Request(request),
             _ = link.watchdog.tick() => Event::WatchdogTick,
             message = link.stream.next() => Event::Message(message),
@@ -452,6 +472,9 @@ impl Task {
             let _ = pending.done.send(());
         }
         link.heartbeats.abort();
+        if let Some(switch) = link.switch {
+            switch.abort();
+        }
         self.lost_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         self.shared.set_redis_ready(false);
         tracing::warn!(reason, "redis connection lost; reconnecting");
@@ -490,12 +513,20 @@ fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
     }
 }
 
-/// Connects a subscriber to the server (the master the sentinels name now, with
-/// `redis.sentinel`); with its URL and the client that made it.
+/// Connects a subscriber to the server (with `redis.sentinel`, the master a sentinel just
+/// announced, else the one the sentinels name now); with its URL and the client that made it.
 async fn connect(
     settings: &RedisSettings,
+    switched_to: Option<(String, u16)>,
 ) -> Result<(String, redis::Client, redis::aio::PubSub), Failure> {
-    let server = resolve(settings).await?;
+    let server = match switched_to {
+        Some((host, port)) if settings.sentinel.is_some() => RedisSettings {
+            url: with_address(&settings.url, &host, port),
+            sentinel: None,
+            ..settings.clone()
+        },
+        _ => resolve(settings).await?,
+    };
     let client = client(&server)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
         Ok(result) => Ok((server.url, client, result?)),
@@ -593,22 +624,7 @@ async fn ask_sentinel(
     let Some(sentinel) = &settings.sentinel else {
         return Ok(None);
     };
-    let url = match &sentinel.password {
-        Some(password) => with_password(node, password),
-        None => node.to_owned(),
-    };
-    // Each sentinel's own scheme says whether it speaks TLS (with the same `redis.tls`).
-    let tls = match url.starts_with("rediss://") {
-        true => settings.tls.clone(),
-        false => None,
-    };
-    let node_settings = RedisSettings {
-        url,
-        tls,
-        sentinel: None,
-        ..settings.clone()
-    };
-    let client = client(&node_settings)?;
+    let client = sentinel_client(settings, node)?;
     let ask = async {
         let mut connection = client.get_multiplexed_async_connection().await?;
         redis::cmd("SENTINEL")
@@ -620,6 +636,78 @@ async fn ask_sentinel(
     match tokio::time::timeout(CONNECT_TIMEOUT, ask).await {
         Ok(answer) => answer,
         Err(_) => Err(timed_out()),
+    }
+}
+
+/// A client for the sentinel at `node`, with the sentinels' password and, when the node's own
+/// scheme says TLS, the TLS settings of `settings`.
+fn sentinel_client(settings: &RedisSettings, node: &str) -> redis::RedisResult<redis::Client> {
+    let url = match settings.sentinel.as_ref().and_then(|s| s.password.as_ref()) {
+        Some(password) => with_password(node, password),
+        None => node.to_owned(),
+    };
+    let tls = match url.starts_with("rediss://") {
+        true => settings.tls.clone(),
+        false => None,
+    };
+    client(&RedisSettings {
+        url,
+        tls,
+        sentinel: None,
+        ..settings.clone()
+    })
+}
+
+/// Resolves with the new master's address once a sentinel announces that the master of
+/// `settings` moved (`+switch-master`). A planned failover leaves the old master up and
+/// serving its subscribers until the sentinels demote it, up to their 10 s INFO period later,
+/// while the workers already publish on the new one: without this the bridge would hear
+/// nothing meanwhile. A sentinel that cannot be reached or drops the subscription is replaced
+/// by the next one; the watch only ends with an announcement (or when aborted).
+async fn watch_switch(settings: RedisSettings) -> (String, u16) {
+    let Some(sentinel) = settings.sentinel.clone() else {
+        return std::future::pending().await;
+    };
+    loop {
+        for node in &sentinel.nodes {
+            let subscribed = async {
+                let mut pubsub = sentinel_client(&settings, node)?.get_async_pubsub().await?;
+                pubsub.subscribe("+switch-master").await?;
+                redis::RedisResult::Ok(pubsub)
+            };
+            let Ok(Ok(mut pubsub)) = tokio::time::timeout(CONNECT_TIMEOUT, subscribed).await else {
+                continue;
+            };
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                let Ok(text) = message.get_payload::<String>() else {
+                    continue;
+                };
+                // `<name> <old ip> <old port> <new ip> <new port>`
+                let words: Vec<&str> = text.split_whitespace().collect();
+                if let [name, _, _, host, port] = words[..]
+                    && name == sentinel.master
+                    && let Ok(port) = port.parse()
+                {
+                    return (host.to_owned(), port);
+                }
+            }
+        }
+        tokio::time::sleep(MAX_RETRY).await;
+    }
+}
+
+/// The address a sentinel announced, from the watch of `switch`; pending forever without one.
+async fn switched(switch: &mut Option<JoinHandle<(String, u16)>>) -> (String, u16) {
+    let Some(watch) = switch.as_mut() else {
+        return std::future::pending().await;
+    };
+    let ended = watch.await;
+    // A finished task must not be polled again.
+    *switch = None;
+    match ended {
+        Ok(master) => master,
+        Err(_) => std::future::pending().await,
     }
 }
 

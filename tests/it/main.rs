@@ -24,7 +24,8 @@
 //! - `redis_tls`: `rediss://` to a real TLS redis-server: a CA file, mutual TLS, an unknown
 //!   CA and a wrong host name (not ready, logged once, counted, fixed without a restart).
 //! - `sentinel`: three sentinels, a master and a replica: the bridge follows SENTINEL
-//!   FAILOVER and a killed master under a publish load, nothing got twice, losses in gaps.
+//!   FAILOVER and a killed master under a publish load, nothing got twice, losses in gaps;
+//!   sentinels and master over TLS; one sentinel of three down.
 //! - `watchdog`: a black-holed subscription detected and replaced, Redis restarted again and
 //!   again, `gap` notices.
 //! - `abuse`: slow loris, oversized heads, garbage, bad keys, subscribe and command floods,

@@ -117,13 +117,19 @@ impl Certificates {
     /// A Redis with a TLS port serving the server certificate; with `auth_clients`, clients
     /// must present a certificate of the CA.
     fn redis(&self, auth_clients: bool) -> RedisServer {
-        RedisServer::start_with_tls(Some(RedisTls {
+        RedisServer::start_with_tls(Some(self.server_tls(auth_clients)))
+    }
+
+    /// The TLS settings of a server that presents the server certificate (its port is picked
+    /// when it starts).
+    pub fn server_tls(&self, auth_clients: bool) -> RedisTls {
+        RedisTls {
             port: 0,
             cert: self.path("server.pem"),
             key: self.path("server.key"),
             ca: self.path("ca.pem"),
             auth_clients,
-        }))
+        }
     }
 }
 
