@@ -755,6 +755,10 @@ impl From<redis::RedisError> for Failure {
             RedisErrorReason::Auth => {
                 format!("{err}: check the user name and password of redis.url")
             }
+            RedisErrorReason::Tls => match tls_hint(&err.to_string()) {
+                Some(hint) => format!("{err}: {hint}"),
+                None => err.to_string(),
+            },
             _ => err.to_string(),
         };
         Failure { reason, message }
@@ -774,6 +778,21 @@ impl Failure {
                 "NOPERM: the ACL user may not {command} `{channel}`; allow it with `{grant}` in its ACL"
             ),
         }
+    }
+}
+
+/// What to do about the usual certificate verification failures, after rustls's own words.
+fn tls_hint(error: &str) -> Option<&'static str> {
+    if error.contains("Expired") || error.contains("certificate expired") {
+        Some("the Redis server's certificate (or its CA's) has expired: renew it on the server")
+    } else if error.contains("NotValidYet") || error.contains("not valid yet") {
+        Some("the Redis server's certificate is not valid yet: check the clocks")
+    } else if error.contains("UnknownIssuer") {
+        Some("no trusted CA signed the server's certificate: name its CA in redis.tls.ca_file")
+    } else if error.contains("not valid for name") || error.contains("NotValidForName") {
+        Some("the certificate does not name the host of the URL: connect by a name it holds")
+    } else {
+        None
     }
 }
 
