@@ -186,6 +186,9 @@ async fn run(shared: Arc<Shared>, requests: mpsc::Receiver<Control>) {
 impl Task {
     /// Connects and subscribes, retrying with backoff until it works; `None` on shutdown.
     async fn connect(&mut self) -> Option<Link> {
+        // With `redis.sentinel`, between attempts: a new master announced ends the wait (a
+        // killed master is replaced while the backoff may have grown to its longest).
+        let mut switch: Option<JoinHandle<(String, u16)>> = None;
         loop {
             let settings = self.shared.config().redis.clone();
             let switched_to = self.switched_to.take();
@@ -202,6 +205,9 @@ impl Task {
             };
             match subscribed {
                 Ok(link) => {
+                    if let Some(watch) = switch.take() {
+                        watch.abort();
+                    }
                     self.announce(&link);
                     return Some(link);
                 }
@@ -223,8 +229,19 @@ impl Task {
                         );
                         self.last_error = same;
                     }
-                    if !wait_retry(&self.shared, &mut self.requests, self.retry).await {
-                        return None;
+                    if switch.is_none() && settings.sentinel.is_some() {
+                        switch = Some(tokio::spawn(watch_switch(settings.clone())));
+                    }
+                    let (shared, requests) = (&self.shared, &mut self.requests);
+                    let waited = wait_retry(shared, requests, self.retry, &mut switch);
+                    match waited.await {
+                        Retry::Now(master) => self.switched_to = master,
+                        Retry::Shutdown => {
+                            if let Some(watch) = switch.take() {
+                                watch.abort();
+                            }
+                            return None;
+                        }
                     }
                     self.retry = (self.retry * 2).min(MAX_RETRY);
                 }
@@ -838,28 +855,37 @@ fn is_tls_error(err: &redis::RedisError) -> bool {
     false
 }
 
+/// How a wait before a reconnect ended.
+enum Retry {
+    /// Connect now; to this master if a sentinel announced it meanwhile.
+    Now(Option<(String, u16)>),
+    Shutdown,
+}
+
 /// Sleeps before a reconnect while still applying routing changes (there is no connection
-/// to change subscriptions on: the next connect subscribes what is in force). False on
-/// shutdown.
+/// to change subscriptions on: the next connect subscribes what is in force); ends early when
+/// the sentinels' watch of `switch` announces a new master.
 async fn wait_retry(
     shared: &Shared,
     requests: &mut mpsc::Receiver<Control>,
     retry: Duration,
-) -> bool {
+    switch: &mut Option<JoinHandle<(String, u16)>>,
+) -> Retry {
     // Spread reconnects of many bridges after a Redis restart.
     let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 100);
     let deadline = tokio::time::sleep(retry + jitter);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return false,
-            _ = &mut deadline => return true,
+            _ = shared.shutdown.cancelled() => return Retry::Shutdown,
+            _ = &mut deadline => return Retry::Now(None),
+            master = switched(switch) => return Retry::Now(Some(master)),
             request = requests.recv() => match request {
                 Some(Control::Apply { routing, done }) => {
                     shared.routing.store(routing);
                     let _ = done.send(());
                 }
-                None => return false,
+                None => return Retry::Shutdown,
             },
         }
     }
