@@ -13,7 +13,7 @@
 //!   difference, `route_removed`, limits.
 //! - `ops`: systemd notifications, `/metrics` through the Prometheus parser, trusted proxies.
 //! - `nginx`: wss through a real nginx running the shipped site file; three bridges balanced
-//!   by it (least_conn) sharing one Redis.
+//!   by it (least_conn) sharing one Redis, every log line naming its instance.
 //! - `monitoring`: the Prometheus alert rules (promtool, then a real Prometheus scraping a
 //!   real bridge) and the Grafana dashboard's queries against the metrics exported.
 //! - `packaging`: the systemd unit (systemd-analyze) and the Debian package.
