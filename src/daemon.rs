@@ -7,7 +7,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::config::Config;
 use crate::state::Shared;
-use crate::{http, pubsub, reload, systemd};
+use crate::{http, logging, pubsub, reload, systemd};
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,10 @@ fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully.
 pub async fn run(config: Config) -> Result<(), StartError> {
     let addr = config.listen;
+    let path = config.source.clone();
+    let warnings = config.warnings();
+    let shared = Shared::new(config);
+    logging::name_instance(&shared.instance);
     let listener = listen(addr).map_err(|source| StartError::Listen { addr, source })?;
     let local = listener
         .local_addr()
@@ -46,12 +50,10 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
     let hangup = signal(SignalKind::hangup()).map_err(StartError::Signals)?;
-    let path = config.source.clone();
-    for warning in config.warnings() {
+    for warning in warnings {
         tracing::warn!(path = %path.display(), "{warning}");
     }
 
-    let shared = Shared::new(config);
     let subscriber = pubsub::spawn(shared.clone());
     tokio::spawn(reload::run(shared.clone(), subscriber, path, hangup));
     let server = tokio::spawn(http::serve(shared.clone(), listener));
@@ -61,7 +63,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tokio::spawn(async move {
         systemd::follow(&follower.systemd, follower.redis_changes.subscribe()).await
     });
-    tracing::info!(addr = %local, instance = %shared.instance, epoch = %shared.epoch, version = env!("CARGO_PKG_VERSION"), "listening");
+    tracing::info!(addr = %local, epoch = %shared.epoch, version = env!("CARGO_PKG_VERSION"), "listening");
 
     let signal_name = tokio::select! {
         _ = terminate.recv() => "SIGTERM",

@@ -118,6 +118,9 @@ struct Task {
     switches: u64,
     /// When the last subscriber connection was lost, for the gap notices.
     lost_at: String,
+    /// The master a sentinel announced with `+switch-master`: the next connection goes there
+    /// rather than asking again a sentinel that may not have learnt of the switch yet.
+    switched_to: Option<(String, u16)>,
 }
 
 /// One subscribed connection, and the work in flight on it.
@@ -140,6 +143,9 @@ struct Link {
     heartbeat_timeout: Duration,
     /// A reload waiting for its marker.
     pending: Option<Pending>,
+    /// With `redis.sentinel`: resolves with the new master's address when a sentinel
+    /// announces a failover (`+switch-master`).
+    switch: Option<JoinHandle<(String, u16)>>,
 }
 
 /// What woke the task while connected.
@@ -150,6 +156,8 @@ enum Event {
     Request(Option<Control>),
     WatchdogTick,
     Message(Option<redis::Msg>),
+    /// A sentinel announced that the master moved to this address.
+    Switched((String, u16)),
 }
 
 /// Why a connection is dropped and replaced.
@@ -165,6 +173,7 @@ async fn run(shared: Arc<Shared>, requests: mpsc::Receiver<Control>) {
         last_error: String::new(),
         switches: 0,
         lost_at: String::new(),
+        switched_to: None,
     };
     while let Some(mut link) = task.connect().await {
         let Some(reason) = task.serve(&mut link).await else {
@@ -177,11 +186,15 @@ async fn run(shared: Arc<Shared>, requests: mpsc::Receiver<Control>) {
 impl Task {
     /// Connects and subscribes, retrying with backoff until it works; `None` on shutdown.
     async fn connect(&mut self) -> Option<Link> {
+        // With `redis.sentinel`, between attempts: a new master announced ends the wait (a
+        // killed master is replaced while the backoff may have grown to its longest).
+        let mut switch: Option<JoinHandle<(String, u16)>> = None;
         loop {
             let settings = self.shared.config().redis.clone();
+            let switched_to = self.switched_to.take();
             let connected = tokio::select! {
                 _ = self.shared.shutdown.cancelled() => return None,
-                connected = connect(&settings) => connected,
+                connected = connect(&settings, switched_to) => connected,
             };
             let subscribed = match connected {
                 Ok((server, client, pubsub)) => {
@@ -192,6 +205,9 @@ impl Task {
             };
             match subscribed {
                 Ok(link) => {
+                    if let Some(watch) = switch.take() {
+                        watch.abort();
+                    }
                     self.announce(&link);
                     return Some(link);
                 }
@@ -213,8 +229,19 @@ impl Task {
                         );
                         self.last_error = same;
                     }
-                    if !wait_retry(&self.shared, &mut self.requests, self.retry).await {
-                        return None;
+                    if switch.is_none() && settings.sentinel.is_some() {
+                        switch = Some(tokio::spawn(watch_switch(settings.clone())));
+                    }
+                    let (shared, requests) = (&self.shared, &mut self.requests);
+                    let waited = wait_retry(shared, requests, self.retry, &mut switch);
+                    match waited.await {
+                        Retry::Now(master) => self.switched_to = master,
+                        Retry::Shutdown => {
+                            if let Some(watch) = switch.take() {
+                                watch.abort();
+                            }
+                            return None;
+                        }
                     }
                     self.retry = (self.retry * 2).min(MAX_RETRY);
                 }
@@ -256,6 +283,10 @@ impl Task {
             heartbeat_channel.clone(),
             settings.heartbeat_interval,
         ));
+        let switch = redis
+            .sentinel
+            .is_some()
+            .then(|| tokio::spawn(watch_switch(redis.clone())));
         Ok(Link {
             redis,
             server,
@@ -269,6 +300,7 @@ impl Task {
             watchdog: tokio::time::interval(settings.heartbeat_interval),
             heartbeat_timeout: settings.heartbeat_timeout,
             pending: None,
+            switch,
         })
     }
 
@@ -290,7 +322,6 @@ impl Task {
         }
         tracing::info!(
             redis = %redact(&link.server),
-            instance = %shared.instance,
             channels = link.subscribed.channels.len(),
             patterns = link.subscribed.patterns.len(),
             "redis subscribed"
@@ -309,6 +340,10 @@ impl Task {
                 Event::WatchdogTick => self.check_heartbeat(link),
                 Event::Message(None) => Err("connection closed"),
                 Event::Message(Some(message)) => self.dispatch_batch(link, message).await,
+                Event::Switched(master) => {
+                    self.switched_to = Some(master);
+                    Err("the sentinels switched the master")
+                }
             };
             if let Err(reason) = handled {
                 return Some(reason);
@@ -322,6 +357,7 @@ impl Task {
             biased;
             _ = self.shared.shutdown.cancelled() => Event::Shutdown,
             reason = gave_up(&mut link.pending) => Event::GaveUp(reason),
+            master = switched(&mut link.switch) => Event::Switched(master),
             request = self.requests.recv(), if link.pending.is_none() => Event::Request(request),
             _ = link.watchdog.tick() => Event::WatchdogTick,
             message = link.stream.next() => Event::Message(message),
@@ -453,6 +489,9 @@ impl Task {
             let _ = pending.done.send(());
         }
         link.heartbeats.abort();
+        if let Some(switch) = link.switch {
+            switch.abort();
+        }
         self.lost_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         self.shared.set_redis_ready(false);
         tracing::warn!(reason, "redis connection lost; reconnecting");
@@ -491,12 +530,20 @@ fn client(settings: &RedisSettings) -> redis::RedisResult<redis::Client> {
     }
 }
 
-/// Connects a subscriber to the server (the master the sentinels name now, with
-/// `redis.sentinel`); with its URL and the client that made it.
+/// Connects a subscriber to the server (with `redis.sentinel`, the master a sentinel just
+/// announced, else the one the sentinels name now); with its URL and the client that made it.
 async fn connect(
     settings: &RedisSettings,
+    switched_to: Option<(String, u16)>,
 ) -> Result<(String, redis::Client, redis::aio::PubSub), Failure> {
-    let server = resolve(settings).await?;
+    let server = match switched_to {
+        Some((host, port)) if settings.sentinel.is_some() => RedisSettings {
+            url: with_address(&settings.url, &host, port),
+            sentinel: None,
+            ..settings.clone()
+        },
+        _ => resolve(settings).await?,
+    };
     let client = client(&server)?;
     match tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub()).await {
         Ok(result) => Ok((server.url, client, result?)),
@@ -594,22 +641,7 @@ async fn ask_sentinel(
     let Some(sentinel) = &settings.sentinel else {
         return Ok(None);
     };
-    let url = match &sentinel.password {
-        Some(password) => with_password(node, password),
-        None => node.to_owned(),
-    };
-    // Each sentinel's own scheme says whether it speaks TLS (with the same `redis.tls`).
-    let tls = match url.starts_with("rediss://") {
-        true => settings.tls.clone(),
-        false => None,
-    };
-    let node_settings = RedisSettings {
-        url,
-        tls,
-        sentinel: None,
-        ..settings.clone()
-    };
-    let client = client(&node_settings)?;
+    let client = sentinel_client(settings, node)?;
     let ask = async {
         let mut connection = client.get_multiplexed_async_connection().await?;
         redis::cmd("SENTINEL")
@@ -621,6 +653,78 @@ async fn ask_sentinel(
     match tokio::time::timeout(CONNECT_TIMEOUT, ask).await {
         Ok(answer) => answer,
         Err(_) => Err(timed_out()),
+    }
+}
+
+/// A client for the sentinel at `node`, with the sentinels' password and, when the node's own
+/// scheme says TLS, the TLS settings of `settings`.
+fn sentinel_client(settings: &RedisSettings, node: &str) -> redis::RedisResult<redis::Client> {
+    let url = match settings.sentinel.as_ref().and_then(|s| s.password.as_ref()) {
+        Some(password) => with_password(node, password),
+        None => node.to_owned(),
+    };
+    let tls = match url.starts_with("rediss://") {
+        true => settings.tls.clone(),
+        false => None,
+    };
+    client(&RedisSettings {
+        url,
+        tls,
+        sentinel: None,
+        ..settings.clone()
+    })
+}
+
+/// Resolves with the new master's address once a sentinel announces that the master of
+/// `settings` moved (`+switch-master`). A planned failover leaves the old master up and
+/// serving its subscribers until the sentinels demote it, up to their 10 s INFO period later,
+/// while the workers already publish on the new one: without this the bridge would hear
+/// nothing meanwhile. A sentinel that cannot be reached or drops the subscription is replaced
+/// by the next one; the watch only ends with an announcement (or when aborted).
+async fn watch_switch(settings: RedisSettings) -> (String, u16) {
+    let Some(sentinel) = settings.sentinel.clone() else {
+        return std::future::pending().await;
+    };
+    loop {
+        for node in &sentinel.nodes {
+            let subscribed = async {
+                let mut pubsub = sentinel_client(&settings, node)?.get_async_pubsub().await?;
+                pubsub.subscribe("+switch-master").await?;
+                redis::RedisResult::Ok(pubsub)
+            };
+            let Ok(Ok(mut pubsub)) = tokio::time::timeout(CONNECT_TIMEOUT, subscribed).await else {
+                continue;
+            };
+            let mut messages = pubsub.on_message();
+            while let Some(message) = messages.next().await {
+                let Ok(text) = message.get_payload::<String>() else {
+                    continue;
+                };
+                // `<name> <old ip> <old port> <new ip> <new port>`
+                let words: Vec<&str> = text.split_whitespace().collect();
+                if let [name, _, _, host, port] = words[..]
+                    && name == sentinel.master
+                    && let Ok(port) = port.parse()
+                {
+                    return (host.to_owned(), port);
+                }
+            }
+        }
+        tokio::time::sleep(MAX_RETRY).await;
+    }
+}
+
+/// The address a sentinel announced, from the watch of `switch`; pending forever without one.
+async fn switched(switch: &mut Option<JoinHandle<(String, u16)>>) -> (String, u16) {
+    let Some(watch) = switch.as_mut() else {
+        return std::future::pending().await;
+    };
+    let ended = watch.await;
+    // A finished task must not be polled again.
+    *switch = None;
+    match ended {
+        Ok(master) => master,
+        Err(_) => std::future::pending().await,
     }
 }
 
@@ -668,6 +772,10 @@ impl From<redis::RedisError> for Failure {
             RedisErrorReason::Auth => {
                 format!("{err}: check the user name and password of redis.url")
             }
+            RedisErrorReason::Tls => match tls_hint(&err.to_string()) {
+                Some(hint) => format!("{err}: {hint}"),
+                None => err.to_string(),
+            },
             _ => err.to_string(),
         };
         Failure { reason, message }
@@ -687,6 +795,21 @@ impl Failure {
                 "NOPERM: the ACL user may not {command} `{channel}`; allow it with `{grant}` in its ACL"
             ),
         }
+    }
+}
+
+/// What to do about the usual certificate verification failures, after rustls's own words.
+fn tls_hint(error: &str) -> Option<&'static str> {
+    if error.contains("Expired") || error.contains("certificate expired") {
+        Some("the Redis server's certificate (or its CA's) has expired: renew it on the server")
+    } else if error.contains("NotValidYet") || error.contains("not valid yet") {
+        Some("the Redis server's certificate is not valid yet: check the clocks")
+    } else if error.contains("UnknownIssuer") {
+        Some("no trusted CA signed the server's certificate: name its CA in redis.tls.ca_file")
+    } else if error.contains("not valid for name") || error.contains("NotValidForName") {
+        Some("the certificate does not name the host of the URL: connect by a name it holds")
+    } else {
+        None
     }
 }
 
@@ -732,28 +855,37 @@ fn is_tls_error(err: &redis::RedisError) -> bool {
     false
 }
 
+/// How a wait before a reconnect ended.
+enum Retry {
+    /// Connect now; to this master if a sentinel announced it meanwhile.
+    Now(Option<(String, u16)>),
+    Shutdown,
+}
+
 /// Sleeps before a reconnect while still applying routing changes (there is no connection
-/// to change subscriptions on: the next connect subscribes what is in force). False on
-/// shutdown.
+/// to change subscriptions on: the next connect subscribes what is in force); ends early when
+/// the sentinels' watch of `switch` announces a new master.
 async fn wait_retry(
     shared: &Shared,
     requests: &mut mpsc::Receiver<Control>,
     retry: Duration,
-) -> bool {
+    switch: &mut Option<JoinHandle<(String, u16)>>,
+) -> Retry {
     // Spread reconnects of many bridges after a Redis restart.
     let jitter = Duration::from_millis(u64::from(uuid::Uuid::new_v4().as_bytes()[0]) % 100);
     let deadline = tokio::time::sleep(retry + jitter);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
-            _ = shared.shutdown.cancelled() => return false,
-            _ = &mut deadline => return true,
+            _ = shared.shutdown.cancelled() => return Retry::Shutdown,
+            _ = &mut deadline => return Retry::Now(None),
+            master = switched(switch) => return Retry::Now(Some(master)),
             request = requests.recv() => match request {
                 Some(Control::Apply { routing, done }) => {
                     shared.routing.store(routing);
                     let _ = done.send(());
                 }
-                None => return false,
+                None => return Retry::Shutdown,
             },
         }
     }

@@ -324,7 +324,8 @@ pub async fn reload(
         tracing::warn!(old = %old.listen, new = %config.listen, "`listen` changed: takes effect at the next restart");
     }
     if config.instance != old.instance {
-        tracing::warn!(instance = %shared.instance, "`instance` changed: takes effect at the next restart");
+        let new = config.instance.as_deref().unwrap_or("(the host name)");
+        tracing::warn!(new, "`instance` changed: takes effect at the next restart");
     }
     if config.websocket.path != old.websocket.path {
         tracing::warn!(old = %old.websocket.path, new = %config.websocket.path, "`websocket.path` changed: takes effect at the next restart");

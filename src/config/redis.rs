@@ -140,7 +140,7 @@ pub(super) fn compile(ctx: &mut Ctx, node: &Node) -> Option<RedisSettings> {
             ctx.error(cluster_node, "redis.cluster", message);
             None
         }
-        (Some(cluster_node), None) => cluster(ctx, cluster_node).map(Some),
+        (Some(cluster_node), None) => cluster(ctx, cluster_node, url.as_deref()).map(Some),
     };
     let positive = |ctx: &mut Ctx, key: &str, default: Duration| match section.get(key) {
         None => Some(default),
@@ -256,20 +256,35 @@ fn sentinel(ctx: &mut Ctx, node: &Node) -> Option<Sentinel> {
     })
 }
 
-/// Reads `redis.cluster`.
-fn cluster(ctx: &mut Ctx, node: &Node) -> Option<Vec<String>> {
+/// Reads `redis.cluster`. Every node is reached with the scheme of `url` (and its
+/// credentials and TLS settings), so a node written with the other scheme is an error rather
+/// than a TLS node silently spoken to in plain text.
+fn cluster(ctx: &mut Ctx, node: &Node, url: Option<&str>) -> Option<Vec<String>> {
     let section = fields(ctx, node, "redis.cluster", &schema::names(schema::CLUSTER))?;
-    match section.get("nodes") {
-        None => {
-            ctx.error(
-                node,
-                "redis.cluster.nodes",
-                "missing key `nodes`: the cluster's nodes",
+    let Some(list) = section.get("nodes") else {
+        ctx.error(
+            node,
+            "redis.cluster.nodes",
+            "missing key `nodes`: the cluster's nodes",
+        );
+        return None;
+    };
+    let nodes = node_list(ctx, list, "redis.cluster.nodes")?;
+    let scheme = url.and_then(|url| url.split_once("://")).map(|(s, _)| s);
+    let (Some(scheme), Kind::Seq(items)) = (scheme, &list.kind) else {
+        return Some(nodes);
+    };
+    let mut valid = true;
+    for (i, (item, node_url)) in items.iter().zip(&nodes).enumerate() {
+        if !node_url.starts_with(&format!("{scheme}://")) {
+            let message = format!(
+                "`{node_url}` does not match redis.url's scheme ({scheme}://): every node is reached with the url's scheme, credentials and TLS settings"
             );
-            None
+            ctx.error(item, &format!("redis.cluster.nodes[{i}]"), message);
+            valid = false;
         }
-        Some(nodes) => node_list(ctx, nodes, "redis.cluster.nodes"),
     }
+    valid.then_some(nodes)
 }
 
 /// Reads the URLs of sentinels or cluster nodes: `redis://HOST:PORT` or `rediss://HOST:PORT`,

@@ -1366,6 +1366,10 @@ fn redis_sentinel_settings_are_checked() {
         one_error(&cluster("[redis://10.0.0.1:7000, redis://10.0.0.2]")),
         "3:36 redis.cluster.nodes[1]: `redis://10.0.0.2` must be redis://HOST:PORT (with the port, e.g. 26379, and nothing after it)"
     );
+    assert_eq!(
+        one_error(&cluster("[redis://10.0.0.1:7000, rediss://10.0.0.2:7000]")),
+        "3:36 redis.cluster.nodes[1]: `rediss://10.0.0.2:7000` does not match redis.url's scheme (redis://): every node is reached with the url's scheme, credentials and TLS settings"
+    );
     let config = ok(&cluster("[redis://10.0.0.1:7000, redis://10.0.0.2:7000]"));
     assert_eq!(config.redis.cluster.map(|nodes| nodes.len()), Some(2));
 }

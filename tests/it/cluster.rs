@@ -1,52 +1,59 @@
-//! Redis Cluster: three masters made with `redis-cli --cluster create`. Classic PUBLISH on
-//! any node reaches the subscribers of every node, so the bridge subscribes on the first node
-//! that answers; when that node is killed it moves to the next one, with `gap` notices.
+//! Redis Cluster: three masters made with `redis-cli --cluster create`, plain or over TLS
+//! (client connections and the cluster bus). Classic PUBLISH on any node reaches the
+//! subscribers of every node, so the bridge subscribes on the first node that answers; when
+//! that node is killed it moves to the next one, with `gap` notices.
 
 use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 
+use crate::redis_tls::Certificates;
 use crate::support::{
     ADMIN_TOKEN, Bridge, JOB_ROUTE, RedisServer, WAIT, config, http_post, log_field, publish,
     wait_until, wait_until_async,
 };
 
-fn cluster_node() -> RedisServer {
-    RedisServer::start_with_args(&[
-        "--cluster-enabled",
-        "yes",
-        "--cluster-config-file",
-        "nodes.conf",
-    ])
-}
+const CLUSTER_ARGS: [&str; 4] = [
+    "--cluster-enabled",
+    "yes",
+    "--cluster-config-file",
+    "nodes.conf",
+];
 
-/// The `redis subscribed` log lines' `redis` fields, in order.
-fn subscribed_to(bridge: &Bridge) -> Vec<Value> {
-    bridge
-        .log_values()
-        .into_iter()
-        .filter(|v| log_field(v, "message").and_then(Value::as_str) == Some("redis subscribed"))
-        .filter_map(|v| log_field(&v, "redis").cloned())
-        .collect()
-}
-
-#[tokio::test]
-async fn the_bridge_subscribes_on_one_node_and_moves_when_it_dies() {
-    let mut nodes: Vec<RedisServer> = (0..3).map(|_| cluster_node()).collect();
-    let addresses: Vec<String> = nodes
-        .iter()
-        .map(|node| format!("127.0.0.1:{}", node.port()))
+/// Three nodes made into a cluster of three masters, every slot covered; with
+/// `certificates`, each node also listens on TLS and the nodes speak TLS to one another.
+async fn three_masters(certificates: Option<&Certificates>) -> Vec<RedisServer> {
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| match certificates {
+            None => RedisServer::start_with_args(&CLUSTER_ARGS),
+            Some(certificates) => {
+                let mut args = CLUSTER_ARGS.to_vec();
+                args.extend(["--tls-cluster", "yes", "--tls-replication", "yes"]);
+                RedisServer::start_with_tls_and_args(certificates.server_tls(false), &args)
+            }
+        })
         .collect();
-    let created = Command::new("redis-cli")
+    let mut create = Command::new("redis-cli");
+    if let Some(certificates) = certificates {
+        create
+            .arg("--tls")
+            .arg("--cacert")
+            .arg(certificates.path("ca.pem"));
+    }
+    let created = create
         .args(["--cluster", "create"])
-        .args(&addresses)
+        .args(nodes.iter().map(|node| match certificates {
+            None => format!("127.0.0.1:{}", node.port()),
+            Some(_) => format!("127.0.0.1:{}", node.tls_port()),
+        }))
         .args(["--cluster-replicas", "0", "--cluster-yes"])
         .stdin(Stdio::null())
         .output()
         .expect("run redis-cli --cluster create");
     assert!(
         created.status.success(),
-        "redis-cli --cluster create: {}",
-        String::from_utf8_lossy(&created.stdout)
+        "redis-cli --cluster create: {}{}",
+        String::from_utf8_lossy(&created.stdout),
+        String::from_utf8_lossy(&created.stderr)
     );
     for node in &nodes {
         let url = node.url();
@@ -64,16 +71,49 @@ async fn the_bridge_subscribes_on_one_node_and_moves_when_it_dies() {
         })
         .await;
     }
+    nodes
+}
 
+/// The `redis subscribed` log lines' `redis` fields, in order.
+fn subscribed_to(bridge: &Bridge) -> Vec<Value> {
+    bridge
+        .log_values()
+        .into_iter()
+        .filter(|v| log_field(v, "message").and_then(Value::as_str) == Some("redis subscribed"))
+        .filter_map(|v| log_field(&v, "redis").cloned())
+        .collect()
+}
+
+/// A bridge on the cluster `nodes` (over TLS with `certificates`) subscribes on the first,
+/// receives what is published on another, and moves to the second when the first is killed.
+async fn subscribes_on_one_node_and_moves_when_it_dies(certificates: Option<&Certificates>) {
+    let mut nodes = three_masters(certificates).await;
+    let (scheme, tls) = match certificates {
+        None => ("redis", String::new()),
+        Some(certificates) => (
+            "rediss",
+            format!(
+                "  tls:\n    ca_file: {}\n",
+                certificates.path("ca.pem").display()
+            ),
+        ),
+    };
+    let addresses: Vec<String> = nodes
+        .iter()
+        .map(|node| match certificates {
+            None => format!("127.0.0.1:{}", node.port()),
+            Some(_) => format!("127.0.0.1:{}", node.tls_port()),
+        })
+        .collect();
     let list = addresses
         .iter()
-        .map(|a| format!("redis://{a}"))
+        .map(|a| format!("{scheme}://{a}"))
         .collect::<Vec<_>>()
         .join(", ");
     let yaml = config("", JOB_ROUTE).replacen(
         "  url: {redis_url}\n",
         &format!(
-            "  url: redis://unused:1/0\n  cluster:\n    nodes: [{list}]\n  heartbeat_interval: 200ms\n  heartbeat_timeout: 1s\n"
+            "  url: {scheme}://unused:1/0\n{tls}  cluster:\n    nodes: [{list}]\n  heartbeat_interval: 200ms\n  heartbeat_timeout: 1s\n"
         ),
         1,
     );
@@ -81,11 +121,11 @@ async fn the_bridge_subscribes_on_one_node_and_moves_when_it_dies() {
     bridge.wait_ready().await;
     assert_eq!(
         subscribed_to(&bridge),
-        [json!(format!("redis://{}/0", addresses[0]))]
+        [json!(format!("{scheme}://{}/0", addresses[0]))]
     );
     let mut client = bridge.client().await;
     client.subscribe(1, &["job:c"]).await;
-    // Published on another node, received through the first.
+    // Published on another node (its plain port), received through the first.
     publish(&nodes[1].url(), "job:c", r#"{"n":1}"#).await;
     let frame = client.recv_json(WAIT).await;
     assert_eq!(frame["data"], json!({"n": 1}), "{frame}");
@@ -102,7 +142,7 @@ async fn the_bridge_subscribes_on_one_node_and_moves_when_it_dies() {
     .await;
     assert_eq!(
         subscribed_to(&bridge)[1],
-        json!(format!("redis://{}/0", addresses[1]))
+        json!(format!("{scheme}://{}/0", addresses[1]))
     );
     publish(&nodes[2].url(), "job:c", r#"{"n":2}"#).await;
     let frame = client.recv_json(WAIT).await;
@@ -123,4 +163,22 @@ async fn the_bridge_subscribes_on_one_node_and_moves_when_it_dies() {
         bridge.metric("bridge_redis_reconnects_total").await,
         Some(1)
     );
+    let tls_errors = "bridge_redis_connect_errors_total{reason=\"tls\"}";
+    assert_eq!(
+        bridge.metric(tls_errors).await,
+        Some(0),
+        "{}",
+        bridge.logs()
+    );
+}
+
+#[tokio::test]
+async fn the_bridge_subscribes_on_one_node_and_moves_when_it_dies() {
+    subscribes_on_one_node_and_moves_when_it_dies(None).await;
+}
+
+#[tokio::test]
+async fn over_tls_the_bridge_subscribes_on_one_node_and_moves_when_it_dies() {
+    let certificates = Certificates::make();
+    subscribes_on_one_node_and_moves_when_it_dies(Some(&certificates)).await;
 }

@@ -13,18 +13,20 @@
 //!   difference, `route_removed`, limits.
 //! - `ops`: systemd notifications, `/metrics` through the Prometheus parser, trusted proxies.
 //! - `nginx`: wss through a real nginx running the shipped site file; three bridges balanced
-//!   by it (least_conn) sharing one Redis.
+//!   by it (least_conn) sharing one Redis, every log line naming its instance.
 //! - `monitoring`: the Prometheus alert rules (promtool, then a real Prometheus scraping a
 //!   real bridge) and the Grafana dashboard's queries against the metrics exported.
 //! - `packaging`: the systemd unit (systemd-analyze) and the Debian package.
-//! - `cluster`: a 3-master Redis Cluster: the bridge subscribes on one node and moves to the
-//!   next when it is killed.
+//! - `cluster`: a 3-master Redis Cluster, plain and over TLS: the bridge subscribes on one
+//!   node and moves to the next when it is killed.
 //! - `redis_acl`: the bridge under README's least ACL user; a denied command or channel and a
 //!   wrong password named in the log.
 //! - `redis_tls`: `rediss://` to a real TLS redis-server: a CA file, mutual TLS, an unknown
-//!   CA and a wrong host name (not ready, logged once, counted, fixed without a restart).
+//!   CA, a wrong host name and an expired server certificate (not ready, logged once with
+//!   what to do, counted, retried with backoff, fixed without a restart).
 //! - `sentinel`: three sentinels, a master and a replica: the bridge follows SENTINEL
-//!   FAILOVER and a killed master under a publish load, nothing got twice, losses in gaps.
+//!   FAILOVER and a killed master under a publish load, nothing got twice, losses in gaps;
+//!   sentinels and master over TLS; one sentinel of three down.
 //! - `watchdog`: a black-holed subscription detected and replaced, Redis restarted again and
 //!   again, `gap` notices.
 //! - `abuse`: slow loris, oversized heads, garbage, bad keys, subscribe and command floods,

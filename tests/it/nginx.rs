@@ -515,6 +515,38 @@ async fn three_bridges_behind_nginx_share_the_clients_and_one_redis() {
         );
         assert_eq!(bridge.stats().await["connections"], 2);
     }
+
+    // The bridges share one log collector: every line names its instance, the lines of a
+    // connection, of a reload and of Redis among them.
+    drop(clients);
+    for (bridge, name) in bridges.iter().zip(names) {
+        bridge
+            .wait_log(WAIT, |v| {
+                log_field(v, "message").and_then(Value::as_str) == Some("connection closed")
+            })
+            .await;
+        let lines = bridge.log_values();
+        for line in &lines {
+            assert_eq!(
+                line["instance"], name,
+                "a line without its instance: {line}"
+            );
+        }
+        let messages: Vec<&str> = lines
+            .iter()
+            .filter_map(|line| line["message"].as_str())
+            .collect();
+        for expected in ["listening", "redis subscribed", "connection open"] {
+            assert!(messages.contains(&expected), "{name}: {messages:?}");
+        }
+    }
+    let reloaded = bridges[1].log_values();
+    assert!(
+        reloaded
+            .iter()
+            .any(|line| line["message"] == "reloaded" && line["instance"] == names[1]),
+        "{reloaded:?}"
+    );
 }
 
 /// README.md's sticky upstream: a client that reconnects from the same address lands on the

@@ -584,7 +584,10 @@ async fn under_journald_text_lines_carry_a_priority_and_no_timestamp() {
     let path = dir.path().join("bridge.yaml");
     std::fs::write(
         &path,
-        config("", JOBS_ROUTE).replace("{redis_url}", &redis.url()),
+        format!(
+            "instance: ws-j\n{}",
+            config("", JOBS_ROUTE).replace("{redis_url}", &redis.url())
+        ),
     )
     .expect("write config");
     // What systemd sets for a service whose stderr goes to the journal.
@@ -635,6 +638,8 @@ async fn under_journald_text_lines_carry_a_priority_and_no_timestamp() {
         .unwrap_or_else(|| panic!("no redis unavailable line in {seen:#?}"));
     assert!(unavailable.starts_with("<4> WARN "), "{unavailable}");
     for line in &seen {
+        // Several bridges may share one journal: each line says which one wrote it.
+        assert!(line.ends_with(" instance=ws-j"), "{line}");
         assert!(
             !line.contains('\u{1b}'),
             "no colours for the journal: {line:?}"

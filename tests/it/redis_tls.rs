@@ -34,10 +34,18 @@ impl Certificates {
             "subjectAltName=DNS:localhost,IP:127.0.0.1",
         );
         certificates.signed("client", "bridge", "extendedKeyUsage=clientAuth");
+        // The server's names, but no longer valid: its end lies a day before its start.
+        certificates.signed_for(
+            "expired",
+            "localhost",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-1",
+        );
         certificates
     }
 
-    /// `ca.pem`, `other-ca.pem`, `server.pem`/`.key`, `client.pem`/`.key`.
+    /// `ca.pem`, `other-ca.pem`, `server.pem`/`.key`, `client.pem`/`.key`, `expired.pem`/`.key`
+    /// (the server's names, expired).
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -64,6 +72,10 @@ impl Certificates {
     }
 
     fn signed(&self, name: &str, common_name: &str, extension: &str) {
+        self.signed_for(name, common_name, extension, "2");
+    }
+
+    fn signed_for(&self, name: &str, common_name: &str, extension: &str, days: &str) {
         let subject = format!("/CN={common_name}");
         std::fs::write(self.path(&format!("{name}.ext")), format!("{extension}\n"))
             .expect("write the extension file");
@@ -92,7 +104,7 @@ impl Certificates {
             "ca.key",
             "-CAcreateserial",
             "-days",
-            "2",
+            days,
             "-out",
             &format!("{name}.pem"),
             "-extfile",
@@ -117,13 +129,19 @@ impl Certificates {
     /// A Redis with a TLS port serving the server certificate; with `auth_clients`, clients
     /// must present a certificate of the CA.
     fn redis(&self, auth_clients: bool) -> RedisServer {
-        RedisServer::start_with_tls(Some(RedisTls {
+        RedisServer::start_with_tls(Some(self.server_tls(auth_clients)))
+    }
+
+    /// The TLS settings of a server that presents the server certificate (its port is picked
+    /// when it starts).
+    pub fn server_tls(&self, auth_clients: bool) -> RedisTls {
+        RedisTls {
             port: 0,
             cert: self.path("server.pem"),
             key: self.path("server.key"),
             ca: self.path("ca.pem"),
             auth_clients,
-        }))
+        }
     }
 }
 
@@ -316,4 +334,79 @@ async fn an_unknown_ca_or_a_wrong_host_name_keeps_the_bridge_not_ready_and_says_
         .and_then(Value::as_str)
         .unwrap_or("");
     assert!(error.contains("not valid for name"), "{}", misnamed.logs());
+}
+
+#[tokio::test]
+async fn an_expired_server_certificate_is_named_retried_with_backoff_and_recovered_from() {
+    let certificates = Certificates::make();
+    let redis = RedisServer::start_with_tls(Some(RedisTls {
+        cert: certificates.path("expired.pem"),
+        key: certificates.path("expired.key"),
+        ..certificates.server_tls(false)
+    }));
+    let url = format!("rediss://localhost:{}/0", redis.tls_port());
+    let tls = tls_section(Some(&certificates.path("ca.pem")), None);
+    let bridge = Bridge::start_with(&tls_config(&url, &tls), &[]);
+    wait_until_async(WAIT, "refused handshakes", || async {
+        bridge.metric(TLS_ERRORS).await.unwrap_or(0) >= 3
+    })
+    .await;
+    let (status, body) = bridge.get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(bridge.metric("bridge_redis_connected").await, Some(0));
+
+    // Retried with a growing delay (0.1 s doubling up to 2 s), not in a tight loop: over 4 s
+    // at most the attempts at about 0.7, 1.5, 3.1 and 5.1 s after the first fall in.
+    let before = bridge.metric(TLS_ERRORS).await.unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = bridge.metric(TLS_ERRORS).await.unwrap_or(0) - before;
+    assert!((1..=5).contains(&during), "{during} attempts in 4 s");
+
+    // One line, however many attempts, though the error counts the seconds since expiry.
+    let lines = unavailable_lines(&bridge);
+    assert_eq!(
+        lines.len(),
+        1,
+        "one line per distinct error: {}",
+        bridge.logs()
+    );
+    assert_eq!(log_field(&lines[0], "reason"), Some(&json!("tls")));
+    let error = log_field(&lines[0], "error")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    assert!(
+        error.contains("Expired") && error.contains("has expired: renew it"),
+        "{}",
+        bridge.logs()
+    );
+
+    // The server is given a valid certificate (Redis reloads it on CONFIG SET): the next
+    // attempt succeeds, without a restart of the bridge.
+    let admin = redis::Client::open(redis.url()).expect("redis url");
+    let mut connection = admin
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect on the plain port");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("tls-cert-file")
+        .arg(
+            certificates
+                .path("server.pem")
+                .to_str()
+                .expect("a UTF-8 path"),
+        )
+        .arg("tls-key-file")
+        .arg(
+            certificates
+                .path("server.key")
+                .to_str()
+                .expect("a UTF-8 path"),
+        )
+        .query_async::<()>(&mut connection)
+        .await
+        .expect("CONFIG SET tls-cert-file");
+    bridge.wait_readyz(200, WAIT).await;
+    assert_delivers(&redis, &bridge).await;
+    assert_eq!(unavailable_lines(&bridge).len(), 1, "{}", bridge.logs());
 }

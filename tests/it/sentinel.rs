@@ -10,31 +10,46 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::{FutureExt as _, StreamExt as _};
 use serde_json::{Value, json};
 
+use crate::redis_tls::Certificates;
 use crate::support::{
-    Bridge, JOB_ROUTE, RedisServer, WAIT, config, log_field, pick_port, redis_ping,
-    wait_until_async,
+    Bridge, JOB_ROUTE, RedisServer, WAIT, config, log_field, pick_port, publish, redis_ping,
+    wait_until, wait_until_async,
 };
 
 const MASTER: &str = "mymaster";
+
+/// How soon after the sentinels name a new master the bridge has left the old one.
+const SWITCH_NOTICED: Duration = Duration::from_secs(3);
 
 /// Three sentinels watching one master; killed on drop.
 struct Sentinels {
     _dir: tempfile::TempDir,
     ports: Vec<u16>,
+    /// The TLS ports of sentinels started with certificates.
+    tls_ports: Vec<u16>,
     children: Vec<Child>,
 }
 
 impl Sentinels {
     fn start(master_port: u16) -> Sentinels {
+        Sentinels::start_with(master_port, None)
+    }
+
+    /// With `tls`, each sentinel also listens on a TLS port (the plain one stays, for the
+    /// tests' own questions) and speaks TLS to the master, the replicas and the other
+    /// sentinels (`tls-replication yes`): `master_port` is then the master's TLS port.
+    fn start_with(master_port: u16, tls: Option<&Certificates>) -> Sentinels {
         let dir = tempfile::tempdir().expect("temp dir for the sentinels");
         let mut ports = Vec::new();
+        let mut tls_ports = Vec::new();
         let mut children = Vec::new();
         for _ in 0..3 {
             let port = pick_port();
             let file = dir.path().join(format!("sentinel-{port}.conf"));
-            let conf = format!(
+            let mut conf = format!(
                 "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\n\
                  sentinel monitor {MASTER} 127.0.0.1 {master_port} 2\n\
                  sentinel down-after-milliseconds {MASTER} 1000\n\
@@ -42,6 +57,17 @@ impl Sentinels {
                 dir.path().display(),
                 dir.path().join(format!("sentinel-{port}.log")).display()
             );
+            if let Some(certificates) = tls {
+                let tls_port = pick_port();
+                conf.push_str(&format!(
+                    "tls-port {tls_port}\ntls-cert-file {}\ntls-key-file {}\n\
+                     tls-ca-cert-file {}\ntls-auth-clients no\ntls-replication yes\n",
+                    certificates.path("server.pem").display(),
+                    certificates.path("server.key").display(),
+                    certificates.path("ca.pem").display()
+                ));
+                tls_ports.push(tls_port);
+            }
             std::fs::write(&file, conf).expect("write the sentinel's configuration");
             let child = Command::new("redis-server")
                 .arg(&file)
@@ -62,8 +88,15 @@ impl Sentinels {
         Sentinels {
             _dir: dir,
             ports,
+            tls_ports,
             children,
         }
+    }
+
+    /// Kills sentinel `index` with SIGKILL.
+    fn kill(&mut self, index: usize) {
+        let _ = self.children[index].kill();
+        let _ = self.children[index].wait();
     }
 
     fn urls(&self) -> Vec<String> {
@@ -93,7 +126,12 @@ impl Sentinels {
     }
 
     async fn master_port(&self) -> u16 {
-        let client = redis::Client::open(self.urls()[0].as_str()).expect("sentinel url");
+        self.master_port_from(0).await
+    }
+
+    /// The master's port as sentinel `index` names it.
+    async fn master_port_from(&self, index: usize) -> u16 {
+        let client = redis::Client::open(self.urls()[index].as_str()).expect("sentinel url");
         let mut connection = client
             .get_multiplexed_async_connection()
             .await
@@ -142,18 +180,30 @@ impl Drop for Sentinels {
 }
 
 /// PUBLISHes `{"n": 1}`, `{"n": 2}`, … on `job:load` every 5 ms to the master the sentinels
-/// name, asking them again after any error; counts what Redis acknowledged.
+/// name, asking them again after any error and when they announce a new master
+/// (`+switch-master`: the old one stays up until they demote it); counts what Redis
+/// acknowledged.
 fn spawn_publisher(
     sentinel: String,
     stop: Arc<AtomicBool>,
     published: Arc<AtomicU64>,
 ) -> tokio::task::JoinHandle<HashSet<u64>> {
     tokio::spawn(async move {
+        let client = redis::Client::open(sentinel.as_str()).expect("sentinel url");
+        let mut announcements = client.get_async_pubsub().await.expect("connect");
+        announcements
+            .subscribe("+switch-master")
+            .await
+            .expect("SUBSCRIBE +switch-master");
+        let mut announcements = announcements.into_on_message();
         let mut acknowledged = HashSet::new();
         let mut connection: Option<redis::aio::MultiplexedConnection> = None;
         let mut n = 0;
         while !stop.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(5)).await;
+            if announcements.next().now_or_never().is_some() {
+                connection = None;
+            }
             if connection.is_none() {
                 connection = master_connection(&sentinel).await;
             }
@@ -407,4 +457,163 @@ async fn an_unknown_master_name_or_no_sentinel_is_a_clear_error() {
         assert!(error.contains(needle), "{}", bridge.logs());
         assert_eq!(log_field(&lines[0], "reason"), Some(&json!("sentinel")));
     }
+}
+
+/// The routing file of a bridge that asks the sentinels at `nodes` for the master, with the
+/// lines of `more` (indented under `redis`).
+fn sentinel_config(url: &str, nodes: &[String], more: &str) -> String {
+    config("", JOB_ROUTE).replacen(
+        "  url: {redis_url}\n",
+        &format!(
+            "  url: {url}\n{more}  sentinel:\n    master: {MASTER}\n    nodes: [{}]\n  \
+             heartbeat_interval: 200ms\n  heartbeat_timeout: 1s\n",
+            nodes.join(", ")
+        ),
+        1,
+    )
+}
+
+/// The `redis` fields of the bridge's `redis subscribed` lines, in order.
+fn subscribed_to(bridge: &Bridge) -> Vec<String> {
+    bridge
+        .log_values()
+        .into_iter()
+        .filter(|v| log_field(v, "message").and_then(Value::as_str) == Some("redis subscribed"))
+        .filter_map(|v| {
+            log_field(&v, "redis")
+                .and_then(Value::as_str)
+                .map(String::from)
+        })
+        .collect()
+}
+
+/// Asks sentinel `index` for a failover until it accepts (it refuses until it has seen the
+/// replica in sync), then waits until the sentinels name the master on `new_port`.
+async fn fail_over(sentinels: &Sentinels, index: usize, new_port: u16) {
+    wait_until_async(
+        Duration::from_secs(30),
+        "SENTINEL FAILOVER accepted",
+        || async {
+            let failover = sentinels
+                .try_ask(index, &["SENTINEL", "FAILOVER", MASTER])
+                .await;
+            failover.is_ok()
+        },
+    )
+    .await;
+    wait_until_async(Duration::from_secs(30), "the promotion", || async {
+        sentinels.master_port_from(index).await == new_port
+    })
+    .await;
+}
+
+/// A job frame published on `publish_url` reaches `client` (subscribed to `job:s`).
+async fn assert_reaches(client: &mut crate::support::WsClient, publish_url: &str, n: u64) {
+    publish(publish_url, "job:s", format!("{{\"n\":{n}}}")).await;
+    let frame = client.recv_json(WAIT).await;
+    assert_eq!(frame["data"], json!({"n": n}), "{frame}");
+}
+
+#[tokio::test]
+async fn tls_to_the_sentinels_and_the_master_follows_a_failover() {
+    let certificates = Certificates::make();
+    let master = RedisServer::start_with_tls_and_args(
+        certificates.server_tls(false),
+        &["--tls-replication", "yes"],
+    );
+    let master_tls = master.tls_port().to_string();
+    let replica = RedisServer::start_with_tls_and_args(
+        certificates.server_tls(false),
+        &[
+            "--tls-replication",
+            "yes",
+            "--replicaof",
+            "127.0.0.1",
+            &master_tls,
+        ],
+    );
+    let sentinels = Sentinels::start_with(master.tls_port(), Some(&certificates));
+    sentinels.wait_settled().await;
+
+    // Only the sentinels' TLS ports: a bridge that did not speak TLS to them would find no
+    // master at all.
+    let nodes: Vec<String> = sentinels
+        .tls_ports
+        .iter()
+        .map(|port| format!("rediss://localhost:{port}"))
+        .collect();
+    let ca = format!(
+        "  tls:\n    ca_file: {}\n",
+        certificates.path("ca.pem").display()
+    );
+    let bridge = Bridge::start_with(&sentinel_config("rediss://unused:1/0", &nodes, &ca), &[]);
+    bridge.wait_ready().await;
+    assert_eq!(
+        subscribed_to(&bridge),
+        [format!("rediss://127.0.0.1:{}/0", master.tls_port())]
+    );
+    let mut client = bridge.client().await;
+    client.subscribe(1, &["job:s"]).await;
+    assert_reaches(&mut client, &master.url(), 1).await;
+
+    fail_over(&sentinels, 0, replica.tls_port()).await;
+    // At once, from the sentinels' announcement: the old master, demoted only at their next
+    // INFO round (up to 10 s later), would keep the bridge on a server nobody publishes to.
+    let gap = client.recv_json(SWITCH_NOTICED).await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    let new_master = format!("rediss://127.0.0.1:{}/0", replica.tls_port());
+    wait_until(WAIT, "a subscription on the new master", || {
+        subscribed_to(&bridge).last() == Some(&new_master)
+    })
+    .await;
+    bridge.wait_readyz(200, WAIT).await;
+    assert_reaches(&mut client, &replica.url(), 2).await;
+    for reason in ["tls", "sentinel"] {
+        let series = format!("bridge_redis_connect_errors_total{{reason=\"{reason}\"}}");
+        assert_eq!(bridge.metric(&series).await, Some(0), "{}", bridge.logs());
+    }
+}
+
+#[tokio::test]
+async fn one_sentinel_of_three_down_the_bridge_still_finds_and_follows_the_master() {
+    let master = RedisServer::start();
+    let replica = RedisServer::start_replica_of(master.port());
+    let mut sentinels = Sentinels::start(master.port());
+    sentinels.wait_settled().await;
+    // The first one the bridge asks is the one that is down.
+    sentinels.kill(0);
+
+    let bridge = Bridge::start_with(
+        &sentinel_config("redis://unused:1/0", &sentinels.urls(), ""),
+        &[],
+    );
+    bridge.wait_ready().await;
+    assert_eq!(
+        subscribed_to(&bridge),
+        [format!("redis://127.0.0.1:{}/0", master.port())]
+    );
+    let mut client = bridge.client().await;
+    client.subscribe(1, &["job:s"]).await;
+    assert_reaches(&mut client, &master.url(), 1).await;
+
+    fail_over(&sentinels, 1, replica.port()).await;
+    // At once, from the sentinels' announcement: the old master, demoted only at their next
+    // INFO round (up to 10 s later), would keep the bridge on a server nobody publishes to.
+    let gap = client.recv_json(SWITCH_NOTICED).await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    let new_master = format!("redis://127.0.0.1:{}/0", replica.port());
+    wait_until(WAIT, "a subscription on the new master", || {
+        subscribed_to(&bridge).last() == Some(&new_master)
+    })
+    .await;
+    assert_reaches(&mut client, &replica.url(), 2).await;
+    // A sentinel that does not answer is skipped, not an error, while another one answers.
+    let series = "bridge_redis_connect_errors_total{reason=\"sentinel\"}";
+    assert_eq!(bridge.metric(series).await, Some(0), "{}", bridge.logs());
+    let unavailable = bridge
+        .log_values()
+        .into_iter()
+        .filter(|v| log_field(v, "message").and_then(Value::as_str) == Some("redis unavailable"))
+        .count();
+    assert_eq!(unavailable, 0, "{}", bridge.logs());
 }

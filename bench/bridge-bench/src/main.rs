@@ -89,7 +89,8 @@ enum Mode {
 /// Who the clients are and what they subscribe to; handed to the worker processes as is.
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
 pub struct ClientArgs {
-    /// WebSocket URL; placeholders: {token}, {i} (client number), {topic} (its first topic),
+    /// WebSocket URL (several, comma-separated: client i connects to URL i mod their
+    /// number); placeholders: {token}, {i} (client number), {topic} (its first topic),
     /// {topics_csv} (its topics, comma-separated; Nchan's multiplexed channels).
     #[arg(long, default_value = "ws://127.0.0.1:18080/ws")]
     pub url: String,

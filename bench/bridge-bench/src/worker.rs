@@ -316,10 +316,11 @@ async fn run_client(
     let permit = worker.slots.acquire().await;
     let started = now_ns();
     let nonce = crate::stats::mix(client as u64 ^ started);
+    let (server, host) = worker.target.server_for(client);
     let result = wsclient::connect(
-        worker.target.server,
+        server,
         worker.source_ip(client),
-        &worker.target.host,
+        host,
         &path,
         worker.args.connect_timeout,
         nonce,

@@ -211,6 +211,12 @@ impl RedisServer {
         RedisServer::start_inner(None, args.iter().map(|a| a.to_string()).collect())
     }
 
+    /// Starts a server with a TLS port and more redis-server arguments (a TLS cluster node,
+    /// a replica that replicates over TLS).
+    pub fn start_with_tls_and_args(tls: RedisTls, args: &[&str]) -> RedisServer {
+        RedisServer::start_inner(Some(tls), args.iter().map(|a| a.to_string()).collect())
+    }
+
     fn start_inner(tls: Option<RedisTls>, extra: Vec<String>) -> RedisServer {
         let dir = tempfile::tempdir().expect("temp dir for redis");
         let mut server = RedisServer {
