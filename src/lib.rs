@@ -31,6 +31,7 @@ mod assets;
 mod dispatch;
 mod http;
 mod hub;
+mod inbound;
 mod metrics;
 mod outbox;
 mod proxy;

@@ -105,6 +105,18 @@ pub const MAX_FILTER_TEXT: usize = 256;
 /// Longest error message quoted back to a client: parser messages can quote the input.
 const MAX_MESSAGE_BYTES: usize = 200;
 
+/// The `type`s of the commands above: a frame of any other type may be an inbound route's.
+pub const COMMAND_TYPES: &[&str] = &["subscribe", "unsubscribe", "ping", "refresh"];
+
+/// The `id` of a frame, when it is one that may be echoed (a number or a short string).
+pub fn echoable_id(frame: &Value) -> Option<Value> {
+    match frame.get("id") {
+        Some(Value::Number(n)) => Some(Value::Number(n.clone())),
+        Some(Value::String(s)) if s.len() <= MAX_ID_BYTES => Some(Value::String(s.clone())),
+        _ => None,
+    }
+}
+
 /// Parses one text frame from a client.
 pub fn parse(text: &str) -> Result<Request, BadRequest> {
     let value: Value = serde_json::from_str(text).map_err(|err| BadRequest {
@@ -247,6 +259,8 @@ pub enum ErrorCode {
     RateLimited,
     TokenExpired,
     TooManySubscriptions,
+    /// Redis did not take a client's frame (or the bridge's queue to it was full).
+    Unavailable,
 }
 
 /// The frames the server sends of its own accord or in answer to a command.
@@ -283,6 +297,11 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
         expires_at: Option<u64>,
+    },
+    /// A client's frame that Redis took (an inbound route with `ack`).
+    Published {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
     },
     /// Messages may have been lost (Redis was unreachable): refetch state.
     Gap {

@@ -23,6 +23,8 @@ use crate::metrics::RedisErrorReason;
 use crate::router::Routing;
 use crate::state::Shared;
 
+mod requests;
+
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Short: a Redis that is back must not wait long for the bridge (messages published meanwhile
 /// reach nobody), and one connection's retries cost Redis nothing.
@@ -77,6 +79,7 @@ impl Subscriber {
 /// Starts the subscriber task.
 pub fn spawn(shared: Arc<Shared>) -> Subscriber {
     let (control, requests) = mpsc::channel(8);
+    requests::spawn(shared.clone());
     tokio::spawn(run(shared, requests));
     Subscriber { control }
 }

@@ -16,6 +16,7 @@ use serde_json::Value;
 use crate::auth::{Authenticator, Credential, Identity, Rejection};
 use crate::config::{AuthMode, Rate, Welcome};
 use crate::hub::Connection;
+use crate::inbound::{self, Budgets, Taken};
 use crate::outbox::{Closing, Written};
 use crate::protocol::{self, Command, ErrorCode, Filter, Refusal, Reply, Request};
 use crate::rate::TokenBucket;
@@ -85,6 +86,7 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
             shared: &shared,
             connection: &connection,
             limit: RateLimit::new(client_rate, Instant::now()),
+            inbound: Budgets::default(),
         },
         decoder: match connection.deflate {
             Some(_) => Decoder::new(max_frame_bytes).inflating(),
@@ -591,8 +593,10 @@ impl RateLimit {
 /// The client's side of the protocol: its frames, its commands and the answers.
 struct Commands<'a> {
     shared: &'a Shared,
-    connection: &'a Connection,
+    connection: &'a Arc<Connection>,
     limit: RateLimit,
+    /// The per-route budgets of inbound routes with a `rate`.
+    inbound: Budgets,
 }
 
 impl Commands<'_> {
@@ -640,12 +644,20 @@ impl Commands<'_> {
         Flow::Continue
     }
 
-    fn handle_text(&self, text: &str) {
+    fn handle_text(&mut self, text: &str) {
         #[cfg(test)]
         if text == tests::PANIC_COMMAND {
             panic!("the test-only trigger of a session panic");
         }
         let (shared, connection) = (self.shared, self.connection);
+        match inbound::offer(shared, connection, &mut self.inbound, text) {
+            Taken::No => {}
+            Taken::Queued => return,
+            Taken::Refused { id, code, message } => {
+                self.reply_error(id.as_ref(), code, &message, None);
+                return;
+            }
+        }
         let Request { id, command } = match protocol::parse(text) {
             Ok(request) => request,
             Err(bad) => {

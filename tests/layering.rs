@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["router"],
     &["hub"],
     &["state"],
+    &["inbound"],
     &["dispatch", "session"],
     &["pubsub"],
     &["http", "reload"],

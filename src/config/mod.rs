@@ -13,6 +13,7 @@
 //! path; a file with any problem gives no `Config`.
 
 mod auth;
+mod inbound;
 mod proxies;
 mod redis;
 mod route;
@@ -28,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use auth::{AdminSettings, ApiKey, AuthMode, AuthSettings, JwtSettings};
+pub use inbound::InboundRoute;
 pub use redis::{ClientIdentity, RedisSettings, RedisTls};
 pub use route::{Audience, Delivery, Format, PayloadMatch, Route, Source};
 pub use websocket::{Compression, Rate, SlowClient, WebSocketSettings, Welcome};
@@ -73,6 +75,9 @@ pub struct Config {
     pub instance: Option<String>,
     /// The routes, in file order (at least one).
     pub routes: Vec<Route>,
+    /// The client frames published to Redis (`inbound`), in file order: the first that
+    /// matches a frame takes it.
+    pub inbound: Vec<InboundRoute>,
 }
 
 /// A file a configuration was built from, and the SHA-256 of the bytes it was built from.
@@ -264,6 +269,10 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
             None
         }
     };
+    let inbound = match top.get("inbound") {
+        Some(node) => inbound::compile_all(ctx, node),
+        None => Some(Vec::new()),
+    };
     if let (Some(auth), Some(routes), Some(node)) = (&auth, &routes, top.get("routes")) {
         auth::check_audiences(ctx, auth, node, routes);
     }
@@ -280,6 +289,7 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         console: console?,
         instance: instance?,
         routes: routes?,
+        inbound: inbound?,
     })
 }
 

@@ -149,6 +149,12 @@ pub(super) const TOP: &[Key] = &[
         default: Default::Otherwise("required, at least one"),
         meaning: "the routes",
     },
+    Key {
+        name: "inbound",
+        kind: "list",
+        default: Default::Value("[]"),
+        meaning: "client frames published to Redis",
+    },
 ];
 
 pub(super) const REDIS: &[Key] = &[
@@ -537,6 +543,45 @@ pub(super) const ROUTE: &[Key] = &[
 ];
 
 /// Every section's table, with the heading docs/routing.md gives it.
+pub(super) const INBOUND: &[Key] = &[
+    Key {
+        name: "name",
+        kind: "non-empty string, unique among inbound routes",
+        default: Default::Otherwise("required"),
+        meaning: "the envelope's route and the metrics' label",
+    },
+    Key {
+        name: "match",
+        kind: "mapping of frame dot paths to a glob or a list of globs",
+        default: Default::Otherwise("absent: every frame that is not a command"),
+        meaning: "the client frames the route takes",
+    },
+    Key {
+        name: "channel",
+        kind: "template",
+        default: Default::Otherwise("required"),
+        meaning: "where the frame is PUBLISHed",
+    },
+    Key {
+        name: "allow",
+        kind: "audience",
+        default: Default::Value("authenticated"),
+        meaning: "who may send through the route",
+    },
+    Key {
+        name: "rate",
+        kind: "`N/s` or `N/m`",
+        default: Default::Otherwise("absent: only `websocket.client_rate`"),
+        meaning: "frames per connection through this route",
+    },
+    Key {
+        name: "ack",
+        kind: "boolean",
+        default: Default::Value("false"),
+        meaning: "answer `published` once Redis took the frame",
+    },
+];
+
 pub(super) const SECTIONS: &[(&str, &[Key])] = &[
     ("## Top level", TOP),
     ("## `redis`", REDIS),
@@ -549,4 +594,5 @@ pub(super) const SECTIONS: &[(&str, &[Key])] = &[
     ("### `auth.api_keys`", API_KEY),
     ("## `admin`", ADMIN),
     ("## `routes`", ROUTE),
+    ("## `inbound`", INBOUND),
 ];

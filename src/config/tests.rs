@@ -776,11 +776,11 @@ fn route_value_errors() {
     );
     assert_eq!(
         route("    audience: everyone\n"),
-        "4:15 routes[0].audience: expected `all`, `authenticated` or a mapping with one of user, roles, claims, any, all, found `everyone`"
+        "4:15 routes[0].audience: expected `all`, `authenticated` or a mapping with one of user, connection, roles, claims, any, all, found `everyone`"
     );
     assert_eq!(
         route("    audience: {user: \"{payload.u}\", roles: [a]}\n"),
-        "4:15 routes[0].audience: an audience mapping has exactly one key: user, roles, claims, any or all"
+        "4:15 routes[0].audience: an audience mapping has exactly one key: user, connection, roles, claims, any or all"
     );
     assert_eq!(
         route("    audience: {roles: []}\n"),
@@ -792,7 +792,7 @@ fn route_value_errors() {
     );
     assert_eq!(
         route("    audience: {all: [authenticated, nobody]}\n"),
-        "4:37 routes[0].audience.all[1]: expected `all`, `authenticated` or a mapping with one of user, roles, claims, any, all, found `nobody`"
+        "4:37 routes[0].audience.all[1]: expected `all`, `authenticated` or a mapping with one of user, connection, roles, claims, any, all, found `nobody`"
     );
     assert_eq!(
         route("    audience: {claims: {\"a..b\": x}}\n"),

@@ -61,6 +61,7 @@ mod compat;
 mod compression;
 mod conformance;
 mod console;
+mod inbound;
 mod monitoring;
 mod nginx;
 mod ops;
