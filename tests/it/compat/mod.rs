@@ -33,7 +33,7 @@ use crate::support::{
 const EXAMPLES: &[(&str, usize)] = &[
     ("botrix", 1),
     ("user-hub", 4),
-    ("shadower-analytics", 1),
+    ("shadower-analytics", 2),
     ("intelligent-workflows", 2),
     ("mangamotion", 1),
 ];
