@@ -159,21 +159,22 @@ impl Hub {
         );
     }
 
-    /// Removes a connection and all its subscriptions.
-    pub fn unregister(&self, id: ConnId) {
+    /// Removes a connection and all its subscriptions; returns the topics it was subscribed to.
+    pub fn unregister(&self, id: ConnId) -> Vec<Arc<str>> {
         let mut indexes = self.write();
         let Some(entry) = indexes.connections.remove(&id) else {
-            return;
+            return Vec::new();
         };
         indexes
             .by_public_id
             .remove(entry.connection.public_id.as_str());
-        for topic in entry.topics {
-            remove_subscriber(&mut indexes.topics, &topic, id);
+        for topic in &entry.topics {
+            remove_subscriber(&mut indexes.topics, topic, id);
         }
         if let Some(user) = &entry.connection.identity.load().user {
             forget_user(&mut indexes.users, user, id);
         }
+        entry.topics.into_iter().collect()
     }
 
     /// Subscribes `id` to those of `topics` that `admit` lets through (or replaces their

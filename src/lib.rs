@@ -34,6 +34,7 @@ mod hub;
 mod inbound;
 mod metrics;
 mod outbox;
+mod presence;
 mod proxy;
 mod pubsub;
 mod rate;

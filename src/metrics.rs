@@ -211,6 +211,7 @@ pub struct Metrics {
     route_unroutable: Family<RouteLabel, Counter>,
     inbound_published: Family<RouteLabel, Counter>,
     inbound_refused: Family<Reason, Counter>,
+    presence_queries: Family<Reason, Counter>,
     /// The file-descriptor limit and resident memory, read from `/proc/self` at each scrape:
     /// with one descriptor per client, `bridge_connections` close to `process_max_fds` means
     /// `LimitNOFILE` is what refuses the next clients.
@@ -321,6 +322,13 @@ impl Default for Metrics {
             "reason",
             &InboundRefusal::ALL.map(|reason| reason.label()),
         );
+        let presence_queries = labelled(
+            &mut registry,
+            "bridge_presence_queries",
+            "Presence queries, by result",
+            "result",
+            &["ok", "forbidden", "unknown_topic", "unavailable"],
+        );
         let delivery = Histogram::new(DELIVERY_BUCKETS);
         registry.register(
             "bridge_delivery_seconds",
@@ -368,6 +376,7 @@ impl Default for Metrics {
             route_unroutable,
             inbound_published,
             inbound_refused,
+            presence_queries,
             process_max_fds,
             process_resident_memory,
         }
@@ -462,6 +471,14 @@ impl Metrics {
     pub fn inbound_refused(&self, reason: InboundRefusal) {
         self.inbound_refused
             .get_or_create(&[("reason", reason.label())])
+            .inc();
+    }
+
+    /// A presence query answered with `result`: `ok`, `forbidden`, `unknown_topic` or
+    /// `unavailable`.
+    pub fn presence_query(&self, result: &'static str) {
+        self.presence_queries
+            .get_or_create(&[("result", result)])
             .inc();
     }
 

@@ -24,6 +24,10 @@ pub enum Command {
     Refresh {
         token: String,
     },
+    /// Who is subscribed to `topic` (a route with `presence`).
+    Presence {
+        topic: String,
+    },
 }
 
 /// A parsed command with the `id` the client wants echoed.
@@ -77,6 +81,8 @@ struct RawCommand {
     filter: Option<BTreeMap<String, OneOrMany>>,
     #[serde(default)]
     token: Option<String>,
+    #[serde(default)]
+    topic: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -106,7 +112,7 @@ pub const MAX_FILTER_TEXT: usize = 256;
 const MAX_MESSAGE_BYTES: usize = 200;
 
 /// The `type`s of the commands above: a frame of any other type may be an inbound route's.
-pub const COMMAND_TYPES: &[&str] = &["subscribe", "unsubscribe", "ping", "refresh"];
+pub const COMMAND_TYPES: &[&str] = &["subscribe", "unsubscribe", "ping", "refresh", "presence"];
 
 /// The `id` of a frame, when it is one that may be echoed (a number or a short string).
 pub fn echoable_id(frame: &Value) -> Option<Value> {
@@ -164,6 +170,18 @@ pub fn parse(text: &str) -> Result<Request, BadRequest> {
         }
     };
     let command = match raw.kind.as_str() {
+        "presence" => {
+            unexpected("topics", raw.topics.is_some())?;
+            unexpected("filter", raw.filter.is_some())?;
+            unexpected("token", raw.token.is_some())?;
+            match raw.topic {
+                Some(topic) if !topic.is_empty() => Command::Presence { topic },
+                _ => return Err(bad("`topic` is required".into())),
+            }
+        }
+        _ if raw.topic.is_some() => {
+            return Err(bad(format!("`topic` is not a field of `{}`", raw.kind)));
+        }
         "subscribe" => {
             unexpected("token", raw.token.is_some())?;
             let filter = raw.filter.map(filter).transpose().map_err(bad)?;
@@ -303,6 +321,19 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a Value>,
     },
+    /// Who is subscribed to a topic, over every bridge.
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        topic: &'a str,
+        /// The number of users.
+        count: usize,
+        users: &'a [PresentUser],
+    },
+    /// A user's first connection subscribed to `topic`.
+    Join { topic: &'a str, user: &'a str },
+    /// A user's last connection left `topic`.
+    Leave { topic: &'a str, user: &'a str },
     /// Messages may have been lost (Redis was unreachable): refetch state.
     Gap {
         reason: &'a str,
@@ -320,6 +351,13 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "<[Refusal]>::is_empty")]
         refused: &'a [Refusal],
     },
+}
+
+/// One user of a `presence` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresentUser {
+    pub user: String,
+    pub connections: usize,
 }
 
 /// A topic a subscribe did not take, in its one answer.

@@ -23,6 +23,7 @@ use crate::metrics::RedisErrorReason;
 use crate::router::Routing;
 use crate::state::Shared;
 
+mod presence;
 mod requests;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -80,6 +81,7 @@ impl Subscriber {
 pub fn spawn(shared: Arc<Shared>) -> Subscriber {
     let (control, requests) = mpsc::channel(8);
     requests::spawn(shared.clone());
+    presence::spawn(shared.clone());
     tokio::spawn(run(shared, requests));
     Subscriber { control }
 }
@@ -245,6 +247,7 @@ impl Task {
             Some(&heartbeat_channel),
         )
         .await?;
+        subscribe(&mut sink, false, &[presence::EVENTS]).await?;
         // The first heartbeat now, so that an ACL user that may not PUBLISH on the bridge's
         // own channels is reported as such rather than, later, as a stalled subscription.
         if let Err(err) = publish_with(&client, &heartbeat_channel, b"").await {
@@ -431,6 +434,8 @@ impl Task {
         let channel = message.get_channel_name();
         if channel == link.heartbeat_channel {
             link.last_heartbeat = Instant::now();
+        } else if channel == presence::EVENTS {
+            crate::presence::deliver_event(&self.shared, message.get_payload_bytes());
         } else if channel.starts_with(RESERVED_PREFIX) {
             if let Some(pending) = link.pending.take_if(|p| p.marker == channel) {
                 // The switch changes the routing: what was routed by the old one leaves first.

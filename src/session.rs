@@ -18,6 +18,7 @@ use crate::config::{AuthMode, Rate, Welcome};
 use crate::hub::Connection;
 use crate::inbound::{self, Budgets, Taken};
 use crate::outbox::{Closing, Written};
+use crate::presence;
 use crate::protocol::{self, Command, ErrorCode, Filter, Refusal, Reply, Request};
 use crate::rate::TokenBucket;
 use crate::router::Routing;
@@ -175,7 +176,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.shared.hub.unregister(self.connection.id);
+        let topics = self.shared.hub.unregister(self.connection.id);
+        presence::changed(&self.shared, &self.connection, &topics, false);
         self.shared.metrics.connections.dec();
         // Nothing more is read or written; the peer learns at once instead of when the last
         // reference to the socket goes (a dispatch in flight may still hold one).
@@ -671,6 +673,7 @@ impl Commands<'_> {
             Command::Subscribe { topics, filter } => self.subscribe(id, topics, filter),
             Command::Unsubscribe { topics } => {
                 let removed = shared.hub.unsubscribe(connection.id, &topics);
+                presence::changed(shared, connection, &removed, false);
                 self.reply(&Reply::Unsubscribed {
                     id,
                     topics: &removed,
@@ -678,6 +681,11 @@ impl Commands<'_> {
                 });
             }
             Command::Refresh { token } => self.refresh(id, &token),
+            Command::Presence { topic } => {
+                if let Err((code, message)) = presence::query(shared, connection, id, &topic) {
+                    self.reply_error(id, code, message, Some(&topic));
+                }
+            }
         }
     }
 
@@ -692,6 +700,7 @@ impl Commands<'_> {
         // Checked against the routing table in force under the hub's lock, so that a reload
         // dropping a topic meanwhile cannot miss the subscription (see `Hub::subscribe`).
         let admit = |topic: &str| shared.routing.load().authorize_subscribe(topic, &identity);
+        let mut taken = Vec::new();
         let answer = |admitted: &[String], refused: &[Refusal]| match refused.first() {
             Some(first) if admitted.is_empty() => Reply::Error {
                 id,
@@ -702,12 +711,15 @@ impl Commands<'_> {
                 refused: if refused.len() > 1 { refused } else { &[] },
             }
             .to_frame(),
-            _ => Reply::Subscribed {
-                id,
-                topics: admitted,
-                refused,
+            _ => {
+                taken = admitted.to_vec();
+                Reply::Subscribed {
+                    id,
+                    topics: admitted,
+                    refused,
+                }
+                .to_frame()
             }
-            .to_frame(),
         };
         shared.hub.subscribe(
             connection.id,
@@ -718,6 +730,7 @@ impl Commands<'_> {
             answer,
         );
         connection.outbox.flush(&shared.metrics);
+        presence::changed(shared, connection, &taken, true);
     }
 
     /// Replaces the identity with a new token's, which must be for the same user; the

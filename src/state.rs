@@ -64,6 +64,36 @@ pub struct Shared {
     /// What sessions ask of Redis, served by `pubsub` (the one module that talks to Redis);
     /// set once its task runs.
     pub redis_requests: OnceLock<mpsc::Sender<RedisRequest>>,
+    /// Presence changes and queries, served in order by `pubsub`. Unbounded: each change is
+    /// one subscription made or ended, which `max_subscriptions` and the client rate bound,
+    /// and none may be dropped (a lost leave would keep a user present).
+    pub presence_requests: OnceLock<mpsc::UnboundedSender<PresenceRequest>>,
+}
+
+/// A presence change or question (a route with `presence`).
+#[derive(Debug)]
+pub enum PresenceRequest {
+    /// `user`'s connection `connection_id` subscribed to `topic`.
+    Join {
+        topic: String,
+        user: Arc<str>,
+        connection_id: String,
+        /// Whether the route sends join and leave frames.
+        events: bool,
+    },
+    /// That connection unsubscribed or closed.
+    Leave {
+        topic: String,
+        user: Arc<str>,
+        connection_id: String,
+        events: bool,
+    },
+    /// Answer `connection` who is subscribed to `topic`.
+    Query {
+        topic: String,
+        connection: Arc<Connection>,
+        id: Option<Value>,
+    },
 }
 
 /// Work for Redis that a layer below `pubsub` asks for.
@@ -177,6 +207,7 @@ impl Shared {
             per_user: Counts::default(),
             per_address: Counts::default(),
             redis_requests: OnceLock::new(),
+            presence_requests: OnceLock::new(),
         })
     }
 

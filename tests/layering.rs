@@ -16,7 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["router"],
     &["hub"],
     &["state"],
-    &["inbound"],
+    &["inbound", "presence"],
     &["dispatch", "session"],
     &["pubsub"],
     &["http", "reload"],

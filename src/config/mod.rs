@@ -14,6 +14,7 @@
 
 mod auth;
 mod inbound;
+mod presence;
 mod proxies;
 mod redis;
 mod route;
@@ -30,6 +31,7 @@ use std::time::Duration;
 
 pub use auth::{AdminSettings, ApiKey, AuthMode, AuthSettings, JwtSettings};
 pub use inbound::InboundRoute;
+pub use presence::Presence;
 pub use redis::{ClientIdentity, RedisSettings, RedisTls};
 pub use route::{Audience, Delivery, Format, PayloadMatch, Route, Source};
 pub use websocket::{Compression, Rate, SlowClient, WebSocketSettings, Welcome};

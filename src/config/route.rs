@@ -32,6 +32,8 @@ pub struct Route {
     /// The envelope's `type` (YAML key `type`; default: the route name). Only set by the file
     /// for `format: envelope`; for other formats it is the literal route name.
     pub event_type: Template,
+    /// Who subscribes to its topics, shown to whom (`presence`; absent: nobody).
+    pub presence: Option<super::Presence>,
 }
 
 /// Where a route's messages come from.
@@ -338,6 +340,16 @@ fn compile(
         None => Some(Format::Envelope),
     };
     let event_type = event_type(ctx, &route, path, &format, name.as_deref(), &message_scope);
+    let presence = match (route.get("presence"), delivery) {
+        (Some(node), Some(Delivery::Auto)) => {
+            let message =
+                "`presence` counts subscribers: only `delivery: subscribe` routes have it";
+            ctx.error(node, &key("presence"), message);
+            None
+        }
+        (Some(node), _) => super::presence::compile(ctx, node, &key("presence")).map(Some),
+        (None, _) => Some(None),
+    };
 
     Some(Route {
         name: Arc::from(name?),
@@ -348,6 +360,7 @@ fn compile(
         audience: audience?,
         format: format?,
         event_type: event_type?,
+        presence: presence?,
     })
 }
 

@@ -540,6 +540,27 @@ pub(super) const ROUTE: &[Key] = &[
         default: Default::Otherwise("the route name"),
         meaning: "the envelope's type",
     },
+    Key {
+        name: "presence",
+        kind: "mapping",
+        default: Default::Otherwise("absent: no presence"),
+        meaning: "who subscribes to the route's topics, over every bridge",
+    },
+];
+
+pub(super) const PRESENCE: &[Key] = &[
+    Key {
+        name: "visible_to",
+        kind: "audience",
+        default: Default::Value("authenticated"),
+        meaning: "who may query the presence and receive its events",
+    },
+    Key {
+        name: "events",
+        kind: "boolean",
+        default: Default::Value("false"),
+        meaning: "subscribers get join and leave frames",
+    },
 ];
 
 /// Every section's table, with the heading docs/routing.md gives it.
@@ -594,5 +615,6 @@ pub(super) const SECTIONS: &[(&str, &[Key])] = &[
     ("### `auth.api_keys`", API_KEY),
     ("## `admin`", ADMIN),
     ("## `routes`", ROUTE),
+    ("### `presence`", PRESENCE),
     ("## `inbound`", INBOUND),
 ];

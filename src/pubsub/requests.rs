@@ -68,26 +68,15 @@ async fn publish(
         *link = None;
     }
     if link.is_none() {
-        let connected = tokio::time::timeout(TIMEOUT, async {
-            let server = super::resolve(&settings)
-                .await
-                .map_err(|failure| failure.message)?;
-            let client = super::client(&server).map_err(|err| err.to_string())?;
-            client
-                .get_multiplexed_async_connection()
-                .await
-                .map_err(|err| err.to_string())
-        })
-        .await;
+        let connected = connect(&settings).await;
         match connected {
-            Ok(Ok(connection)) => {
+            Ok(connection) => {
                 *link = Some(Link {
                     url: settings.url.clone(),
                     connection,
                 })
             }
-            Ok(Err(err)) => return vec![Err(err); batch.len()],
-            Err(_) => return vec![Err("connecting to redis timed out".to_owned()); batch.len()],
+            Err(err) => return vec![Err(err); batch.len()],
         }
     }
     let Some(Link { connection, .. }) = link.as_mut() else {
@@ -119,6 +108,24 @@ async fn publish(
             vec![Err("redis did not answer in time".to_owned()); batch.len()]
         }
     }
+}
+
+/// A connection for commands to the server `settings` name now (the master, with Sentinel).
+pub(super) async fn connect(
+    settings: &crate::config::RedisSettings,
+) -> Result<redis::aio::MultiplexedConnection, String> {
+    let connected = tokio::time::timeout(TIMEOUT, async {
+        let server = super::resolve(settings)
+            .await
+            .map_err(|failure| failure.message)?;
+        let client = super::client(&server).map_err(|err| err.to_string())?;
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|err| err.to_string())
+    })
+    .await;
+    connected.unwrap_or_else(|_| Err("connecting to redis timed out".to_owned()))
 }
 
 /// Counts each frame, and answers those whose route asked for an `ack`.

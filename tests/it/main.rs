@@ -66,6 +66,7 @@ mod monitoring;
 mod nginx;
 mod ops;
 mod packaging;
+mod presence;
 mod protocol;
 mod redis_acl;
 mod redis_tls;
