@@ -275,6 +275,9 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         Some(node) => inbound::compile_all(ctx, node),
         None => Some(Vec::new()),
     };
+    if let (Some(redis), Some(routes), Some(node)) = (&redis, &routes, top.get("routes")) {
+        presence::check_cluster(ctx, redis, node, routes);
+    }
     if let (Some(auth), Some(routes), Some(node)) = (&auth, &routes, top.get("routes")) {
         auth::check_audiences(ctx, auth, node, routes);
     }

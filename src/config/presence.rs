@@ -1,8 +1,9 @@
 //! A route's `presence`: who is subscribed to its topics, over every bridge.
 
-use super::route::{Audience, audience_of};
+use super::RedisSettings;
+use super::route::{Audience, Route, audience_of};
 use super::schema;
-use super::yaml::{self, Ctx, Node, fields, join};
+use super::yaml::{self, Ctx, Kind, Node, fields, index, join};
 use crate::template::Allowed;
 
 /// Who subscribes to a route's topics is shown to connections `visible_to` admits: in answer
@@ -43,4 +44,34 @@ pub(super) fn compile(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Presence
         visible_to: visible_to?,
         events: events?,
     })
+}
+
+/// Presence keeps one key per topic, which a Redis Cluster places on any node, while the
+/// bridge talks to one node: refused at the route's `presence`.
+pub(super) fn check_cluster(
+    ctx: &mut Ctx,
+    redis: &RedisSettings,
+    routes_node: &Node,
+    routes: &[Route],
+) {
+    let Kind::Seq(items) = &routes_node.kind else {
+        return;
+    };
+    if redis.cluster.is_none() {
+        return;
+    }
+    for (i, (route, item)) in routes.iter().zip(items).enumerate() {
+        let Kind::Map(entries) = &item.kind else {
+            continue;
+        };
+        let entry = entries.iter().find(|entry| entry.key == "presence");
+        if let (Some(_), Some(entry)) = (&route.presence, entry) {
+            let message = "presence keeps a key per topic, which a Redis Cluster may place on a node the bridge does not talk to: use one Redis server or Sentinel";
+            ctx.error(
+                &entry.value,
+                &join(&index("routes", i), "presence"),
+                message,
+            );
+        }
+    }
 }
