@@ -3,9 +3,10 @@
 baseline in one invocation (a shared, noisy machine: compare within a run, report medians):
 
 - inbound: CLIENTS connections (bench/talkback.js, Node's ws) send FRAMES each through the
-  `chat` inbound route as fast as the sockets take them; the bridge's CPU per published frame
-  (its envelope with the verified identity, the PUBLISH pipelined to Redis) and frames/s,
-  counted by bridge_inbound_published_total. Frames/s per core = 1e6 / CPU µs per frame.
+  `chat` inbound route (with `ack`), each keeping 32 frames awaiting their `published`; the
+  bridge's CPU per published frame (its envelope with the verified identity, the PUBLISH
+  pipelined to Redis, the answer) and frames/s, counted by bridge_inbound_published_total.
+  Frames/s per core = 1e6 / CPU µs per frame.
 - churn: CLIENTS connections subscribe and unsubscribe ROUNDS times each, on rooms with and
   without `presence` (bench/config/talkback-{plain,presence}.yaml): the bridge's and Redis's
   CPU per subscribe+unsubscribe pair, and pairs/s.
@@ -115,7 +116,7 @@ def inbound(servers, clients, frames):
     series = 'bridge_inbound_published_total{route="chat"}'
     before, cpu = metric(series), cpu_seconds(servers.bridge.pid)
     started = time.time()
-    node("inbound", f"ws://{LISTEN}/ws", SECRET, str(clients), str(frames))
+    done = node("inbound", f"ws://{LISTEN}/ws", SECRET, str(clients), str(frames))
     total = clients * frames
     while metric(series) - before < total:
         if time.time() - started > 120:
@@ -123,7 +124,8 @@ def inbound(servers, clients, frames):
         time.sleep(0.05)
     elapsed = time.time() - started
     used = cpu_seconds(servers.bridge.pid) - cpu
-    return {"frames": total, "seconds": round(elapsed, 3), "frames_per_s": round(total / elapsed),
+    return {"frames": total, "retried": done["retried"], "seconds": round(elapsed, 3),
+            "frames_per_s": round(total / elapsed),
             "bridge_cpu_us_per_frame": round(used * 1e6 / total, 2)}
 
 

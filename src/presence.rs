@@ -18,6 +18,15 @@ use crate::router::Routing;
 use crate::state::{PresenceRequest, Shared};
 use crate::template::{Placeholder, Scope, TopicMatch};
 
+/// Whether some route keeps presence: otherwise subscriptions are nothing to it.
+pub fn tracked(routing: &Routing) -> bool {
+    routing
+        .config
+        .routes
+        .iter()
+        .any(|route| route.presence.is_some())
+}
+
 /// The presence of `topic`: that of the first `subscribe` route with `presence` that can
 /// produce it (a topic that places `{channel}` must name a channel of the route).
 pub fn of_topic<'r>(routing: &'r Routing, topic: &str) -> Option<&'r Presence> {
@@ -57,13 +66,16 @@ pub fn visible(presence: &Presence, topic: &str, identity: &Identity, connection
 /// The connection subscribed to `topics` (or left them, with `joined` false): those with
 /// presence are told to Redis. Anonymous connections are not shown.
 pub fn changed(shared: &Shared, connection: &Connection, topics: &[impl AsRef<str>], joined: bool) {
+    let routing = shared.routing.load();
+    if topics.is_empty() || !tracked(&routing) {
+        return;
+    }
     let Some(requests) = shared.presence_requests.get() else {
         return;
     };
     let Some(user) = connection.identity.load().user.clone() else {
         return;
     };
-    let routing = shared.routing.load();
     for topic in topics {
         let topic = topic.as_ref();
         let Some(presence) = of_topic(&routing, topic) else {

@@ -700,6 +700,8 @@ impl Commands<'_> {
         // Checked against the routing table in force under the hub's lock, so that a reload
         // dropping a topic meanwhile cannot miss the subscription (see `Hub::subscribe`).
         let admit = |topic: &str| shared.routing.load().authorize_subscribe(topic, &identity);
+        // Copied only when some route keeps presence, for its joins after the lock.
+        let tracked = presence::tracked(&shared.routing.load());
         let mut taken = Vec::new();
         let answer = |admitted: &[String], refused: &[Refusal]| match refused.first() {
             Some(first) if admitted.is_empty() => Reply::Error {
@@ -712,7 +714,9 @@ impl Commands<'_> {
             }
             .to_frame(),
             _ => {
-                taken = admitted.to_vec();
+                if tracked {
+                    taken = admitted.to_vec();
+                }
                 Reply::Subscribed {
                     id,
                     topics: admitted,

@@ -260,16 +260,19 @@ impl Task {
     }
 
     /// Pushes this bridge's members' deadlines forward (and adds back what Redis lost).
-    /// Members whose subscription is gone from the hub are left first: a reload that dropped
-    /// the route sends no leave, and a leave still queued finds its work done (once).
+    /// Members whose subscription is gone from the hub, or whose topic has no presence any
+    /// more, are left first: a reload sends no leave, and a leave still queued finds its work
+    /// done (once).
     async fn refresh(&mut self) {
         if self.members.is_empty() {
             return;
         }
         let mut gone: Vec<(String, String)> = Vec::new();
         {
+            let routing = self.shared.routing.load();
             let hub = self.shared.hub.read();
             self.members.retain(|topic, members| {
+                let kept_route = crate::presence::of_topic(&routing, topic).is_some();
                 let subscribed: HashSet<String> = hub
                     .subscribers(topic)
                     .into_iter()
@@ -281,7 +284,7 @@ impl Task {
                     })
                     .collect();
                 members.retain(|member| {
-                    let kept = subscribed.contains(member);
+                    let kept = kept_route && subscribed.contains(member);
                     if !kept {
                         gone.push((topic.clone(), member.clone()));
                     }
