@@ -220,3 +220,44 @@ async fn presence_runs_under_the_readme_acl_line() {
     );
     assert!(!bridge.logs().contains("NOPERM"), "{}", bridge.logs());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_drops_presence_takes_its_members_out() {
+    let redis = RedisServer::start();
+    let a = bridge(&redis, "bridge-a").await;
+    let b = bridge(&redis, "bridge-b").await;
+    let mut dave = user(&a, "dave", &["room:1"]).await;
+    let mut alice = user(&b, "alice", &["room:1"]).await;
+    alice.subscribe(1, &["room:1"]).await;
+    assert_eq!(alice.next_json().await, event("join", "alice"));
+    assert_eq!(
+        presence(&mut dave, 1, "room:1").await,
+        answer(1, "room:1", &[("alice", 1)])
+    );
+
+    // Bridge B keeps the route and alice's subscription, without presence.
+    let without = yaml(&redis.url(), "bridge-b", "room").replace(
+        "    presence:\n      visible_to: { claims: { rooms: \"{topic}\" } }\n      events: true\n",
+        "",
+    );
+    assert!(!without.contains("events: true"), "{without}");
+    std::fs::write(b.config_path(), without).expect("rewrite bridge B's routing file");
+    b.signal("HUP");
+    b.wait_log(WAIT, |line| {
+        crate::support::log_field(line, "message").and_then(Value::as_str) == Some("reloaded")
+    })
+    .await;
+    let reloaded = Instant::now();
+    let mut id = 2;
+    while presence(&mut dave, id, "room:1").await != answer(id, "room:1", &[]) {
+        assert!(
+            reloaded.elapsed() < Duration::from_secs(3),
+            "alice still present"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        id += 1;
+    }
+    // alice is still subscribed on B: its frames still reach her.
+    crate::support::publish(&redis.url(), "room:1", r#"{"n":1}"#).await;
+    assert_eq!(alice.next_json().await["data"], json!({"n": 1}));
+}
