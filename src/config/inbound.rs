@@ -28,6 +28,32 @@ pub struct InboundRoute {
     pub ack: bool,
 }
 
+impl InboundRoute {
+    /// One line for `check`: name, match, channel, allow, rate and ack.
+    pub fn describe(&self) -> String {
+        let mut out = format!("inbound {}:", self.name);
+        if !self.matcher.is_empty() {
+            out.push_str(&format!(" match({})", self.matcher.describe()));
+        }
+        out.push_str(&format!(
+            " channel={} allow={}",
+            self.channel.source(),
+            self.allow.describe()
+        ));
+        if let Some(rate) = self.rate {
+            // N/s refills N a second, N/m N a minute.
+            let unit = if rate.per_second >= f64::from(rate.burst) {
+                "s"
+            } else {
+                "m"
+            };
+            out.push_str(&format!(" rate={}/{unit}", rate.burst));
+        }
+        out.push_str(&format!(" ack={}", self.ack));
+        out
+    }
+}
+
 /// What an inbound template may read: the client's frame and who sent it.
 const INBOUND_ALLOWED: Allowed = Allowed {
     captures: 0,

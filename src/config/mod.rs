@@ -142,6 +142,7 @@ impl Config {
         let (config, absent) = Config::compile_text(ctx, &text, path)?;
         Ok(Checked {
             routes: config.routes.iter().map(Route::describe).collect(),
+            inbound: config.inbound.iter().map(InboundRoute::describe).collect(),
             warnings: config.warnings(),
             absent,
         })
@@ -226,6 +227,8 @@ impl Config {
 pub struct Checked {
     /// One line per route ([`Route::describe`]).
     pub routes: Vec<String>,
+    /// One line per inbound route ([`InboundRoute::describe`]).
+    pub inbound: Vec<String>,
     /// What is valid but probably not meant ([`Config::warnings`]).
     pub warnings: Vec<String>,
     /// Key, secret and token files named by the file that do not exist yet, each with how to

@@ -68,7 +68,7 @@ impl PayloadMatch {
     }
 
     /// `type=[user.created,user.deleted], data.kind=[gpu*]`, for `check`.
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         self.conditions
             .iter()
             .map(|(path, patterns)| format!("{}=[{}]", path_text(path), patterns.join(",")))
@@ -195,6 +195,14 @@ impl Route {
             }
             Format::Raw => out.push_str(" format=raw"),
             Format::Template(_) => out.push_str(" format=template"),
+        }
+        if let Some(presence) = &self.presence {
+            let _ = write!(
+                out,
+                " presence(visible_to={}, events={})",
+                presence.visible_to.describe(),
+                presence.events
+            );
         }
         out
     }
