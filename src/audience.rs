@@ -15,6 +15,8 @@ pub enum Resolved {
     Everyone,
     Authenticated,
     User(String),
+    /// The one connection with this id (a reply to a request).
+    Connection(String),
     Roles(Vec<String>),
     Claims(Vec<(Vec<PathSegment>, String)>),
     AnyOf(Vec<Resolved>),
@@ -27,6 +29,7 @@ pub fn resolve(audience: &Audience, scope: &Scope) -> Option<Resolved> {
         Audience::Everyone => Resolved::Everyone,
         Audience::Authenticated => Resolved::Authenticated,
         Audience::User(template) => Resolved::User(template.render(scope)?),
+        Audience::Connection(template) => Resolved::Connection(template.render(scope)?),
         Audience::Roles(roles) => Resolved::Roles(roles.clone()),
         Audience::Claims(claims) => Resolved::Claims(
             claims
@@ -50,7 +53,18 @@ pub fn resolve(audience: &Audience, scope: &Scope) -> Option<Resolved> {
 }
 
 impl Resolved {
+    /// Whether `identity` is admitted, not knowing which connection holds it: a
+    /// `{connection: …}` audience then admits nobody.
     pub fn admits(&self, identity: &Identity) -> bool {
+        self.check(identity, None)
+    }
+
+    /// Whether the connection `connection_id`, holding `identity`, is admitted.
+    pub fn admits_connection(&self, identity: &Identity, connection_id: &str) -> bool {
+        self.check(identity, Some(connection_id))
+    }
+
+    fn check(&self, identity: &Identity, connection_id: Option<&str>) -> bool {
         match self {
             Resolved::Everyone => true,
             Resolved::Authenticated => identity.authenticated,
@@ -66,8 +80,19 @@ impl Resolved {
                         claim_matches(claim_at(&identity.claims, path), expected)
                     })
             }
-            Resolved::AnyOf(items) => items.iter().any(|item| item.admits(identity)),
-            Resolved::AllOf(items) => items.iter().all(|item| item.admits(identity)),
+            Resolved::Connection(id) => connection_id == Some(id.as_str()),
+            Resolved::AnyOf(items) => items.iter().any(|item| item.check(identity, connection_id)),
+            Resolved::AllOf(items) => items.iter().all(|item| item.check(identity, connection_id)),
+        }
+    }
+
+    /// The only connection this audience can admit, when it is that simple: the recipient is
+    /// then found by its id instead of by scanning every connection.
+    pub fn single_connection(&self) -> Option<&str> {
+        match self {
+            Resolved::Connection(id) => Some(id),
+            Resolved::AllOf(items) => items.iter().find_map(Resolved::single_connection),
+            _ => None,
         }
     }
 
@@ -101,6 +126,9 @@ pub fn may_admit(
         Audience::AllOf(items) => items
             .iter()
             .all(|item| may_admit(item, scope, identity, known)),
+        // Which connection a frame goes to is checked per frame, against the connection's id,
+        // which an identity does not carry.
+        Audience::Connection(_) => true,
         leaf => {
             let determined =
                 leaf_templates(leaf).all(|template| template.placeholders().all(known));
@@ -118,7 +146,9 @@ pub fn may_admit(
 
 fn leaf_templates(leaf: &Audience) -> Box<dyn Iterator<Item = &Template> + '_> {
     match leaf {
-        Audience::User(template) => Box::new(std::iter::once(template)),
+        Audience::User(template) | Audience::Connection(template) => {
+            Box::new(std::iter::once(template))
+        }
         Audience::Claims(claims) => Box::new(claims.iter().map(|(_, template)| template)),
         _ => Box::new(std::iter::empty()),
     }

@@ -218,6 +218,14 @@ impl FanOut<'_, '_> {
         route: &Route,
         topic: &str,
     ) -> Rendered {
+        if let Some(id) = self.plan.audience.single_connection() {
+            if let Some(connection) = hub.of_public_id(id)
+                && !self.offer(connection, None, seqs, route, topic)
+            {
+                return Rendered::Unresolvable;
+            }
+            return self.outcome();
+        }
         match self.plan.audience.single_user() {
             Some(user) => {
                 for connection in hub.of_user(user) {
@@ -280,7 +288,10 @@ impl FanOut<'_, '_> {
     ) -> bool {
         // `all` needs no identity: skip the load on the most common fan-out.
         if !matches!(self.plan.audience, Resolved::Everyone)
-            && !self.plan.audience.admits(&connection.identity.load())
+            && !self
+                .plan
+                .audience
+                .admits_connection(&connection.identity.load(), &connection.public_id)
         {
             return true;
         }

@@ -85,6 +85,8 @@ pub struct Indexes {
     connections: HashMap<ConnId, Entry>,
     topics: HashMap<Arc<str>, HashMap<ConnId, Subscriber>>,
     users: HashMap<Arc<str>, HashSet<ConnId>>,
+    /// `connection_id` → connection, for replies addressed to one connection.
+    by_public_id: HashMap<Box<str>, ConnId>,
 }
 
 impl Indexes {
@@ -104,6 +106,12 @@ impl Indexes {
             .into_iter()
             .flatten()
             .filter_map(|id| self.connections.get(id).map(|entry| &entry.connection))
+    }
+
+    /// The connection whose `connection_id` is `public_id`, if it is on this bridge.
+    pub fn of_public_id(&self, public_id: &str) -> Option<&Arc<Connection>> {
+        let id = self.by_public_id.get(public_id)?;
+        self.connections.get(id).map(|entry| &entry.connection)
     }
 
     /// Topics that currently have at least one subscriber.
@@ -146,6 +154,9 @@ impl Hub {
         if let Some(user) = connection.identity.load().user.clone() {
             indexes.users.entry(user).or_default().insert(connection.id);
         }
+        indexes
+            .by_public_id
+            .insert(connection.public_id.as_str().into(), connection.id);
         indexes.connections.insert(
             connection.id,
             Entry {
@@ -155,18 +166,22 @@ impl Hub {
         );
     }
 
-    /// Removes a connection and all its subscriptions.
-    pub fn unregister(&self, id: ConnId) {
+    /// Removes a connection and all its subscriptions; returns the topics it was subscribed to.
+    pub fn unregister(&self, id: ConnId) -> Vec<Arc<str>> {
         let mut indexes = self.write();
         let Some(entry) = indexes.connections.remove(&id) else {
-            return;
+            return Vec::new();
         };
-        for topic in entry.topics {
-            remove_subscriber(&mut indexes.topics, &topic, id);
+        indexes
+            .by_public_id
+            .remove(entry.connection.public_id.as_str());
+        for topic in &entry.topics {
+            remove_subscriber(&mut indexes.topics, topic, id);
         }
         if let Some(user) = &entry.connection.identity.load().user {
             forget_user(&mut indexes.users, user, id);
         }
+        entry.topics.into_iter().collect()
     }
 
     /// Subscribes `id` to those of `topics` that `admit` lets through (or replaces their

@@ -62,9 +62,10 @@ fn check(path: &Path) -> ExitCode {
         }
     };
     eprintln!(
-        "{}: valid, {} route(s)",
+        "{}: valid, {} route(s), {} inbound route(s)",
         path.display(),
-        checked.routes.len()
+        checked.routes.len(),
+        checked.inbound.len()
     );
     for absent in &checked.absent {
         eprintln!("warning: {absent}");
@@ -72,7 +73,7 @@ fn check(path: &Path) -> ExitCode {
     for warning in &checked.warnings {
         eprintln!("{}: warning: {warning}", path.display());
     }
-    for route in &checked.routes {
+    for route in checked.routes.iter().chain(&checked.inbound) {
         println!("{route}");
     }
     ExitCode::SUCCESS

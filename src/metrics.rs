@@ -149,6 +149,37 @@ impl RedisErrorReason {
     }
 }
 
+/// Why a client's frame that an inbound route took was not published.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboundRefusal {
+    /// The route's `allow` does not admit the sender.
+    Forbidden,
+    /// Past the route's `rate` (or `client_rate`'s flood).
+    RateLimited,
+    /// The channel template has a placeholder without a value.
+    Unresolved,
+    /// Redis did not take it, or the queue to Redis was full.
+    Unavailable,
+}
+
+impl InboundRefusal {
+    const ALL: [InboundRefusal; 4] = [
+        Self::Forbidden,
+        Self::RateLimited,
+        Self::Unresolved,
+        Self::Unavailable,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::Unresolved => "unresolved",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
 /// Upper bounds of `bridge_delivery_seconds`: 50 µs to 5 s, roughly ×2.5 apart, because a
 /// healthy bridge delivers in well under a millisecond and an overloaded one in seconds.
 const DELIVERY_BUCKETS: [f64; 12] = [
@@ -207,6 +238,9 @@ pub struct Metrics {
     resume_gaps: Family<Reason, Counter>,
     /// Frames of `conflate: true` routes that replaced an unsent one in a connection's queue.
     pub conflated: Counter,
+    inbound_published: Family<RouteLabel, Counter>,
+    inbound_refused: Family<Reason, Counter>,
+    presence_queries: Family<Reason, Counter>,
     /// The file-descriptor limit and resident memory, read from `/proc/self` at each scrape:
     /// with one descriptor per client, `bridge_connections` close to `process_max_fds` means
     /// `LimitNOFILE` is what refuses the next clients.
@@ -332,6 +366,25 @@ impl Default for Metrics {
             "bridge_messages_conflated",
             "Frames of conflate routes that replaced an unsent frame of their topic",
         );
+        let inbound_published = family(
+            &mut registry,
+            "bridge_inbound_published",
+            "Client frames published to Redis, by inbound route",
+        );
+        let inbound_refused = labelled(
+            &mut registry,
+            "bridge_inbound_refused",
+            "Client frames an inbound route took but did not publish, by reason",
+            "reason",
+            &InboundRefusal::ALL.map(|reason| reason.label()),
+        );
+        let presence_queries = labelled(
+            &mut registry,
+            "bridge_presence_queries",
+            "Presence queries, by result",
+            "result",
+            &["ok", "forbidden", "unknown_topic", "unavailable"],
+        );
         let delivery = Histogram::new(DELIVERY_BUCKETS);
         registry.register(
             "bridge_delivery_seconds",
@@ -382,6 +435,9 @@ impl Default for Metrics {
             replayed,
             resume_gaps,
             conflated,
+            inbound_published,
+            inbound_refused,
+            presence_queries,
             process_max_fds,
             process_resident_memory,
         }
@@ -471,6 +527,27 @@ impl Metrics {
         self.resume_gaps
             .get_or_create(&[("reason", reason.label())])
             .inc_by(topics as u64);
+    }
+
+    /// A client's frame published through the inbound route `route`.
+    pub fn inbound_published(&self, route: &Arc<str>) {
+        self.inbound_published
+            .get_or_create(&[("route", route.clone())])
+            .inc();
+    }
+
+    pub fn inbound_refused(&self, reason: InboundRefusal) {
+        self.inbound_refused
+            .get_or_create(&[("reason", reason.label())])
+            .inc();
+    }
+
+    /// A presence query answered with `result`: `ok`, `forbidden`, `unknown_topic` or
+    /// `unavailable`.
+    pub fn presence_query(&self, result: &'static str) {
+        self.presence_queries
+            .get_or_create(&[("result", result)])
+            .inc();
     }
 
     pub fn redis_error(&self, reason: RedisErrorReason) {

@@ -26,6 +26,10 @@ pub enum Command {
     Refresh {
         token: String,
     },
+    /// Who is subscribed to `topic` (a route with `presence`).
+    Presence {
+        topic: String,
+    },
 }
 
 /// What a subscribe asks to be replayed: `last` frames of each topic, and for the topics of
@@ -104,6 +108,8 @@ struct RawCommand {
     last: Option<Value>,
     #[serde(default)]
     since: Option<Value>,
+    #[serde(default)]
+    topic: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +137,18 @@ pub const MAX_FILTER_TEXT: usize = 256;
 
 /// Longest error message quoted back to a client: parser messages can quote the input.
 const MAX_MESSAGE_BYTES: usize = 200;
+
+/// The `type`s of the commands above: a frame of any other type may be an inbound route's.
+pub const COMMAND_TYPES: &[&str] = &["subscribe", "unsubscribe", "ping", "refresh", "presence"];
+
+/// The `id` of a frame, when it is one that may be echoed (a number or a short string).
+pub fn echoable_id(frame: &Value) -> Option<Value> {
+    match frame.get("id") {
+        Some(Value::Number(n)) => Some(Value::Number(n.clone())),
+        Some(Value::String(s)) if s.len() <= MAX_ID_BYTES => Some(Value::String(s.clone())),
+        _ => None,
+    }
+}
 
 /// Parses one text frame from a client.
 pub fn parse(text: &str) -> Result<Request, BadRequest> {
@@ -183,6 +201,18 @@ pub fn parse(text: &str) -> Result<Request, BadRequest> {
         unexpected("since", raw.since.is_some())?;
     }
     let command = match raw.kind.as_str() {
+        "presence" => {
+            unexpected("topics", raw.topics.is_some())?;
+            unexpected("filter", raw.filter.is_some())?;
+            unexpected("token", raw.token.is_some())?;
+            match raw.topic {
+                Some(topic) if !topic.is_empty() => Command::Presence { topic },
+                _ => return Err(bad("`topic` is required".into())),
+            }
+        }
+        _ if raw.topic.is_some() => {
+            return Err(bad(format!("`topic` is not a field of `{}`", raw.kind)));
+        }
         "subscribe" => {
             unexpected("token", raw.token.is_some())?;
             let filter = raw.filter.map(filter).transpose().map_err(bad)?;
@@ -334,6 +364,8 @@ pub enum ErrorCode {
     RateLimited,
     TokenExpired,
     TooManySubscriptions,
+    /// Redis did not take a client's frame (or the bridge's queue to it was full).
+    Unavailable,
 }
 
 /// The frames the server sends of its own accord or in answer to a command.
@@ -371,6 +403,24 @@ pub enum Reply<'a> {
         id: Option<&'a Value>,
         expires_at: Option<u64>,
     },
+    /// A client's frame that Redis took (an inbound route with `ack`).
+    Published {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+    },
+    /// Who is subscribed to a topic, over every bridge.
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a Value>,
+        topic: &'a str,
+        /// The number of users.
+        count: usize,
+        users: &'a [PresentUser],
+    },
+    /// A user's first connection subscribed to `topic`.
+    Join { topic: &'a str, user: &'a str },
+    /// A user's last connection left `topic`.
+    Leave { topic: &'a str, user: &'a str },
     /// Messages may have been lost (Redis was unreachable): refetch state.
     Gap {
         reason: &'a str,
@@ -396,6 +446,13 @@ pub enum Reply<'a> {
         #[serde(skip_serializing_if = "<[Refusal]>::is_empty")]
         refused: &'a [Refusal],
     },
+}
+
+/// One user of a `presence` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PresentUser {
+    pub user: String,
+    pub connections: usize,
 }
 
 /// A topic a subscribe did not take, in its one answer.

@@ -23,6 +23,9 @@ use crate::metrics::RedisErrorReason;
 use crate::router::Routing;
 use crate::state::Shared;
 
+mod presence;
+mod requests;
+
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 /// Short: a Redis that is back must not wait long for the bridge (messages published meanwhile
 /// reach nobody), and one connection's retries cost Redis nothing.
@@ -77,6 +80,8 @@ impl Subscriber {
 /// Starts the subscriber task.
 pub fn spawn(shared: Arc<Shared>) -> Subscriber {
     let (control, requests) = mpsc::channel(8);
+    requests::spawn(shared.clone());
+    presence::spawn(shared.clone());
     tokio::spawn(run(shared, requests));
     Subscriber { control }
 }
@@ -269,6 +274,7 @@ impl Task {
             Some(&heartbeat_channel),
         )
         .await?;
+        subscribe(&mut sink, false, &[presence::EVENTS]).await?;
         // The first heartbeat now, so that an ACL user that may not PUBLISH on the bridge's
         // own channels is reported as such rather than, later, as a stalled subscription.
         if let Err(err) = publish_with(&client, &heartbeat_channel, b"").await {
@@ -464,6 +470,8 @@ impl Task {
         let channel = message.get_channel_name();
         if channel == link.heartbeat_channel {
             link.last_heartbeat = Instant::now();
+        } else if channel == presence::EVENTS {
+            crate::presence::deliver_event(&self.shared, message.get_payload_bytes());
         } else if channel.starts_with(RESERVED_PREFIX) {
             if let Some(pending) = link.pending.take_if(|p| p.marker == channel) {
                 // The switch changes the routing: what was routed by the old one leaves first.

@@ -337,7 +337,7 @@ pub fn takes(route: &Route, message: &Incoming) -> bool {
 
 /// Whether a message's payload (`None` when it is not JSON) meets every condition of a
 /// route's `match`.
-fn payload_matches(matcher: &PayloadMatch, payload: Option<&Value>) -> bool {
+pub fn payload_matches(matcher: &PayloadMatch, payload: Option<&Value>) -> bool {
     let Some(payload) = payload else { return false };
     matcher.conditions().iter().all(|(path, patterns)| {
         crate::template::lookup(payload, path)
@@ -404,6 +404,7 @@ pub fn plan<'m>(
         seq: None,
         now: None,
         connection_id: None,
+        user: None,
     };
     let mut topics = Vec::with_capacity(route.topics.len());
     for template in &route.topics {
@@ -460,6 +461,7 @@ pub fn render_frame(
         seq: Some(seq),
         now: Some(message.now()),
         connection_id: None,
+        user: None,
     };
     match &route.format {
         Format::Raw => Some(match std::str::from_utf8(message.payload) {

@@ -18,8 +18,10 @@ use crate::auth::{Authenticator, Credential, Identity, Rejection};
 use crate::config::{AuthMode, Rate, Welcome};
 use crate::history::{Payload, Recipient, Retained, Wanted};
 use crate::hub::Connection;
+use crate::inbound::{self, Budgets, Taken};
 use crate::metrics::GapReason;
 use crate::outbox::{Closing, Written};
+use crate::presence;
 use crate::protocol::{self, Command, ErrorCode, Filter, Refusal, Replay, Reply, Request, Since};
 use crate::rate::TokenBucket;
 use crate::router::Routing;
@@ -91,6 +93,7 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
             shared: &shared,
             connection: &connection,
             limit: RateLimit::new(client_rate, Instant::now()),
+            inbound: Budgets::default(),
         },
         decoder: match connection.deflate {
             Some(_) => Decoder::new(max_frame_bytes).inflating(),
@@ -206,7 +209,8 @@ impl Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.shared.hub.unregister(self.connection.id);
+        let topics = self.shared.hub.unregister(self.connection.id);
+        presence::changed(&self.shared, &self.connection, &topics, false);
         self.shared.metrics.connections.dec();
         // Nothing more is read or written; the peer learns at once instead of when the last
         // reference to the socket goes (a dispatch in flight may still hold one).
@@ -624,8 +628,10 @@ impl RateLimit {
 /// The client's side of the protocol: its frames, its commands and the answers.
 struct Commands<'a> {
     shared: &'a Shared,
-    connection: &'a Connection,
+    connection: &'a Arc<Connection>,
     limit: RateLimit,
+    /// The per-route budgets of inbound routes with a `rate`.
+    inbound: Budgets,
 }
 
 impl Commands<'_> {
@@ -673,12 +679,20 @@ impl Commands<'_> {
         Flow::Continue
     }
 
-    fn handle_text(&self, text: &str) {
+    fn handle_text(&mut self, text: &str) {
         #[cfg(test)]
         if text == tests::PANIC_COMMAND {
             panic!("the test-only trigger of a session panic");
         }
         let (shared, connection) = (self.shared, self.connection);
+        match inbound::offer(shared, connection, &mut self.inbound, text) {
+            Taken::No => {}
+            Taken::Queued => return,
+            Taken::Refused { id, code, message } => {
+                self.reply_error(id.as_ref(), code, &message, None);
+                return;
+            }
+        }
         let Request { id, command } = match protocol::parse(text) {
             Ok(request) => request,
             Err(bad) => {
@@ -696,6 +710,7 @@ impl Commands<'_> {
             } => self.subscribe(id, topics, filter, &replay),
             Command::Unsubscribe { topics } => {
                 let removed = shared.hub.unsubscribe(connection.id, &topics);
+                presence::changed(shared, connection, &removed, false);
                 self.reply(&Reply::Unsubscribed {
                     id,
                     topics: &removed,
@@ -703,6 +718,11 @@ impl Commands<'_> {
                 });
             }
             Command::Refresh { token } => self.refresh(id, &token),
+            Command::Presence { topic } => {
+                if let Err((code, message)) = presence::query(shared, connection, id, &topic) {
+                    self.reply_error(id, code, message, Some(&topic));
+                }
+            }
         }
     }
 
@@ -723,6 +743,9 @@ impl Commands<'_> {
         // Checked against the routing table in force under the hub's lock, so that a reload
         // dropping a topic meanwhile cannot miss the subscription (see `Hub::subscribe`).
         let admit = |topic: &str| shared.routing.load().authorize_subscribe(topic, &identity);
+        // Copied only when some route keeps presence, for its joins after the lock.
+        let tracked = presence::tracked(&shared.routing.load());
+        let mut taken = Vec::new();
         let answer = |admitted: &[String], refused: &[Refusal]| match refused.first() {
             Some(first) if admitted.is_empty() => Reply::Error {
                 id,
@@ -733,12 +756,17 @@ impl Commands<'_> {
                 refused: if refused.len() > 1 { refused } else { &[] },
             }
             .to_frame(),
-            _ => Reply::Subscribed {
-                id,
-                topics: admitted,
-                refused,
+            _ => {
+                if tracked {
+                    taken = admitted.to_vec();
+                }
+                Reply::Subscribed {
+                    id,
+                    topics: admitted,
+                    refused,
+                }
+                .to_frame()
             }
-            .to_frame(),
         };
         let filter = filter.map(Arc::new);
         let then = |connection: &Connection, subscribed: &[String]| {
@@ -763,6 +791,7 @@ impl Commands<'_> {
             then,
         );
         connection.outbox.flush(&shared.metrics);
+        presence::changed(shared, connection, &taken, true);
     }
 
     /// Replaces the identity with a new token's, which must be for the same user; the

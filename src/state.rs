@@ -4,17 +4,18 @@ use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
 use crate::history::{Gauges, History};
-use crate::hub::Hub;
+use crate::hub::{Connection, Hub};
 use crate::metrics::Metrics;
 use crate::rate::KeyedBuckets;
 use crate::router::Routing;
@@ -63,6 +64,58 @@ pub struct Shared {
     per_user: Counts<Arc<str>>,
     /// Open connections per client address, for `websocket.max_connections_per_ip`.
     per_address: Counts<IpAddr>,
+    /// What sessions ask of Redis, served by `pubsub` (the one module that talks to Redis);
+    /// set once its task runs.
+    pub redis_requests: OnceLock<mpsc::Sender<RedisRequest>>,
+    /// Presence changes and queries, served in order by `pubsub`. Unbounded: each change is
+    /// one subscription made or ended, which `max_subscriptions` and the client rate bound,
+    /// and none may be dropped (a lost leave would keep a user present).
+    pub presence_requests: OnceLock<mpsc::UnboundedSender<PresenceRequest>>,
+}
+
+/// A presence change or question (a route with `presence`).
+#[derive(Debug)]
+pub enum PresenceRequest {
+    /// `user`'s connection `connection_id` subscribed to `topic`.
+    Join {
+        topic: String,
+        user: Arc<str>,
+        connection_id: String,
+        /// Whether the route sends join and leave frames.
+        events: bool,
+    },
+    /// That connection unsubscribed or closed.
+    Leave {
+        topic: String,
+        user: Arc<str>,
+        connection_id: String,
+        events: bool,
+    },
+    /// Answer `connection` who is subscribed to `topic`.
+    Query {
+        topic: String,
+        connection: Arc<Connection>,
+        id: Option<Value>,
+    },
+}
+
+/// Work for Redis that a layer below `pubsub` asks for.
+#[derive(Debug)]
+pub enum RedisRequest {
+    /// A client's frame through an inbound route.
+    Publish(Outgoing),
+}
+
+/// One PUBLISH of a client's frame.
+#[derive(Debug)]
+pub struct Outgoing {
+    /// The inbound route's name, for the metrics.
+    pub route: Arc<str>,
+    pub channel: String,
+    pub payload: Vec<u8>,
+    /// With `ack`: the connection to answer once Redis took it (or did not), and the `id`
+    /// its frame carried.
+    pub ack: Option<(Arc<Connection>, Option<Value>)>,
 }
 
 /// Which limit refused a connection.
@@ -162,6 +215,8 @@ impl Shared {
             connects_per_ip: KeyedBuckets::default(),
             per_user: Counts::default(),
             per_address: Counts::default(),
+            redis_requests: OnceLock::new(),
+            presence_requests: OnceLock::new(),
         })
     }
 

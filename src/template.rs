@@ -54,6 +54,8 @@ pub enum Placeholder {
     Now,
     /// `{connection_id}`: the id of the connection (welcome frame).
     ConnectionId,
+    /// `{user}`: the connection's verified user (inbound channels).
+    User,
 }
 
 impl fmt::Display for Placeholder {
@@ -68,6 +70,7 @@ impl fmt::Display for Placeholder {
             Placeholder::Seq => f.write_str("seq"),
             Placeholder::Now => f.write_str("now"),
             Placeholder::ConnectionId => f.write_str("connection_id"),
+            Placeholder::User => f.write_str("user"),
         }
     }
 }
@@ -144,6 +147,8 @@ pub struct Allowed {
     pub now: bool,
     /// `{connection_id}`.
     pub connection_id: bool,
+    /// `{user}`.
+    pub user: bool,
 }
 
 impl Allowed {
@@ -166,6 +171,7 @@ impl Allowed {
             Placeholder::Seq => self.seq,
             Placeholder::Now => self.now,
             Placeholder::ConnectionId => self.connection_id,
+            Placeholder::User => self.user,
         };
         if available {
             Ok(())
@@ -194,6 +200,8 @@ pub struct Scope<'a> {
     pub now: Option<&'a str>,
     /// The connection's id.
     pub connection_id: Option<&'a str>,
+    /// The connection's verified user.
+    pub user: Option<&'a str>,
 }
 
 /// A resolved placeholder value, borrowed from the scope or the template.
@@ -246,6 +254,7 @@ fn resolve<'a>(placeholder: &Placeholder, scope: &Scope<'a>) -> Option<Resolved<
         Placeholder::Seq => scope.seq.map(Resolved::Number),
         Placeholder::Now => scope.now.map(Resolved::Text),
         Placeholder::ConnectionId => scope.connection_id.map(Resolved::Text),
+        Placeholder::User => scope.user.map(Resolved::Text),
     }
 }
 
@@ -358,6 +367,14 @@ impl Template {
             [] => Some(""),
             [Part::Literal(text)] => Some(text),
             _ => None,
+        }
+    }
+
+    /// The literal text every rendering starts with (before the first placeholder).
+    pub fn leading_literal(&self) -> &str {
+        match self.parts.first() {
+            Some(Part::Literal(text)) => text,
+            _ => "",
         }
     }
 
@@ -580,6 +597,7 @@ fn parse_name(text: &str) -> Result<Option<Placeholder>, TemplateError> {
         "seq" => Placeholder::Seq,
         "now" => Placeholder::Now,
         "connection_id" => Placeholder::ConnectionId,
+        "user" => Placeholder::User,
         "payload" => Placeholder::Payload(Vec::new()),
         "claims" => Placeholder::Claims(Vec::new()),
         _ => {
@@ -867,6 +885,7 @@ mod tests {
             seq: true,
             now: true,
             connection_id: true,
+            user: true,
         }
     }
 

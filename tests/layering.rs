@@ -16,6 +16,7 @@ const LAYERS: &[&[&str]] = &[
     &["router"],
     &["history", "hub"],
     &["state"],
+    &["inbound", "presence"],
     &["dispatch", "session"],
     &["pubsub"],
     &["http", "reload"],

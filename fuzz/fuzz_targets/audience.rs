@@ -8,7 +8,9 @@
 //!
 //! Beyond "no panic", what must hold:
 //! - with everything a message tells, `may_admit` (the subscribe-time check) says exactly
-//!   what `admits` says;
+//!   what `admits_connection` says, but for audiences naming a connection, which a subscribe
+//!   cannot tell (it may then only admit more);
+//! - `single_connection` names the only connection admitted;
 //! - `single_user` (recipients looked up in the user index instead of every connection) never
 //!   misses an admitted identity;
 //! - an anonymous connection is never admitted by an audience that needs authentication.
@@ -27,6 +29,18 @@ use serde_json::{Value, json};
 
 const PATTERN: &str = "fuzz:*:*";
 
+/// The id of the connection every identity is checked on.
+const CONNECTION: &str = "c1";
+
+/// Whether the audience names a connection somewhere.
+fn names_connection(audience: &Audience) -> bool {
+    match audience {
+        Audience::Connection(_) => true,
+        Audience::AnyOf(items) | Audience::AllOf(items) => items.iter().any(names_connection),
+        _ => false,
+    }
+}
+
 fn routing_file(audience: &str) -> String {
     format!(
         "auth:\n  mode: required\n  jwt:\n    algorithms: [HS256]\n    secret: fuzz-secret-0123456789abcdef0123456789\n\
@@ -44,10 +58,12 @@ fn identity(user: Option<&str>, roles: &[&str], claims: Value) -> Identity {
     }
 }
 
-/// Whether the audience can admit an anonymous connection at all: only `all` does.
+/// Whether the audience can admit an anonymous connection (on [`CONNECTION`]) at all: only
+/// `all` and that connection do.
 fn admits_anonymous(resolved: &Resolved) -> bool {
     match resolved {
         Resolved::Everyone => true,
+        Resolved::Connection(id) => id == CONNECTION,
         Resolved::Authenticated | Resolved::User(_) | Resolved::Roles(_) | Resolved::Claims(_) => {
             false
         }
@@ -116,12 +132,20 @@ fuzz_target!(|data: &[u8]| {
     for id in &identities {
         let maybe = audience::may_admit(audience, &before, id, &without_payload);
         let Some(resolved) = &resolved else { continue };
-        let admitted = resolved.admits(id);
-        assert_eq!(
-            audience::may_admit(audience, &scope, id, &|_| true),
-            admitted,
-            "may_admit with the whole message differs from admits: {resolved:?}"
-        );
+        let admitted = resolved.admits_connection(id, CONNECTION);
+        let may = audience::may_admit(audience, &scope, id, &|_| true);
+        if names_connection(audience) {
+            assert!(!admitted || may, "admitted but may_admit refuses: {resolved:?}");
+        } else {
+            assert_eq!(
+                may, admitted,
+                "may_admit with the whole message differs from admits: {resolved:?}"
+            );
+            assert_eq!(resolved.admits(id), admitted, "{resolved:?}");
+        }
+        if admitted && let Some(connection) = resolved.single_connection() {
+            assert_eq!(connection, CONNECTION, "{resolved:?}");
+        }
         // A subscribe check must never refuse someone a message would admit.
         assert!(
             !admitted || maybe,

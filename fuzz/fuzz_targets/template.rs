@@ -14,6 +14,7 @@ const EVERYTHING: Allowed = Allowed {
     seq: true,
     now: true,
     connection_id: true,
+    user: true,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -33,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
         seq: Some(7),
         now: Some("2026-11-25T00:00:00.000Z"),
         connection_id: Some("c"),
+        user: Some("u"),
     };
     if let Ok(template) = Template::compile(source, &EVERYTHING) {
         let _ = template.render(&scope);

@@ -618,7 +618,7 @@ pub(super) fn check_audiences(
 
 fn admits_anonymous(audience: &Audience) -> bool {
     match audience {
-        Audience::Everyone => true,
+        Audience::Everyone | Audience::Connection(_) => true,
         Audience::Authenticated | Audience::User(_) | Audience::Roles(_) | Audience::Claims(_) => {
             false
         }

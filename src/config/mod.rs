@@ -13,6 +13,8 @@
 //! path; a file with any problem gives no `Config`.
 
 mod auth;
+mod inbound;
+mod presence;
 mod proxies;
 mod redis;
 mod route;
@@ -28,6 +30,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use auth::{AdminSettings, ApiKey, AuthMode, AuthSettings, JwtSettings};
+pub use inbound::InboundRoute;
+pub use presence::Presence;
 pub use redis::{ClientIdentity, RedisSettings, RedisTls};
 pub use route::{Audience, Delivery, Format, PayloadMatch, Retention, Route, Source};
 pub use websocket::{Compression, Rate, SlowClient, WebSocketSettings, Welcome};
@@ -76,6 +80,9 @@ pub struct Config {
     /// The most bytes the frames retained by routes' `history` may take in the process
     /// (`history_max_bytes`, default 64 MiB); past it the oldest are dropped first.
     pub history_max_bytes: usize,
+    /// The client frames published to Redis (`inbound`), in file order: the first that
+    /// matches a frame takes it.
+    pub inbound: Vec<InboundRoute>,
 }
 
 /// A file a configuration was built from, and the SHA-256 of the bytes it was built from.
@@ -139,6 +146,7 @@ impl Config {
         let (config, absent) = Config::compile_text(ctx, &text, path)?;
         Ok(Checked {
             routes: config.routes.iter().map(Route::describe).collect(),
+            inbound: config.inbound.iter().map(InboundRoute::describe).collect(),
             warnings: config.warnings(),
             absent,
         })
@@ -223,6 +231,8 @@ impl Config {
 pub struct Checked {
     /// One line per route ([`Route::describe`]).
     pub routes: Vec<String>,
+    /// One line per inbound route ([`InboundRoute::describe`]).
+    pub inbound: Vec<String>,
     /// What is valid but probably not meant ([`Config::warnings`]).
     pub warnings: Vec<String>,
     /// Key, secret and token files named by the file that do not exist yet, each with how to
@@ -273,6 +283,13 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         None => Some(DEFAULT_HISTORY_MAX_BYTES),
     };
+    let inbound = match top.get("inbound") {
+        Some(node) => inbound::compile_all(ctx, node),
+        None => Some(Vec::new()),
+    };
+    if let (Some(redis), Some(routes), Some(node)) = (&redis, &routes, top.get("routes")) {
+        presence::check_cluster(ctx, redis, node, routes);
+    }
     if let (Some(auth), Some(routes), Some(node)) = (&auth, &routes, top.get("routes")) {
         auth::check_audiences(ctx, auth, node, routes);
     }
@@ -290,6 +307,7 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
         instance: instance?,
         routes: routes?,
         history_max_bytes: history_max_bytes?,
+        inbound: inbound?,
     })
 }
 

@@ -38,6 +38,8 @@ pub struct Route {
     /// Whether a connection's queue holds at most one unsent frame per topic of the route,
     /// the newer replacing the older (`conflate`).
     pub conflate: bool,
+    /// Who subscribes to its topics, shown to whom (`presence`; absent: nobody).
+    pub presence: Option<super::Presence>,
 }
 
 /// A route's `history`: per topic, the last `size` frames, none older than `ttl`.
@@ -83,7 +85,7 @@ impl PayloadMatch {
     }
 
     /// `type=[user.created,user.deleted], data.kind=[gpu*]`, for `check`.
-    fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         self.conditions
             .iter()
             .map(|(path, patterns)| format!("{}=[{}]", path_text(path), patterns.join(",")))
@@ -112,6 +114,8 @@ pub enum Audience {
     Authenticated,
     /// The connection whose user equals the rendered value.
     User(Template),
+    /// The one connection whose id (`connection_id`) equals the rendered value.
+    Connection(Template),
     /// Connections with at least one of these roles.
     Roles(Vec<String>),
     /// Connections whose claim at each path equals the rendered value (or, for an array
@@ -134,7 +138,7 @@ pub enum Format {
     Template(JsonTemplate),
 }
 
-const AUDIENCE_KEYS: &[&str] = &["user", "roles", "claims", "any", "all"];
+const AUDIENCE_KEYS: &[&str] = &["user", "connection", "roles", "claims", "any", "all"];
 
 impl Route {
     /// Whether some template of the route (topics, type, audience, format) reads the
@@ -219,6 +223,14 @@ impl Route {
         if self.conflate {
             out.push_str(" conflate");
         }
+        if let Some(presence) = &self.presence {
+            let _ = write!(
+                out,
+                " presence(visible_to={}, events={})",
+                presence.visible_to.describe(),
+                presence.events
+            );
+        }
         out
     }
 }
@@ -228,7 +240,7 @@ impl Audience {
     pub fn needs_payload(&self) -> bool {
         match self {
             Audience::Everyone | Audience::Authenticated | Audience::Roles(_) => false,
-            Audience::User(template) => template.needs_payload(),
+            Audience::User(template) | Audience::Connection(template) => template.needs_payload(),
             Audience::Claims(claims) => claims.iter().any(|(_, template)| template.needs_payload()),
             Audience::AnyOf(audiences) | Audience::AllOf(audiences) => {
                 audiences.iter().any(Audience::needs_payload)
@@ -250,6 +262,7 @@ impl Audience {
             Audience::Everyone => "all".to_owned(),
             Audience::Authenticated => "authenticated".to_owned(),
             Audience::User(template) => format!("user={}", template.source()),
+            Audience::Connection(template) => format!("connection={}", template.source()),
             Audience::Roles(roles) => format!("roles=[{}]", roles.join(",")),
             Audience::Claims(claims) => {
                 let claims: Vec<String> = claims
@@ -370,6 +383,16 @@ fn compile(
         Some(node) => yaml::boolean(ctx, node, &key("conflate")),
         None => Some(false),
     };
+    let presence = match (route.get("presence"), delivery) {
+        (Some(node), Some(Delivery::Auto)) => {
+            let message =
+                "`presence` counts subscribers: only `delivery: subscribe` routes have it";
+            ctx.error(node, &key("presence"), message);
+            None
+        }
+        (Some(node), _) => super::presence::compile(ctx, node, &key("presence")).map(Some),
+        (None, _) => Some(None),
+    };
 
     Some(Route {
         name: Arc::from(name?),
@@ -382,6 +405,7 @@ fn compile(
         event_type: event_type?,
         history: history?,
         conflate: conflate?,
+        presence: presence?,
     })
 }
 
@@ -489,7 +513,7 @@ fn route_name(
     Some(name)
 }
 
-fn non_empty(ctx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
+pub(super) fn non_empty(ctx: &mut Ctx, node: &Node, path: &str) -> Option<String> {
     let text = yaml::string(ctx, node, path)?;
     if text.trim().is_empty() {
         ctx.error(node, path, "must not be empty");
@@ -518,7 +542,12 @@ fn channel_source(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Source> {
     Some(Source::Channel(channel))
 }
 
-fn template(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Option<Template> {
+pub(super) fn template(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    allowed: &Allowed,
+) -> Option<Template> {
     let text = yaml::string(ctx, node, path)?;
     match Template::compile(&text, allowed) {
         Ok(template) => Some(template),
@@ -564,7 +593,7 @@ fn topics(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Option<V
 }
 
 /// Reads `match`: a mapping of payload dot paths to a glob pattern or a list of them.
-fn payload_match(ctx: &mut Ctx, node: &Node, path: &str) -> Option<PayloadMatch> {
+pub(super) fn payload_match(ctx: &mut Ctx, node: &Node, path: &str) -> Option<PayloadMatch> {
     let entries = match &node.kind {
         Kind::Map(entries) if !entries.is_empty() => entries,
         Kind::Invalid => return None,
@@ -612,9 +641,13 @@ fn delivery_of(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Delivery> {
     }
 }
 
-fn audience_of(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Option<Audience> {
-    const EXPECTED: &str =
-        "expected `all`, `authenticated` or a mapping with one of user, roles, claims, any, all";
+pub(super) fn audience_of(
+    ctx: &mut Ctx,
+    node: &Node,
+    path: &str,
+    allowed: &Allowed,
+) -> Option<Audience> {
+    const EXPECTED: &str = "expected `all`, `authenticated` or a mapping with one of user, connection, roles, claims, any, all";
     match &node.kind {
         Kind::Str(s) if s == "all" => return Some(Audience::Everyone),
         Kind::Str(s) if s == "authenticated" => return Some(Audience::Authenticated),
@@ -629,8 +662,7 @@ fn audience_of(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Opt
     if audience.len() != 1 {
         // Unknown keys were reported already; here the mapping had none or several known ones.
         if audience.len() > 1 || matches!(&node.kind, Kind::Map(entries) if entries.is_empty()) {
-            let message =
-                "an audience mapping has exactly one key: user, roles, claims, any or all";
+            let message = "an audience mapping has exactly one key: user, connection, roles, claims, any or all";
             ctx.error(node, path, message);
         }
         return None;
@@ -642,6 +674,7 @@ fn audience_of(ctx: &mut Ctx, node: &Node, path: &str, allowed: &Allowed) -> Opt
     let key = join(path, name);
     match name {
         "user" => template(ctx, value, &key, allowed).map(Audience::User),
+        "connection" => template(ctx, value, &key, allowed).map(Audience::Connection),
         "roles" => {
             let roles = yaml::string_list(ctx, value, &key)?;
             if roles.is_empty() || roles.iter().any(|role| role.trim().is_empty()) {

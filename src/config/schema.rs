@@ -155,6 +155,12 @@ pub(super) const TOP: &[Key] = &[
         default: Default::Value("67108864"),
         meaning: "the most bytes the frames retained by `history` take in the whole process",
     },
+    Key {
+        name: "inbound",
+        kind: "list",
+        default: Default::Value("[]"),
+        meaning: "client frames published to Redis",
+    },
 ];
 
 pub(super) const REDIS: &[Key] = &[
@@ -552,6 +558,12 @@ pub(super) const ROUTE: &[Key] = &[
         default: Default::Value("false"),
         meaning: "a connection's queue holds at most one unsent frame per topic, the newest",
     },
+    Key {
+        name: "presence",
+        kind: "mapping",
+        default: Default::Otherwise("absent: no presence"),
+        meaning: "who subscribes to the route's topics, over every bridge",
+    },
 ];
 
 pub(super) const HISTORY: &[Key] = &[
@@ -569,7 +581,61 @@ pub(super) const HISTORY: &[Key] = &[
     },
 ];
 
+pub(super) const PRESENCE: &[Key] = &[
+    Key {
+        name: "visible_to",
+        kind: "audience",
+        default: Default::Value("authenticated"),
+        meaning: "who may query the presence and receive its events",
+    },
+    Key {
+        name: "events",
+        kind: "boolean",
+        default: Default::Value("false"),
+        meaning: "subscribers get join and leave frames",
+    },
+];
+
 /// Every section's table, with the heading docs/routing.md gives it.
+pub(super) const INBOUND: &[Key] = &[
+    Key {
+        name: "name",
+        kind: "non-empty string, unique among inbound routes",
+        default: Default::Otherwise("required"),
+        meaning: "the envelope's route and the metrics' label",
+    },
+    Key {
+        name: "match",
+        kind: "mapping of frame dot paths to a glob or a list of globs",
+        default: Default::Otherwise("absent: every frame that is not a command"),
+        meaning: "the client frames the route takes",
+    },
+    Key {
+        name: "channel",
+        kind: "template",
+        default: Default::Otherwise("required"),
+        meaning: "where the frame is PUBLISHed",
+    },
+    Key {
+        name: "allow",
+        kind: "audience",
+        default: Default::Value("authenticated"),
+        meaning: "who may send through the route",
+    },
+    Key {
+        name: "rate",
+        kind: "`N/s` or `N/m`",
+        default: Default::Otherwise("absent: only `websocket.client_rate`"),
+        meaning: "frames per connection through this route",
+    },
+    Key {
+        name: "ack",
+        kind: "boolean",
+        default: Default::Value("false"),
+        meaning: "answer `published` once Redis took the frame",
+    },
+];
+
 pub(super) const SECTIONS: &[(&str, &[Key])] = &[
     ("## Top level", TOP),
     ("## `redis`", REDIS),
@@ -583,4 +649,6 @@ pub(super) const SECTIONS: &[(&str, &[Key])] = &[
     ("## `admin`", ADMIN),
     ("## `routes`", ROUTE),
     ("### `routes[].history`", HISTORY),
+    ("### `presence`", PRESENCE),
+    ("## `inbound`", INBOUND),
 ];

@@ -776,11 +776,11 @@ fn route_value_errors() {
     );
     assert_eq!(
         route("    audience: everyone\n"),
-        "4:15 routes[0].audience: expected `all`, `authenticated` or a mapping with one of user, roles, claims, any, all, found `everyone`"
+        "4:15 routes[0].audience: expected `all`, `authenticated` or a mapping with one of user, connection, roles, claims, any, all, found `everyone`"
     );
     assert_eq!(
         route("    audience: {user: \"{payload.u}\", roles: [a]}\n"),
-        "4:15 routes[0].audience: an audience mapping has exactly one key: user, roles, claims, any or all"
+        "4:15 routes[0].audience: an audience mapping has exactly one key: user, connection, roles, claims, any or all"
     );
     assert_eq!(
         route("    audience: {roles: []}\n"),
@@ -792,7 +792,7 @@ fn route_value_errors() {
     );
     assert_eq!(
         route("    audience: {all: [authenticated, nobody]}\n"),
-        "4:37 routes[0].audience.all[1]: expected `all`, `authenticated` or a mapping with one of user, roles, claims, any, all, found `nobody`"
+        "4:37 routes[0].audience.all[1]: expected `all`, `authenticated` or a mapping with one of user, connection, roles, claims, any, all, found `nobody`"
     );
     assert_eq!(
         route("    audience: {claims: {\"a..b\": x}}\n"),
@@ -1446,5 +1446,69 @@ fn history_conflate_and_their_bound() {
     assert_eq!(
         one_error(&format!("history_max_bytes: 0\n{MINIMAL}")),
         "1:20 history_max_bytes: must be at least 1"
+    );
+}
+
+#[test]
+fn inbound_routes_compile_with_their_defaults_and_errors() {
+    let config = ok(&format!(
+        "{MINIMAL}inbound:\n  - name: chat\n    match: {{ type: publish }}\n    channel: \"chat:{{payload.topic}}:{{user}}:{{connection_id}}:{{claims.t}}\"\n"
+    ));
+    let chat = &config.inbound[0];
+    assert_eq!(&*chat.name, "chat");
+    assert!(matches!(chat.allow, Audience::Authenticated));
+    assert!(chat.rate.is_none() && !chat.ack);
+    assert!(ok(MINIMAL).inbound.is_empty());
+
+    let inbound = |body: &str| format!("{MINIMAL}inbound:\n  - name: a\n{body}");
+    assert_eq!(
+        one_error(&inbound("    channel: \"x:{channel}\"\n")),
+        "6:14 inbound[0].channel: `{channel}` is not available here"
+    );
+    assert!(
+        one_error(&inbound("    channel: \"{payload.c}\"\n"))
+            .starts_with("6:14 inbound[0].channel: `{payload.c}` can name a channel starting with `__redis-ws-bridge__:`")
+    );
+    assert_eq!(
+        one_error(&inbound("    channel: c\n    rate: fast\n")),
+        "7:11 inbound[0].rate: invalid rate `fast`: expected N/s or N/m with N ≥ 1, e.g. 20/s"
+    );
+    assert_eq!(
+        one_error(&format!(
+            "{MINIMAL}inbound:\n  - name: a\n    channel: c\n  - name: a\n    channel: d\n"
+        )),
+        "7:11 inbound[1].name: duplicate inbound route name `a` (first used on line 5)"
+    );
+    let typo = errors(&inbound("    chanel: c\n"));
+    assert!(
+        typo.iter().any(|e| e.key == "inbound[0].chanel"
+            && e.message == "unknown key `chanel` (did you mean `channel`?)"),
+        "{typo:#?}"
+    );
+}
+
+#[test]
+fn presence_and_the_connection_audience_compile() {
+    let text = "routes:\n  - name: rooms\n    pattern: \"room:*\"\n    topic: \"room:{1}\"\n    presence: { visible_to: { claims: { rooms: \"{topic}\" } }, events: true }\n  - name: replies\n    channel: replies\n    delivery: auto\n    audience: { connection: \"{payload.connection_id}\" }\n";
+    let config = ok(text);
+    let presence = config.routes[0].presence.as_ref().expect("presence");
+    assert!(presence.events);
+    assert!(matches!(presence.visible_to, Audience::Claims(_)));
+    assert!(config.routes[1].presence.is_none());
+    assert!(matches!(config.routes[1].audience, Audience::Connection(_)));
+
+    let auto = "routes:\n  - name: a\n    channel: c\n    delivery: auto\n    presence: {}\n";
+    assert_eq!(
+        one_error(auto),
+        "5:15 routes[0].presence: `presence` counts subscribers: only `delivery: subscribe` routes have it"
+    );
+    let cluster = format!(
+        "redis:\n  cluster: {{ nodes: [\"redis://10.0.0.1:7000\"] }}\n{}",
+        "routes:\n  - name: a\n    channel: c\n    presence: {}\n"
+    );
+    assert!(
+        one_error(&cluster).starts_with("6:15 routes[0].presence: presence keeps a key per topic"),
+        "{}",
+        one_error(&cluster)
     );
 }

@@ -125,6 +125,7 @@ const WELCOME_ALLOWED: Allowed = Allowed {
     seq: false,
     now: true,
     connection_id: true,
+    user: false,
 };
 
 /// Reads the section (absent: every default); `None` when something in it is invalid.
@@ -348,7 +349,7 @@ fn slow_client(ctx: &mut Ctx, node: &Node, path: &str) -> Option<SlowClient> {
 }
 
 /// `N/s`, `N/m` (per minute), or a bare `N` (per second).
-fn rate(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Rate> {
+pub(super) fn rate(ctx: &mut Ctx, node: &Node, path: &str) -> Option<Rate> {
     let text = yaml::string(ctx, node, path)?;
     let (count, unit) = text.split_once('/').unwrap_or((text.as_str(), "s"));
     let seconds = match unit.trim() {

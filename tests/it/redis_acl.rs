@@ -9,10 +9,10 @@ use crate::support::{
     Bridge, JOB_ROUTE, RedisServer, WAIT, config, log_field, publish, repo, wait_until_async,
 };
 
-const PASSWORD: &str = "acl-test-password-8d1f";
+pub(crate) const PASSWORD: &str = "acl-test-password-8d1f";
 
 /// README's `ACL SETUSER redis-ws-bridge …` line, with `>PASSWORD` made [`PASSWORD`].
-fn readme_acl_line() -> Vec<String> {
+pub(crate) fn readme_acl_line() -> Vec<String> {
     let readme = std::fs::read_to_string(repo().join("README.md")).expect("read README.md");
     let line = readme
         .lines()
@@ -27,7 +27,7 @@ fn readme_acl_line() -> Vec<String> {
 }
 
 /// Runs one command on the server as its default user.
-async fn command(redis: &RedisServer, words: &[String]) {
+pub(crate) async fn command(redis: &RedisServer, words: &[String]) {
     let client = redis::Client::open(redis.url()).expect("redis url");
     let mut connection = client
         .get_multiplexed_async_connection()

@@ -659,9 +659,9 @@ async fn redis_subscriptions_change_by_difference_on_the_same_connection() {
     let monitor = client.get_async_monitor().await.expect("MONITOR");
     let mut monitor = Box::pin(monitor.into_on_message::<String>());
 
-    // Channels: the routes' two and the watchdog's heartbeat channel.
+    // Channels: the routes' two, the watchdog's heartbeat channel and the presence events.
     let (id, addr, sub, psub) = subscriber_connection(&mut con).await;
-    assert_eq!((sub, psub), (3, 2));
+    assert_eq!((sub, psub), (4, 2));
 
     save(
         &bridge,
@@ -677,7 +677,7 @@ async fn redis_subscriptions_change_by_difference_on_the_same_connection() {
     assert_eq!(numpat(&mut con).await, 2);
     assert_eq!(
         subscriber_connection(&mut con).await,
-        (id.clone(), addr.clone(), 3, 2),
+        (id.clone(), addr.clone(), 4, 2),
         "same connection, the marker gone"
     );
     // Only the difference was sent: the new subscriptions with the switch marker, then the
@@ -731,7 +731,7 @@ async fn redis_subscriptions_change_by_difference_on_the_same_connection() {
         [1, 1, 0]
     );
     assert_eq!(numpat(&mut con).await, 2);
-    assert_eq!(subscriber_connection(&mut con).await, (id, addr, 3, 2));
+    assert_eq!(subscriber_connection(&mut con).await, (id, addr, 4, 2));
     assert_eq!(metric(&bridge, "bridge_redis_reconnects_total").await, 0);
 }
 

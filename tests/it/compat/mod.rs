@@ -29,11 +29,11 @@ use crate::support::{
     node_project, repo, wait_output,
 };
 
-/// The examples, with the number of routes `check` must report for each.
+/// The examples, with the number of routes and inbound routes `check` must report for each.
 const EXAMPLES: &[(&str, usize)] = &[
     ("botrix", 1),
     ("user-hub", 4),
-    ("shadower-analytics", 1),
+    ("shadower-analytics", 3),
     ("intelligent-workflows", 2),
     ("mangamotion", 1),
 ];
@@ -155,7 +155,7 @@ fn every_example_passes_check() {
         let lines = exit.stdout.lines().filter(|l| !l.trim().is_empty()).count();
         assert_eq!(
             lines, *routes,
-            "one line per route of {name}:\n{}",
+            "one line per route and inbound route of {name}:\n{}",
             exit.stdout
         );
     }

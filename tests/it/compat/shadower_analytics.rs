@@ -196,3 +196,93 @@ async fn shadower_limits_frames_to_1_mib_and_commands_per_connection() {
         }
     }
 }
+
+/// The metrics worker (`tests/publishers/metrics_worker.py`, redis-py), killed when dropped.
+struct MetricsWorker {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl MetricsWorker {
+    /// Starts the worker on the example's channels and waits until it is subscribed.
+    fn start(redis_url: &str) -> MetricsWorker {
+        use std::io::BufRead;
+        let script = crate::support::repo().join("tests/publishers/metrics_worker.py");
+        let mut child = std::process::Command::new(super::python())
+            .arg(script)
+            .args([redis_url, "metrics:requests:*", "metrics:replies"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the metrics worker");
+        let stdout = child.stdout.take().expect("the worker's stdout");
+        let (sender, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let worker = MetricsWorker { child, lines };
+        assert_eq!(worker.next_line(), "ready");
+        worker
+    }
+
+    fn next_line(&self) -> String {
+        self.lines
+            .recv_timeout(super::PUBLISHER_WAIT)
+            .expect("the metrics worker printed nothing in time")
+    }
+}
+
+impl Drop for MetricsWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadower_request_metrics_is_answered_by_the_worker_to_the_requester_only() {
+    let p = Profile::start("shadower-analytics").await;
+    let worker = MetricsWorker::start(&p.redis.url());
+    let mut asking = dashboard(&p, "user-789", &["workspace-123"]).await;
+    // The same user and workspace in another tab, and another workspace's dashboard.
+    let mut other_tab = dashboard(&p, "user-789", &["workspace-123"]).await;
+    let mut other = dashboard(&p, "user-555", &["workspace-456"]).await;
+
+    // The dashboard's frame, unchanged.
+    asking
+        .send_json(&json!({"type": "request_metrics", "metric_type": "executions"}))
+        .await;
+    let published: Value =
+        serde_json::from_str(&worker.next_line()).expect("the worker prints its reply");
+    assert_eq!(
+        published["connection_id"], asking.welcome["connection_id"],
+        "{published}"
+    );
+    assert_eq!(
+        asking.next_json().await,
+        json!({"event": "metrics_update",
+               "data": {"workspace_id": "workspace-123", "metric_type": "executions",
+                        "requested_by": "user-789", "total_executions": 1234},
+               "timestamp": "2025-11-09T12:00:00Z"})
+    );
+    // Nobody else got it: their next frames are their pongs.
+    other_tab.assert_pong(1).await;
+    other.assert_pong(1).await;
+
+    // The other workspace's request goes to its own channel and back to it alone.
+    other
+        .send_json(&json!({"type": "request_metrics", "metric_type": "credits"}))
+        .await;
+    let published: Value =
+        serde_json::from_str(&worker.next_line()).expect("the worker prints its reply");
+    assert_eq!(published["data"]["workspace_id"], "workspace-456");
+    let reply = other.next_json().await;
+    assert_eq!(reply["data"]["metric_type"], "credits", "{reply}");
+    asking.assert_pong(2).await;
+    other_tab.assert_pong(2).await;
+}

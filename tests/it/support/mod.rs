@@ -8,6 +8,7 @@
 
 pub mod driver;
 pub mod tokens;
+pub mod watcher;
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
