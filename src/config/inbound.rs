@@ -4,9 +4,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::route::{Audience, PayloadMatch, audience_of, non_empty, payload_match, template};
+use super::route::{
+    Audience, PayloadMatch, audience_of, compile_each, payload_match, template, unique_name,
+};
 use super::websocket::{Rate, rate};
-use super::yaml::{self, Ctx, Kind, Node, fields, index, join};
+use super::yaml::{self, Ctx, Kind, Node, fields, join};
 use super::{RESERVED_PREFIX, schema};
 use crate::template::{Allowed, Template};
 
@@ -82,16 +84,7 @@ pub(super) fn compile_all(ctx: &mut Ctx, node: &Node) -> Option<Vec<InboundRoute
             return None;
         }
     };
-    let mut names: HashMap<String, u64> = HashMap::new();
-    let mut routes = Vec::with_capacity(items.len());
-    let mut ok = true;
-    for (i, item) in items.iter().enumerate() {
-        match compile(ctx, item, &index("inbound", i), &mut names) {
-            Some(route) => routes.push(route),
-            None => ok = false,
-        }
-    }
-    ok.then_some(routes)
+    compile_each(ctx, items, "inbound", compile)
 }
 
 fn compile(
@@ -111,24 +104,7 @@ fn compile(
     let route = fields(ctx, node, path, &schema::names(schema::INBOUND))?;
     let key = |name: &str| join(path, name);
     let name = match route.get("name") {
-        Some(name_node) => {
-            let name = non_empty(ctx, name_node, &key("name"));
-            match name {
-                Some(name) if names.contains_key(&name) => {
-                    let message = format!(
-                        "duplicate inbound route name `{name}` (first used on line {})",
-                        names[&name]
-                    );
-                    ctx.error(name_node, &key("name"), message);
-                    None
-                }
-                Some(name) => {
-                    names.insert(name.clone(), name_node.line);
-                    Some(name)
-                }
-                None => None,
-            }
-        }
+        Some(name_node) => unique_name(ctx, name_node, &key("name"), names, "inbound route"),
         None => {
             ctx.error(node, &key("name"), "missing key `name`");
             None

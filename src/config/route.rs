@@ -295,16 +295,28 @@ pub(super) fn compile_all(ctx: &mut Ctx, node: &Node) -> Option<Vec<Route>> {
             return None;
         }
     };
+    compile_each(ctx, items, "routes", compile)
+}
+
+/// Compiles every item of the list `section` with `compile`, which also keeps the names seen
+/// so far unique (name → line); `None` when any item is invalid (all are still checked, so
+/// that every error is told at once).
+pub(super) fn compile_each<T>(
+    ctx: &mut Ctx,
+    items: &[Node],
+    section: &str,
+    mut compile: impl FnMut(&mut Ctx, &Node, &str, &mut HashMap<String, u64>) -> Option<T>,
+) -> Option<Vec<T>> {
     let mut names = HashMap::new();
-    let mut routes = Vec::with_capacity(items.len());
+    let mut compiled = Vec::with_capacity(items.len());
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
-        match compile(ctx, item, &index("routes", i), &mut names) {
-            Some(route) => routes.push(route),
+        match compile(ctx, item, &index(section, i), &mut names) {
+            Some(one) => compiled.push(one),
             None => ok = false,
         }
     }
-    ok.then_some(routes)
+    ok.then_some(compiled)
 }
 
 /// Reads one route. `names` maps the names seen so far to their line.
@@ -326,7 +338,7 @@ fn compile(
     let key = |name: &str| join(path, name);
 
     let name = match route.get("name") {
-        Some(name_node) => route_name(ctx, name_node, &key("name"), names),
+        Some(name_node) => unique_name(ctx, name_node, &key("name"), names, "route"),
         None => {
             ctx.error(node, &key("name"), "missing key `name`");
             None
@@ -497,15 +509,18 @@ fn source(ctx: &mut Ctx, route: &yaml::Fields, node: &Node, path: &str) -> Optio
     }
 }
 
-fn route_name(
+/// A non-empty name not in `names` (name → line), then added to it; `what` names the list's
+/// items in the error.
+pub(super) fn unique_name(
     ctx: &mut Ctx,
     node: &Node,
     path: &str,
     names: &mut HashMap<String, u64>,
+    what: &str,
 ) -> Option<String> {
     let name = non_empty(ctx, node, path)?;
     if let Some(first) = names.get(&name) {
-        let message = format!("duplicate route name `{name}` (first used on line {first})");
+        let message = format!("duplicate {what} name `{name}` (first used on line {first})");
         ctx.error(node, path, message);
         return None;
     }
