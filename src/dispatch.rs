@@ -391,7 +391,7 @@ impl FanOut<'_, '_> {
         };
         let payload = match (route.delivery, payload_at) {
             // Filters apply to subscriptions only.
-            (Delivery::Auto, _) => Payload::Unneeded,
+            (Delivery::Auto, _) => Payload::Auto,
             (_, PayloadAt::NotJson) => Payload::NotJson,
             (_, PayloadAt::Frame(range)) => Payload::InFrame(range),
             (_, PayloadAt::Elsewhere) => match self.message.json() {

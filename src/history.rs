@@ -41,8 +41,8 @@ pub enum Payload {
     InFrame(Range<usize>),
     /// A copy (JSON templates, whose frame does not hold the payload as it was).
     Copy(Bytes),
-    /// Not kept: the route's frames are never filtered (`delivery: auto`).
-    Unneeded,
+    /// Not kept: a frame of a `delivery: auto` route, which filters never apply to.
+    Auto,
 }
 
 /// One frame as it was routed live.
@@ -74,7 +74,7 @@ impl Retained {
         match &self.payload {
             Payload::InFrame(range) => serde_json::from_slice(self.frame.get(range.clone())?).ok(),
             Payload::Copy(bytes) => serde_json::from_slice(bytes).ok(),
-            Payload::NotJson | Payload::Unneeded => None,
+            Payload::NotJson | Payload::Auto => None,
         }
     }
 }
@@ -532,7 +532,7 @@ mod tests {
             frame: Bytes::from(format!("{seq}")),
             compressed: None,
             audience: Arc::new(audience),
-            payload: Payload::Unneeded,
+            payload: Payload::Auto,
         }
     }
 
@@ -737,6 +737,47 @@ mod tests {
             );
         }
         assert!(history.lock().order.len() < 2 * 3 + 1024 + 1);
+    }
+
+    #[test]
+    fn a_compressed_replay_is_made_once_and_counted() {
+        let history = history(1 << 20);
+        let long = wsframe::text(&[b'a'; 2000]);
+        let mut retained = frame(1, 1, Resolved::Everyone);
+        retained.frame = long.clone();
+        history.append("t:a", &route(), retention(3), retained);
+        let mut short = frame(2, 2, Resolved::Everyone);
+        short.frame = wsframe::text(b"tiny");
+        history.append("t:a", &route(), retention(3), short);
+        let before = history.lock().bytes;
+        let recipient = |deflate| Recipient {
+            admits: &anyone,
+            deflate,
+            compression: Compression::default(),
+        };
+        let wanted = [("t:a", Wanted::Last(2))];
+        let compressed = history.replay(&wanted, &recipient(Some(15)), 10, &|_| None);
+        assert_eq!(compressed.frames.len(), 2);
+        assert!(
+            compressed.frames[0].len() < 100,
+            "compressed: {}",
+            compressed.frames[0].len()
+        );
+        assert_eq!(
+            compressed.frames[1],
+            wsframe::text(b"tiny"),
+            "under min_bytes: plain"
+        );
+        let grown = history.lock().bytes - before;
+        assert_eq!(grown, compressed.frames[0].len());
+        let again = history.replay(&wanted, &recipient(Some(15)), 10, &|_| None);
+        assert_eq!(again.frames[0], compressed.frames[0]);
+        assert_eq!(history.lock().bytes - before, grown, "made once");
+        // A window the frame does not fit, or no permessage-deflate: the plain frame.
+        for deflate in [Some(8), None] {
+            let plain = history.replay(&wanted, &recipient(deflate), 10, &|_| None);
+            assert_eq!(plain.frames[0], long);
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ use crate::deflate::{self, Agreed};
 use crate::hub::Connection;
 use crate::metrics::RejectReason;
 use crate::outbox::{self, Outbox};
+use crate::protocol::{self, Since};
 use crate::proxy::ClientAddr;
 use crate::pubsub;
 use crate::session::{self, Peer};
@@ -589,6 +590,8 @@ struct Admitted {
     slot: Slot,
     /// permessage-deflate, when offered and enabled.
     deflate: Option<Agreed>,
+    /// The positions of `auto` topics to resume (`?since=`).
+    since: Option<Since>,
 }
 
 impl UpgradeRequest<'_> {
@@ -599,6 +602,7 @@ impl UpgradeRequest<'_> {
     /// never refused).
     fn admit(&self, on_upgrade: Option<OnUpgrade>) -> Result<Response, Refused> {
         let (on_upgrade, key) = self.handshake(on_upgrade)?;
+        let since = self.positions()?;
         let config = self.shared.config();
         self.origin(&config)?;
         let client = client_address(&config, self.peer, self.headers);
@@ -611,6 +615,7 @@ impl UpgradeRequest<'_> {
             client,
             slot,
             deflate: self.compression(&config),
+            since,
         };
         let response = switching_protocols(key, admitted.deflate);
         spawn_session(self.shared, &config, admitted, on_upgrade);
@@ -667,6 +672,29 @@ impl UpgradeRequest<'_> {
             Some(key) => Ok((on_upgrade, key)),
             None => Err(bad("missing or malformed Sec-WebSocket-Key")),
         }
+    }
+
+    /// `?since=`: the JSON positions of `auto` topics to resume, replayed before any live
+    /// frame (a command would come after some).
+    fn positions(&self) -> Result<Option<Since>, Refused> {
+        let Some(query) = self.query else {
+            return Ok(None);
+        };
+        let Some((_, text)) =
+            form_urlencoded::parse(query.as_bytes()).find(|(key, _)| key == "since")
+        else {
+            return Ok(None);
+        };
+        let since = serde_json::from_str(&text)
+            .map_err(|err| format!("`since` is not JSON: {err}"))
+            .and_then(protocol::since);
+        since.map(Some).map_err(|message| {
+            self.shared.metrics.rejected(RejectReason::BadRequest);
+            Box::new(json_reply(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": message, "reason": "bad_since"}),
+            ))
+        })
     }
 
     fn origin(&self, config: &Config) -> Result<(), Refused> {
@@ -791,6 +819,7 @@ fn spawn_session(shared: &Arc<Shared>, config: &Config, admitted: Admitted, on_u
             slot: admitted.slot,
             max_frame_bytes,
             early_input: parts.read_buf,
+            since: admitted.since,
         };
         session::run(task_shared, start).await;
     });

@@ -135,7 +135,14 @@ impl Hub {
     }
 
     pub fn register(&self, connection: Arc<Connection>) {
+        self.register_then(connection, |_| {});
+    }
+
+    /// Registers a connection and runs `then` with it under the same lock: what it queues (a
+    /// replay of `auto` topics) comes before any live frame.
+    pub fn register_then(&self, connection: Arc<Connection>, then: impl FnOnce(&Connection)) {
         let mut indexes = self.write();
+        then(&connection);
         if let Some(user) = connection.identity.load().user.clone() {
             indexes.users.entry(user).or_default().insert(connection.id);
         }

@@ -16,11 +16,11 @@ use serde_json::Value;
 use crate::audience::Resolved;
 use crate::auth::{Authenticator, Credential, Identity, Rejection};
 use crate::config::{AuthMode, Rate, Welcome};
-use crate::history::{Recipient, Retained, Wanted};
+use crate::history::{Payload, Recipient, Retained, Wanted};
 use crate::hub::Connection;
 use crate::metrics::GapReason;
 use crate::outbox::{Closing, Written};
-use crate::protocol::{self, Command, ErrorCode, Filter, Refusal, Replay, Reply, Request};
+use crate::protocol::{self, Command, ErrorCode, Filter, Refusal, Replay, Reply, Request, Since};
 use crate::rate::TokenBucket;
 use crate::router::Routing;
 use crate::state::{Shared, Slot};
@@ -59,6 +59,8 @@ pub struct Start {
     pub max_frame_bytes: usize,
     /// What the client sent right behind its handshake, already read by the HTTP server.
     pub early_input: Bytes,
+    /// Positions of `auto` topics to resume (`?since=` of the upgrade).
+    pub since: Option<Since>,
 }
 
 /// Runs a connection from its first frame to its close.
@@ -69,6 +71,7 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
         slot,
         max_frame_bytes,
         early_input,
+        since,
     } = start;
     let started = Instant::now();
     // Only what the session needs is copied: a long-lived connection must not keep an old
@@ -82,7 +85,7 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
             settings.client_rate,
         )
     };
-    let registration = open(&shared, &connection, &peer, slot);
+    let registration = open(&shared, &connection, &peer, slot, since);
     let mut session = Session {
         commands: Commands {
             shared: &shared,
@@ -123,12 +126,14 @@ pub async fn run(shared: Arc<Shared>, start: Start) {
     );
 }
 
-/// Sends the welcome, then puts the connection in the hub.
+/// Sends the welcome, then puts the connection in the hub, with the replay of the `auto`
+/// topics of `since` queued before any live frame.
 fn open(
     shared: &Arc<Shared>,
     connection: &Arc<Connection>,
     peer: &Peer,
     slot: Slot,
+    since: Option<Since>,
 ) -> Registration {
     // The welcome is written before the connection is in the hub: once there, the dispatcher
     // may queue frames to it, and the welcome must come first.
@@ -137,7 +142,9 @@ fn open(
     connection
         .outbox
         .send(wsframe::text(welcome.as_bytes()), &shared.metrics);
-    let registration = Registration::new(shared.clone(), connection.clone(), slot);
+    let registration = Registration::new(shared.clone(), connection.clone(), slot, since);
+    // A replay was queued under the hub's lock, where nothing is written.
+    connection.outbox.flush(&shared.metrics);
     if shared.shutdown.is_cancelled() {
         // Accepted while shutting down, after the hub's connections were told.
         connection.outbox.close(1001, "server shutting down");
@@ -162,8 +169,31 @@ struct Registration {
 }
 
 impl Registration {
-    fn new(shared: Arc<Shared>, connection: Arc<Connection>, slot: Slot) -> Registration {
-        shared.hub.register(connection.clone());
+    fn new(
+        shared: Arc<Shared>,
+        connection: Arc<Connection>,
+        slot: Slot,
+        since: Option<Since>,
+    ) -> Registration {
+        match since {
+            Some(since) => shared.hub.register_then(connection.clone(), |connection| {
+                let topics: Vec<String> = since.seq.keys().cloned().collect();
+                let replay = Replay {
+                    last: None,
+                    since: Some(since),
+                };
+                queue_replay(
+                    &shared,
+                    connection,
+                    None,
+                    &topics,
+                    None,
+                    &replay,
+                    Delivered::Auto,
+                );
+            }),
+            None => shared.hub.register(connection.clone()),
+        }
         shared.metrics.connections.inc();
         shared.metrics.connections_accepted.inc();
         Registration {
@@ -712,13 +742,15 @@ impl Commands<'_> {
         };
         let filter = filter.map(Arc::new);
         let then = |connection: &Connection, subscribed: &[String]| {
+            let filter = filter.as_deref();
             queue_replay(
                 shared,
                 connection,
                 id,
                 subscribed,
-                filter.as_deref(),
+                filter,
                 replay,
+                Delivered::Any,
             );
         };
         shared.hub.subscribe(
@@ -798,6 +830,15 @@ impl Commands<'_> {
     }
 }
 
+/// Which retained frames a replay may send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Delivered {
+    /// Those of any route (a subscribe's).
+    Any,
+    /// Those of `delivery: auto` routes (the upgrade's `since`, which subscribes nothing).
+    Auto,
+}
+
 /// Queues what `replay` asks for the `subscribed` topics, for `connection` (under the hub's
 /// write lock, so that the live frames follow without a seam): a `gap` per reason for the
 /// positions that cannot be resumed, then the retained frames, oldest first, each checked
@@ -809,6 +850,7 @@ fn queue_replay(
     subscribed: &[String],
     filter: Option<&Filter>,
     replay: &Replay,
+    delivered: Delivered,
 ) {
     if subscribed.is_empty() || (replay.last.is_none() && replay.since.is_none()) {
         return;
@@ -830,7 +872,8 @@ fn queue_replay(
     }
     let identity = connection.identity.load();
     let admits = |frame: &Retained| {
-        (matches!(*frame.audience, Resolved::Everyone) || frame.audience.admits(&identity))
+        (delivered == Delivered::Any || matches!(frame.payload, Payload::Auto))
+            && (matches!(*frame.audience, Resolved::Everyone) || frame.audience.admits(&identity))
             && filter.is_none_or(|filter| filter.admits(frame.json().as_ref()))
     };
     let routing = shared.routing.load();
@@ -930,6 +973,7 @@ mod tests {
             slot,
             max_frame_bytes: 1024,
             early_input: Bytes::new(),
+            since: None,
         };
         let task = tokio::spawn(run(shared.clone(), start));
         let mut welcome = [0; 2];

@@ -85,7 +85,7 @@ fn storm(
         let mut n = 0;
         while n < total {
             let batch: Vec<Vec<u8>> = (n + 1..=(n + 50).min(total))
-                .map(|i| json!({"n": i}).to_string().into_bytes())
+                .map(|i| json!({"n": i, "to": "alice"}).to_string().into_bytes())
                 .collect();
             n += batch.len() as u64;
             publisher.publish_many(channel, &batch).await;
@@ -667,4 +667,97 @@ async fn a_client_that_does_not_read_gets_the_newest_frame_of_each_conflated_top
         bridge.metric("bridge_slow_client_disconnects_total").await,
         Some(0)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_topics_resume_from_the_upgrade_url_before_any_live_frame() {
+    let redis = RedisServer::start();
+    let sections = format!(
+        "{}admin:\n  token: {ADMIN_TOKEN}\n",
+        auth_section("optional", "", "")
+    );
+    let routes = r#"
+        - name: notes
+          pattern: "note:*"
+          topic: "note:{1}"
+          delivery: auto
+          audience: { user: "{payload.to}" }
+          history: { size: 10000 }
+        - name: jobs
+          pattern: "job:*"
+          topic: "job:{1}"
+          history: { size: 10 }
+        "#;
+    let bridge = Bridge::start(&redis, &config_with("send_queue: 10000", &sections, routes));
+    bridge.wait_ready().await;
+    let alice = token("alice", &["user"], json!({}));
+    let mut first = bridge.client_at(&format!("/ws?token={alice}")).await;
+    let epoch = first.welcome["epoch"].as_str().unwrap().to_owned();
+    // A frame of the topic for someone else, and one of a subscribe route.
+    let mut publisher = Publisher::connect(&redis.url()).await;
+    publisher
+        .publish("note:alice", json!({"to": "bob", "n": 0}).to_string())
+        .await;
+    publisher
+        .publish("job:1", json!({"n": 0}).to_string())
+        .await;
+    const TOTAL: u64 = 3000;
+    let (published, storm_task) = storm(&redis, "note:alice", TOTAL);
+    let mut got = Vec::new();
+    while got.len() < 200 {
+        got.push(seq(&first.next_json().await));
+    }
+    let position = *got.last().unwrap();
+    drop(first);
+    wait_published(&published, position + 300).await;
+    let since = json!({"epoch": epoch, "seq": {"note:alice": position, "job:1": 0}}).to_string();
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", &alice)
+        .append_pair("since", &since)
+        .finish();
+    let mut second = bridge.client_at(&format!("/ws?{query}")).await;
+    let resumed = seqs_until(&mut second, TOTAL + 1).await;
+    storm_task.await.unwrap();
+    // Seq 1 was bob's; alice's are 2 ..= TOTAL + 1.
+    assert_eq!(got[0], 2);
+    let expected: Vec<u64> = (position + 1..=TOTAL + 1).collect();
+    assert_eq!(
+        resumed, expected,
+        "the missed frames first, then the live ones"
+    );
+    second.assert_pong(1).await;
+
+    // Positions of another epoch: a gap, no replay; and a malformed `since` is refused.
+    let stale = json!({"epoch": "another", "seq": {"note:alice": 5}}).to_string();
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", &alice)
+        .append_pair("since", &stale)
+        .finish();
+    let mut third = bridge.client_at(&format!("/ws?{query}")).await;
+    assert_eq!(
+        third.next_json().await,
+        json!({"type": "gap", "reason": "epoch_changed", "topics": ["note:alice"]})
+    );
+    third.assert_pong(1).await;
+    for bad in [
+        "nope",
+        r#"{"epoch":"e","seq":{"a":-1}}"#,
+        r#"{"epoch":"e"}"#,
+    ] {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("since", bad)
+            .finish();
+        match WsClient::try_connect(&bridge.ws_url(&format!("/ws?{query}")), &[]).await {
+            Err(crate::support::ConnectError::Status(400, body)) => {
+                let body = parse(&body);
+                assert_eq!(body["reason"], "bad_since", "{body}");
+                assert!(
+                    body["error"].as_str().is_some_and(|e| e.contains("since")),
+                    "{body}"
+                );
+            }
+            Err(other) => panic!("expected 400 for {bad}, got {other:?}"),
+            Ok(_) => panic!("a malformed since was accepted: {bad}"),
+        }
+    }
 }

@@ -2,7 +2,8 @@
 //! (packaging/nginx/redis-ws-bridge.conf) with a certificate made at test time: TLS
 //! termination, the WebSocket upgrade, the client address carried in X-Forwarded-For to the
 //! bridge's logs, and the endpoints that must not be reachable from outside; three bridges
-//! balanced by the same site (least_conn), sharing nothing but Redis.
+//! balanced by the same site (least_conn), sharing nothing but Redis; two bridges behind a
+//! sticky upstream (README.md's hash), where a client resumes its history on its bridge.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream as StdTcpStream};
@@ -37,6 +38,12 @@ impl Nginx {
 
     /// Starts nginx with the shipped site file, balancing over the bridges at `upstreams`.
     pub fn start_balancing(upstreams: &[SocketAddr]) -> Nginx {
+        Nginx::start_with(upstreams, "least_conn;")
+    }
+
+    /// [`Nginx::start_balancing`] with `balancing` in place of the site's `least_conn;`, as
+    /// README.md tells to keep clients on their bridge.
+    pub fn start_with(upstreams: &[SocketAddr], balancing: &str) -> Nginx {
         let dir = tempfile::tempdir().expect("temp dir for nginx");
         let cert_path = dir.path().join("cert.pem");
         let key_path = dir.path().join("key.pem");
@@ -62,7 +69,14 @@ impl Nginx {
         let mut last_error = String::new();
         for _ in 0..5 {
             let port = free_port();
-            write_config(dir.path(), port, upstreams, &cert_path, &key_path);
+            let site = Site {
+                port,
+                upstreams,
+                balancing,
+                cert: &cert_path,
+                key: &key_path,
+            };
+            write_config(dir.path(), &site);
             match spawn(dir.path(), port) {
                 Ok(child) => {
                     return Nginx {
@@ -157,9 +171,26 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The shipped site file with the test's port, upstream and certificate, inside a minimal
-/// nginx.conf whose every path is in `dir`.
-fn write_config(dir: &Path, port: u16, upstreams: &[SocketAddr], cert: &Path, key: &Path) {
+/// What a test changes in the shipped site file.
+struct Site<'a> {
+    port: u16,
+    upstreams: &'a [SocketAddr],
+    /// The `upstream` block's balancing directive.
+    balancing: &'a str,
+    cert: &'a Path,
+    key: &'a Path,
+}
+
+/// The shipped site file with the test's port, upstreams, balancing and certificate, inside
+/// a minimal nginx.conf whose every path is in `dir`.
+fn write_config(dir: &Path, test: &Site) {
+    let Site {
+        port,
+        upstreams,
+        balancing,
+        cert,
+        key,
+    } = *test;
     let servers: Vec<String> = upstreams.iter().map(|a| format!("server {a};")).collect();
     let shipped =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/nginx/redis-ws-bridge.conf");
@@ -168,6 +199,7 @@ fn write_config(dir: &Path, port: u16, upstreams: &[SocketAddr], cert: &Path, ke
         ("listen 443 ssl;", format!("listen 127.0.0.1:{port} ssl;")),
         ("listen [::]:443 ssl;", String::new()),
         ("server 127.0.0.1:8080;", servers.join("\n    ")),
+        ("    least_conn;", format!("    {balancing}")),
         (
             "/etc/ssl/certs/ws.example.com.pem",
             cert.display().to_string(),
@@ -483,4 +515,76 @@ async fn three_bridges_behind_nginx_share_the_clients_and_one_redis() {
         );
         assert_eq!(bridge.stats().await["connections"], 2);
     }
+}
+
+/// README.md's sticky upstream: a client that reconnects from the same address lands on the
+/// bridge that holds its positions and resumes what it missed; on the other bridge the same
+/// positions get an `epoch_changed` gap, never that bridge's frames.
+#[tokio::test]
+async fn a_sticky_upstream_keeps_a_client_on_the_bridge_that_holds_its_history() {
+    let redis = RedisServer::start();
+    let route = r#"
+        - name: jobs
+          pattern: "job:*"
+          topic: "job:{1}"
+          history: { size: 100 }
+        "#;
+    let bridges: Vec<Bridge> = ["bridge-a", "bridge-b"]
+        .iter()
+        .map(|name| Bridge::start(&redis, &format!("instance: {name}\n{}", config("", route))))
+        .collect();
+    for bridge in &bridges {
+        bridge.wait_ready().await;
+    }
+    let upstreams: Vec<SocketAddr> = bridges.iter().map(Bridge::addr).collect();
+    let nginx = Nginx::start_with(&upstreams, "hash $remote_addr consistent;");
+    let url = format!("wss://127.0.0.1:{}/ws", nginx.addr.port());
+    let from: IpAddr = "127.0.0.7".parse().expect("address");
+    let connect = || WsClient::connect_tls(&url, nginx.addr, from, &nginx.cert, &[]);
+    let mut client = connect().await;
+    let welcome = client.next_json().await;
+    let epoch = welcome["epoch"].clone();
+    client.subscribe(1, &["job:9"]).await;
+    publish_through(&bridges[0], 1).await;
+    assert_eq!(client.next_json().await["seq"], 1);
+    drop(client);
+    for n in 2..=3 {
+        publish_through(&bridges[1], n).await;
+    }
+
+    let mut again = connect().await;
+    assert_eq!(again.next_json().await["epoch"], epoch, "the same bridge");
+    let since = json!({"epoch": epoch, "seq": {"job:9": 1}});
+    again
+        .send_json(&json!({"type": "subscribe", "id": 2, "topics": ["job:9"], "since": since}))
+        .await;
+    assert_eq!(again.next_json().await["type"], "subscribed");
+    for n in 2..=3 {
+        let frame = again.next_json().await;
+        assert_eq!(
+            (&frame["seq"], &frame["data"]),
+            (&json!(n), &json!({"n": n}))
+        );
+    }
+    again.assert_pong(3).await;
+
+    // The other bridge has the same frames under its own epoch: a gap, no replay.
+    let mut home = None;
+    for bridge in &bridges {
+        let mut direct = bridge.client().await;
+        if direct.welcome["epoch"] == epoch {
+            home = Some(bridge.stats().await["instance"].clone());
+            continue;
+        }
+        direct
+            .send_json(&json!({"type": "subscribe", "id": 4, "topics": ["job:9"], "since": since}))
+            .await;
+        assert_eq!(direct.next_json().await["type"], "subscribed");
+        assert_eq!(
+            direct.next_json().await,
+            json!({"type": "gap", "id": 4, "reason": "epoch_changed", "topics": ["job:9"]})
+        );
+        direct.assert_pong(5).await;
+    }
+    assert!(home.is_some(), "the client was on one of the bridges");
 }
