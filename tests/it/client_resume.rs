@@ -231,3 +231,69 @@ async fn a_restarted_bridge_reaches_the_application_as_an_epoch_gap() {
     node.event("close", |v| v["reconnect"] == false).await;
     node.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_away_during_a_redis_outage_is_told_of_it_when_it_resumes() {
+    let mut redis = RedisServer::start();
+    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
+    bridge.wait_ready().await;
+    // Away long enough for the outage below to begin and end.
+    let (mut node, _) = connected(&bridge, 8000).await;
+    node.send(json!({"op": "subscribe", "topics": ["news"]}));
+    assert_eq!(node.reply("subscribe").await, json!(["news"]));
+    Publisher::connect(&redis.url())
+        .await
+        .publish("news", r#"{"n":1}"#)
+        .await;
+    node.event("message", |m| m["data"]["n"] == 1).await;
+    node.send(json!({"op": "drop"}));
+    node.event("reconnecting", |_| true).await;
+
+    // Redis restarts while the bridge is frozen: message 2 reaches nobody, and takes no
+    // `seq`. The `redis_reconnected` notice goes out while the client is away.
+    bridge.signal("STOP");
+    redis.restart();
+    let unheard = Publisher::connect(&redis.url())
+        .await
+        .publish("news", r#"{"n":2}"#)
+        .await;
+    assert_eq!(unheard, 0, "published while the bridge was not subscribed");
+    bridge.signal("CONT");
+    bridge
+        .wait_log(WAIT, |line| line["message"] == "gap notices sent")
+        .await;
+    Publisher::connect(&redis.url())
+        .await
+        .publish("news", r#"{"n":3}"#)
+        .await;
+    assert!(
+        node.seen("open").len() == 1,
+        "the client came back too early for this test: {}",
+        node.transcript()
+    );
+
+    // The resume from seq 1 is answered with a gap, not with message 3 alone as if nothing
+    // had been lost before it; so is the auto topic's (nothing of it was ever received, and
+    // the outage may have taken some).
+    let auto = node.event("gap", |_| true).await["value"].clone();
+    assert_eq!(
+        auto,
+        json!({"reason": "history_exhausted", "topics": ["alerts"]})
+    );
+    let gap = node.event("gap", |_| true).await["value"].clone();
+    assert_eq!(
+        gap,
+        json!({"reason": "history_exhausted", "topics": ["news"]})
+    );
+    Publisher::connect(&redis.url())
+        .await
+        .publish("news", r#"{"n":4}"#)
+        .await;
+    node.event("message", |m| m["data"]["n"] == 4).await;
+    assert_eq!(numbers(&node, "news"), [1, 4]);
+    assert_eq!(node.seen("gap").len(), 2, "{}", node.transcript());
+
+    node.send(json!({"op": "close"}));
+    node.event("close", |v| v["reconnect"] == false).await;
+    node.finish().await;
+}
