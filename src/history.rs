@@ -32,6 +32,11 @@ use crate::wsframe;
 /// order, and the bookkeeping around them.
 const ENTRY_OVERHEAD: usize = 128;
 
+/// The most topics kept with nothing retained (only their position, so that a client that
+/// saw their last frame resumes without a gap); past it they are all forgotten, and resuming
+/// one of them is a gap.
+const MAX_POSITIONS: usize = 100_000;
+
 /// Where a retained frame's payload is, for the filters a replay applies.
 #[derive(Debug, Clone)]
 pub enum Payload {
@@ -174,6 +179,9 @@ struct Rings {
     /// Routes that began to retain after the process started: a topic of theirs without a
     /// ring may have had frames before.
     late: HashSet<Arc<str>>,
+    /// Positions were forgotten (see [`MAX_POSITIONS`]): any topic without a ring may have
+    /// had frames.
+    forgot: bool,
     /// Redis was lost at least once: a topic without a ring may have had messages that never
     /// reached the bridge.
     interrupted: bool,
@@ -294,6 +302,9 @@ impl History {
         let mut rings = self.lock();
         let seq = frame.seq;
         let cost = frame.cost();
+        // The newest frame's arrival is now enough for the `ttl` of the older ones, without
+        // reading the clock.
+        let now = frame.at;
         let ring = match rings.topics.get_mut(topic) {
             Some(ring) => ring,
             None => {
@@ -319,7 +330,7 @@ impl History {
         ring.last_seq = seq;
         ring.frames.push_back(frame);
         let key = ring.topic.clone();
-        let freed = ring.trim(Instant::now());
+        let freed = ring.trim(now);
         rings.frames += 1;
         rings.bytes += cost;
         rings.freed(freed);
@@ -339,15 +350,22 @@ impl History {
         }
     }
 
-    /// Drops frames past their `ttl`.
+    /// Drops frames past their `ttl`, and the positions of empty topics past
+    /// [`MAX_POSITIONS`].
     pub fn expire(&self, now: Instant) {
         let mut rings = self.lock();
         let mut freed = (0, 0);
+        let mut empty = 0;
         for ring in rings.topics.values_mut() {
             if ring.retention.ttl.is_some() {
                 let (frames, bytes) = ring.trim(now);
                 freed = (freed.0 + frames, freed.1 + bytes);
             }
+            empty += usize::from(ring.frames.is_empty());
+        }
+        if empty > MAX_POSITIONS {
+            rings.topics.retain(|_, ring| !ring.frames.is_empty());
+            rings.forgot = true;
         }
         rings.freed(freed);
         rings.compact();
@@ -425,6 +443,7 @@ impl History {
                 let Some(ring) = rings.topics.get_mut(*topic) else {
                     if let Wanted::After(seq) = from {
                         let fresh = *seq == 0
+                            && !rings.forgot
                             && !rings.interrupted
                             && retains(topic).is_some_and(|route| !rings.late.contains(&route));
                         if !fresh {
@@ -794,6 +813,30 @@ mod tests {
             );
         }
         assert!(history.lock().order.len() < 2 * 3 + 1024 + 1);
+    }
+
+    #[test]
+    fn positions_of_empty_topics_are_bounded() {
+        let history = history(1 << 30);
+        let ttl = Retention {
+            size: 1,
+            ttl: Some(Duration::from_millis(1)),
+        };
+        for n in 0..=MAX_POSITIONS as u64 {
+            let topic = format!("t:{n}");
+            history.append(&topic, &route(), ttl, frame(1, n + 1, Resolved::Everyone));
+        }
+        history.expire(Instant::now() + Duration::from_secs(1));
+        assert!(history.lock().topics.is_empty());
+        // A topic without a ring may now have had frames: seq 0 is no proof of anything.
+        assert_eq!(
+            replay(&history, &[("t:1", Wanted::After(0))], 100).1,
+            ["t:1"]
+        );
+        assert_eq!(
+            replay(&history, &[("t:new", Wanted::After(0))], 100).1,
+            ["t:new"]
+        );
     }
 
     #[test]

@@ -319,7 +319,7 @@ fn stats(shared: Arc<Shared>) -> Response {
                 "loaded_at": humantime::format_rfc3339_seconds(status.loaded_at).to_string(),
                 "last_reload_error": status.last_reload_error,
             },
-            "epoch": &shared.epoch,
+            "epoch": &*shared.history.epoch(),
             "instance": &shared.instance,
         }),
     )

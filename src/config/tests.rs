@@ -1429,6 +1429,12 @@ fn history_conflate_and_their_bound() {
         route("    history: { size: 5, tll: 1m }\n"),
         "4:25 routes[0].history.tll: unknown key `tll` (did you mean `ttl`?)"
     );
+    // Frames addressed to one connection cannot be retained for another: a route has no
+    // connection to name (`{connection_id}` is the welcome frame's only).
+    assert!(
+        route("    topic: \"c:{connection_id}\"\n    history: { size: 5 }\n")
+            .starts_with("4:12 routes[0].topic: ")
+    );
     assert_eq!(
         route("    conflate: sometimes\n"),
         "4:15 routes[0].conflate: expected true or false, found `sometimes`"

@@ -2,8 +2,8 @@
 //! handshakes, one message to compressed and plain recipients at once (compressed once,
 //! the same bytes for every compressed recipient, the same text for all after inflation),
 //! `min_bytes` and the client's window, compressed commands, a deflate bomb, the reload of
-//! the switch, and real clients that compress: Python `websockets`, Node `ws` (also through
-//! the nginx wss site).
+//! the switch, replays of retained frames, and real clients that compress: Python
+//! `websockets`, Node `ws` (also through the nginx wss site).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -400,6 +400,52 @@ async fn one_message_is_compressed_once_for_its_compressed_recipients() {
         let pong: Value = serde_json::from_str(&first.frame().await.text()).expect("JSON");
         assert_eq!(pong, json!({"type": "pong", "id": id}));
     }
+}
+
+/// A replay of retained frames compresses as the live delivery does: the compressed bytes a
+/// live recipient got when one did, else made at the first replay that needs them; plain
+/// for a client without the extension. Inflated, the same text as live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replayed_frames_come_compressed_to_the_clients_that_negotiated_it() {
+    let routes = ROUTES.replace("format: raw", "format: raw\n      history: { size: 10 }");
+    let (redis, bridge) = start("", &routes).await;
+    let mut live = RawClient::connect(&bridge, &["permessage-deflate"]).await;
+    live.subscribe(false).await;
+    let mut publisher = Publisher::connect(&redis.url()).await;
+    let seen_live = json_payload(8 * 1024);
+    publisher.publish("news", &seen_live).await;
+    let live_frame = live.frame().await;
+    assert!(live_frame.compressed());
+    drop(live);
+    // Published while nobody compresses: compressed at its first replay.
+    let unseen = json_payload(4 * 1024);
+    publisher.publish("news", &unseen).await;
+    wait_until_async(WAIT, "two frames retained", || async {
+        bridge.metric("bridge_history_frames").await == Some(2)
+    })
+    .await;
+
+    let last = r#"{"type": "subscribe", "id": 2, "topics": ["news"], "last": 2}"#;
+    let mut later = RawClient::connect(&bridge, &["permessage-deflate"]).await;
+    let mut plain = RawClient::connect(&bridge, &[]).await;
+    for client in [&mut later, &mut plain] {
+        client.send_text(last, false).await;
+        let answer: Value = serde_json::from_str(&client.frame().await.text()).expect("JSON");
+        assert_eq!(answer["type"], "subscribed", "{answer}");
+    }
+    let (first, second) = (later.frame().await, later.frame().await);
+    assert!(first.compressed() && second.compressed());
+    assert_eq!(
+        first.payload, live_frame.payload,
+        "the live compressed bytes"
+    );
+    assert_eq!(
+        (first.text(), second.text()),
+        (seen_live.clone(), unseen.clone())
+    );
+    let (first, second) = (plain.frame().await, plain.frame().await);
+    assert!(!first.compressed() && !second.compressed());
+    assert_eq!((first.text(), second.text()), (seen_live, unseen));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -761,3 +761,87 @@ async fn auto_topics_resume_from_the_upgrade_url_before_any_live_frame() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_of_the_topic_that_no_history_kept_is_never_skipped_silently() {
+    // Two routes on one topic: only one retains. A frame of the other that someone received
+    // takes a seq the history does not hold, so a position before it cannot be resumed whole.
+    let routes = r#"
+        - name: kept
+          channel: kept
+          topic: shared
+          history: { size: 50 }
+        - name: not-kept
+          channel: other
+          topic: shared
+        "#;
+    let (redis, bridge) = start("", routes).await;
+    let mut live = bridge.client().await;
+    live.subscribe(1, &["shared"]).await;
+    let mut c = bridge.client().await;
+    let epoch = c.welcome["epoch"].clone();
+    publish_numbered(&redis, "kept", 1..=2).await;
+    publish_numbered(&redis, "other", 3..=3).await;
+    publish_numbered(&redis, "kept", 4..=4).await;
+    let seen: Vec<u64> = texts(&mut live, 4)
+        .await
+        .iter()
+        .map(|t| seq(&parse(t)))
+        .collect();
+    assert_eq!(seen, [1, 2, 3, 4]);
+    assert_eq!(bridge.metric("bridge_history_frames").await, Some(3));
+    let since = |position: u64| json!({"epoch": epoch, "seq": {"shared": position}});
+    subscribed(
+        &mut c,
+        json!({"type": "subscribe", "id": 1, "topics": ["shared"], "since": since(1)}),
+    )
+    .await;
+    assert_eq!(
+        c.next_json().await,
+        json!({"type": "gap", "id": 1, "reason": "history_exhausted", "topics": ["shared"]})
+    );
+    c.assert_pong(2).await;
+    subscribed(
+        &mut c,
+        json!({"type": "subscribe", "id": 3, "topics": ["shared"], "since": since(3)}),
+    )
+    .await;
+    let frame = c.next_json().await;
+    assert_eq!((seq(&frame), &frame["data"]), (4, &json!({"n": 4})));
+    c.assert_pong(4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_never_overflows_the_send_queue() {
+    let (redis, bridge) = start("send_queue: 4", &jobs("{ size: 10 }")).await;
+    publish_numbered(&redis, "job:1", 1..=10).await;
+    wait_until_async(WAIT, "ten frames retained", || async {
+        bridge.metric("bridge_history_frames").await == Some(10)
+    })
+    .await;
+    let mut c = bridge.client().await;
+    let epoch = c.welcome["epoch"].clone();
+    subscribed(
+        &mut c,
+        json!({"type": "subscribe", "id": 1, "topics": ["job:1"], "last": 10}),
+    )
+    .await;
+    let seqs: Vec<u64> = texts(&mut c, 4)
+        .await
+        .iter()
+        .map(|t| seq(&parse(t)))
+        .collect();
+    assert_eq!(seqs, [7, 8, 9, 10], "the newest that fit");
+    c.assert_pong(2).await;
+    subscribed(
+        &mut c,
+        json!({"type": "subscribe", "id": 3, "topics": ["job:1"], "since": {"epoch": epoch, "seq": {"job:1": 2}}}),
+    )
+    .await;
+    assert_eq!(c.next_json().await["reason"], "history_exhausted");
+    c.assert_pong(4).await;
+    assert_eq!(
+        bridge.metric("bridge_slow_client_disconnects_total").await,
+        Some(0)
+    );
+}

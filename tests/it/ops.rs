@@ -377,6 +377,11 @@ async fn metrics_parse_as_prometheus_text_and_every_counter_moves() {
         ("bridge_redis_reconnects", "counter"),
         ("bridge_config_reloads", "counter"),
         ("bridge_delivery_seconds", "histogram"),
+        ("bridge_history_frames", "gauge"),
+        ("bridge_history_bytes", "gauge"),
+        ("bridge_history_replayed_frames", "counter"),
+        ("bridge_history_gaps", "counter"),
+        ("bridge_messages_conflated", "counter"),
         ("process_max_fds", "gauge"),
         ("process_resident_memory_bytes", "gauge"),
     ] {
@@ -395,6 +400,10 @@ async fn metrics_parse_as_prometheus_text_and_every_counter_moves() {
     assert_eq!(
         before.label_values("bridge_messages_dropped_total", "reason"),
         ["closing", "queue_full", "slow_client"]
+    );
+    assert_eq!(
+        before.label_values("bridge_history_gaps_total", "reason"),
+        ["epoch_changed", "history_exhausted"]
     );
     assert_eq!(before.get("bridge_redis_connected"), 1.0);
     assert_eq!(before.get("bridge_connections"), 0.0);
