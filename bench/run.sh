@@ -3,7 +3,8 @@
 #
 #   bench/run.sh SCENARIO [--target bridge|node|python|nchan|all] [--runs N] [-- TOOL ARGS...]
 #
-# SCENARIO: smoke | idle | fanout | fanout-max | topics | topics-max | storm | reload | all
+# SCENARIO: smoke | idle | fanout | fanout-max | topics | topics-max | storm | reload |
+#           compress | history | resume | history-memory | all
 #
 # Each run starts its own redis-server (127.0.0.1:16379) and the target server, pins the
 # server to CPU 0 and the load tool and redis-server to CPU 1 (taskset), runs
@@ -22,7 +23,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 scenario="$1"; shift
 targets="bridge"
@@ -44,6 +45,8 @@ REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 DURATION="${DURATION:-10s}"
 # Not a secret: a throwaway key shared by the tool and the servers under test.
 export BENCH_JWT_SECRET="${BENCH_JWT_SECRET:-bridge-bench-secret-0123456789abcdef0123456789}"
+# Not a secret either: the history scenarios read the bridge's epoch from /ws/stats with it.
+BENCH_ADMIN_TOKEN="bridge-bench-admin-0123456789"
 mkdir -p bench/results
 OUT="${OUT:-bench/results/$(date -u +%Y%m%d-%H%M%S).jsonl}"
 # The servers' own output (logs, tracebacks of dropped connections) goes here, always under
@@ -150,7 +153,7 @@ start_server() {
       ;;
     nchan)
       [ -e /usr/lib/nginx/modules/ngx_nchan_module.so ] || { echo "nchan not installed: bench/peers/install.sh nchan" >&2; return 1; }
-      taskset -c "$SERVER_CPU" bench/peers/nchan/run.sh 18083 >>"$LOG" 2>&1 &
+      NCHAN_BUFFER="${NCHAN_BUFFER:-1}" taskset -c "$SERVER_CPU" bench/peers/nchan/run.sh 18083 >>"$LOG" 2>&1 &
       local master=$!
       started+=("$master")
       wait_port 18083
@@ -196,6 +199,60 @@ common() {
   [[ "$SERVER_CPU" =~ ^[0-9]+$ ]] && core=(--server-core "$SERVER_CPU")
   echo --label "$target" --scenario "$name" --server-pid "$SERVER_PIDS" "${core[@]}" --redis-pid "$REDIS_PID"
 }
+
+# history_config FILE SIZE: the bridge's routing file with `history: {size: SIZE}` on its
+# route (none when SIZE is 0), room for what the scenarios retain, and the admin token that
+# /ws/stats (the epoch) needs.
+history_config() {
+  local file="$1" size="$2"
+  {
+    sed '/^routes:$/,$d' "$BRIDGE_CONFIG_DIR/bridge.yaml"
+    echo "history_max_bytes: 4294967296"
+    echo "admin: { token: \"$BENCH_ADMIN_TOKEN\" }"
+    sed -n '/^routes:$/,$p' "$BRIDGE_CONFIG_DIR/bridge.yaml"
+    [ "$size" -gt 0 ] && echo "    history: { size: $size, ttl: 1h }"
+  } >"$file"
+}
+
+# bridge_metric NAME: one value of the bridge's /metrics (0 when absent).
+bridge_metric() {
+  curl -s http://127.0.0.1:18080/metrics | awk -v name="$1" '$1 == name {print $2; found=1} END {if (!found) print 0}'
+}
+
+# publish_retained TOPICS PER_TOPIC LAST_MARK: PER_TOPIC messages to each of job:0 …
+# job:TOPICS-1 through redis-cli --pipe, each about 100 bytes of JSON; the last of each topic
+# carries LAST_MARK (the tool's --ack waits for it). Round-robin over topics, as a live
+# stream would interleave them.
+publish_retained() {
+  local topics="$1" per="$2" mark="$3"
+  python3 - "$topics" "$per" "$mark" <<'PY' | redis-cli -p "$REDIS_PORT" --pipe >/dev/null
+import sys
+topics, per, mark = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+out = sys.stdout.buffer
+pad = "x" * 60
+for n in range(1, per + 1):
+    for t in range(topics):
+        end = f',"end":"{mark}"' if n == per else ""
+        payload = f'{{"n":{n},"pad":"{pad}"{end}}}'.encode()
+        channel = f"job:{t}".encode()
+        out.write(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+                  % (len(channel), channel, len(payload), payload))
+PY
+}
+
+# wait_metric NAME VALUE: until the bridge's metric reaches VALUE (at most 5 minutes).
+wait_metric() {
+  local name="$1" want="$2" value
+  for _ in $(seq 1 3000); do
+    value="$(bridge_metric "$name")"
+    [ "${value%.*}" -ge "$want" ] && return 0
+    sleep 0.1
+  done
+  echo "$name stayed at $value, not $want" >&2
+  return 1
+}
+
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # run_one SCENARIO TARGET: one measurement.
 run_one() {
@@ -308,6 +365,98 @@ run_one() {
             [ "$target" = bridge ] && rm -rf "$dir"
           done
         done
+      done
+      return 0
+      ;;
+    history)
+      # CPU per delivered frame with the route's history on and off, alternated in one run:
+      # the fan-out (one topic, 1,000 and 10,000 subscribers, 10 msg/s) and the many topics
+      # (100,000 topics, 10,000 clients × 10, 10,000 msg/s). The bridge: no history, then
+      # `history: {size: 10}`; Nchan: a message buffer of 1 (its setting in the other
+      # scenarios), then of 10. Node and Python keep no history: not measured.
+      stop_server
+      case "$target" in bridge|nchan) ;; *) echo "history: the bridge and nchan only" >&2; return 0 ;; esac
+      local variant mode dir
+      for variant in ${HISTORY_VARIANTS:-fanout-1000 fanout-10000 topics}; do
+        for mode in off on; do
+          if [ "$target" = bridge ]; then
+            dir="$(mktemp -d /tmp/bench-history.XXXXXX)"
+            history_config "$dir/bridge.yaml" "$([ "$mode" = on ] && echo 10 || echo 0)"
+            CONFIG_OVERRIDE="$dir/bridge.yaml" start_server bridge none
+          else
+            NCHAN_BUFFER=$([ "$mode" = on ] && echo 10 || echo 1) start_server nchan none
+          fi
+          url="$(url_for "$target")"
+          case "$variant" in
+            fanout-*)
+              bench publish $(common "$target" "history-$mode-$variant") --url "$url" \
+                --clients "${variant#fanout-}" "${SUB_ARGS[@]}" "${PUB_ARGS[@]}" --rate 10 \
+                --warmup 2s --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
+              ;;
+            topics)
+              bench publish $(common "$target" "history-$mode-topics") --url "$url" \
+                --clients "${CLIENTS:-10000}" --topics 100000 --topics-per-client 10 \
+                "${SUB_ARGS[@]}" "${PUB_ARGS[@]}" --rate 10000 --warmup 2s \
+                --duration "$DURATION" "${METRICS_ARGS[@]}" "${extra[@]}"
+              ;;
+          esac
+          stop_server
+          [ "$target" = bridge ] && rm -rf "$dir"
+        done
+      done
+      return 0
+      ;;
+    resume)
+      # The resume storm: N clients (10,000) each on a topic of its own, whose 20 frames the
+      # bridge retains, connect at once and subscribe with `since` position 0 of the bridge's
+      # epoch: each gets its 20 frames replayed, the last of which the tool waits for
+      # (--ack), so `all_acked_s` is the time until every client is live. Alternated with the
+      # same storm resuming from position 20, where nothing is left to replay: the
+      # difference in server CPU, over N × 20, is the CPU per replayed frame.
+      stop_server
+      if [ "$target" != bridge ]; then echo "resume: the bridge only" >&2; return 0; fi
+      local n="${CLIENTS:-10000}" per=20 dir epoch from
+      dir="$(mktemp -d /tmp/bench-resume.XXXXXX)"
+      history_config "$dir/bridge.yaml" "$per"
+      for from in 0 "$per"; do
+        CONFIG_OVERRIDE="$dir/bridge.yaml" start_server bridge none
+        publish_retained "$n" "$per" replay_end
+        wait_metric bridge_history_frames $((n * per))
+        epoch="$(curl -s -H "Authorization: Bearer $BENCH_ADMIN_TOKEN" http://127.0.0.1:18080/ws/stats |
+          python3 -c 'import json, sys; print(json.load(sys.stdin)["epoch"])')"
+        local ack=replay_end
+        [ "$from" = 0 ] || ack='"subscribed"'
+        bench storm $(common bridge "resume-from-$from-$n") --url "$URL_BASE" --clients "$n" \
+          --topics "$n" --concurrency 256 --ack "$ack" --ack-timeout 120s \
+          --subscribe "{\"type\":\"subscribe\",\"topics\":[\"{topic}\"],\"since\":{\"epoch\":\"$epoch\",\"seq\":{\"{topic}\":$from}}}" \
+          "${extra[@]}"
+        echo "{\"tool\":\"run.sh\",\"scenario\":\"resume-from-$from-$n\",\"replayed_frames\":$(bridge_metric bridge_history_replayed_frames_total),\"gaps\":$(bridge_metric 'bridge_history_gaps_total{reason="history_exhausted"}')}" >>"$OUT"
+        stop_server
+      done
+      rm -rf "$dir"
+      return 0
+      ;;
+    history-memory)
+      # Memory at 100,000 topics × 10 retained frames, no client: the bridge's RSS before and
+      # after 1,000,000 messages, with `history: {size: 10}` and without (the difference is
+      # what history costs), and its own count of retained bytes.
+      stop_server
+      if [ "$target" != bridge ]; then echo "history-memory: the bridge only" >&2; return 0; fi
+      local topics="${HISTORY_TOPICS:-100000}" per=10 size dir before after frames bytes
+      for size in 0 "$per"; do
+        dir="$(mktemp -d /tmp/bench-memory.XXXXXX)"
+        history_config "$dir/bridge.yaml" "$size"
+        CONFIG_OVERRIDE="$dir/bridge.yaml" start_server bridge none
+        before="$(rss_kib "$SERVER_PIDS")"
+        publish_retained "$topics" "$per" last
+        wait_metric bridge_redis_messages_received_total $((topics * per))
+        sleep 2
+        after="$(rss_kib "$SERVER_PIDS")"
+        frames="$(bridge_metric bridge_history_frames)"
+        bytes="$(bridge_metric bridge_history_bytes)"
+        echo "{\"tool\":\"run.sh\",\"scenario\":\"history-memory-$size\",\"topics\":$topics,\"messages\":$((topics * per)),\"rss_before_kib\":$before,\"rss_after_kib\":$after,\"history_frames\":$frames,\"history_bytes\":$bytes}" | tee -a "$OUT" >&2
+        stop_server
+        rm -rf "$dir"
       done
       return 0
       ;;

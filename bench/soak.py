@@ -7,8 +7,10 @@ runs its own redis-server and the bridge, and accounts for every message: each p
 carries a per-topic publisher sequence number and its send time, so that every client can
 tell lost, duplicated, reordered and late frames. A message is expected only when Redis
 answered its PUBLISH; a missing one is explained when the client got a `gap` notice for its
-topic covering its send time (published while the bridge was not subscribed), unexplained
-otherwise. Progress goes to stderr every interval, JSON lines to the output file, and the
+topic covering its send time (published while the bridge was not subscribed, or, for a
+resuming client, a resume the bridge could not honour), unexplained otherwise. Resuming
+clients drop their connection every few seconds and subscribe again with `since`: what was
+published meanwhile must come back as replayed frames, exactly once and in order. Progress goes to stderr every interval, JSON lines to the output file, and the
 final summary (with the verdict) to both.
 """
 
@@ -103,6 +105,10 @@ class Settings:
     out: Path
     workdir: Path | None
     connect_concurrency: int
+    resumers: int
+    drop_every: float
+    away: float
+    history: int
 
 
 class Ledger:
@@ -133,6 +139,9 @@ class Stats:
     # when Redis died with them still in its output buffer.
     lost_explained_heard: int = 0
     lost_unexplained: int = 0
+    # Of those, resuming clients' messages published while the bridge had no subscription
+    # (after a Redis restart) whose `gap` notice came while the client was away.
+    lost_unheard_away: int = 0
     duplicates: int = 0
     out_of_order: int = 0
     bridge_seq_breaks: int = 0
@@ -144,6 +153,13 @@ class Stats:
     renames: int = 0
     sighups: int = 0
     restarts: int = 0
+    # Resuming clients: their drops, the resubscribes answered, the frames that came back by
+    # replay (published before the resuming subscribe was sent) and the resume gap notices.
+    drops: int = 0
+    resumes: int = 0
+    replayed: int = 0
+    resume_gaps: int = 0
+    epoch_changed: int = 0  # of those: never, the bridge runs for the whole soak
 
     def snapshot(self) -> dict[str, int]:
         return dict(vars(self))
@@ -154,6 +170,8 @@ class Gap:
     since: float
     received_at: float
     topics: frozenset[int]
+    # redis_reconnected, or epoch_changed / history_exhausted answering a resume.
+    reason: str = "redis_reconnected"
 
 
 @dataclass
@@ -289,8 +307,8 @@ redis:
   url: redis://127.0.0.1:{self.s.redis_port}/0
 websocket:
   path: /ws
-  max_connections: {self.s.clients + 100}
-  max_connections_per_ip: {self.s.clients + 100}
+  max_connections: {self.s.clients + self.s.resumers + 100}
+  max_connections_per_ip: {self.s.clients + self.s.resumers + 100}
   max_subscriptions: {max(self.s.topics_per_client, 1000)}
   send_queue: 256
   slow_client: disconnect
@@ -304,10 +322,15 @@ routes:
     pattern: "job:*"
     topic: "job:{{1}}"
     type: {FRAME_TYPE}
-  - name: reload-{g}
+{self.history_yaml()}  - name: reload-{g}
     channel: "soak-reload:{g}"
     topic: reload
 """
+
+    def history_yaml(self) -> str:
+        if self.s.history <= 0:
+            return ""
+        return f"    history: {{ size: {self.s.history}, ttl: 10m }}\n"
 
     def write_routing(self) -> None:
         """Replaces the routing file by rename, as deployment tools do."""
@@ -355,6 +378,9 @@ routes:
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.s.port}{path}"
 
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.s.port}/ws"
+
     def metrics(self) -> dict[str, float]:
         with urllib.request.urlopen(self.url("/metrics"), timeout=5) as answer:
             text = answer.read().decode()
@@ -377,20 +403,22 @@ routes:
 
     async def connect_clients(self) -> None:
         gate = asyncio.Semaphore(self.s.connect_concurrency)
-        ws_url = f"ws://127.0.0.1:{self.s.port}/ws"
+        ws_url = self.ws_url()
+
+        # The resuming clients come after the others, on the same topic runs.
+        total = self.s.clients + self.s.resumers
 
         async def one(i: int) -> Client:
             async with gate:
-                client = Client(self, i, self.topics_of(i))
+                client = Client(self, i, self.topics_of(i), resumer=i >= self.s.clients)
                 await client.open(ws_url)
                 return client
 
-        results = await asyncio.gather(*(one(i) for i in range(self.s.clients)),
-                                       return_exceptions=True)
+        results = await asyncio.gather(*(one(i) for i in range(total)), return_exceptions=True)
         failures = [r for r in results if isinstance(r, BaseException)]
         self.clients = [r for r in results if isinstance(r, Client)]
         if failures:
-            raise RuntimeError(f"{len(failures)} of {self.s.clients} clients could not connect "
+            raise RuntimeError(f"{len(failures)} of {total} clients could not connect "
                                f"and subscribe; first: {failures[0]!r}")
 
     # -- accounting -----------------------------------------------------------------------
@@ -408,6 +436,11 @@ routes:
         explained = any(topic in gap.topics
                         and gap.since - SINCE_RESOLUTION <= sent_at <= gap.received_at
                         for gap in client.gaps)
+        if not explained and status == UNHEARD and client.resumer:
+            # Published while the bridge was not subscribed: nobody had it to replay. A
+            # resuming client that was away when the bridge sent its `redis_reconnected`
+            # notice is told nothing of it by the resume: counted apart, as unexplained.
+            self.stats.lost_unheard_away += 1
         if explained:
             state.missing[seq] = "explained"
             self.stats.lost_explained += 1
@@ -458,7 +491,8 @@ routes:
         topics."""
         last = [max(s.rfind(HEARD), s.rfind(PENDING)) for s in self.ledger.status]
         return all(client.closed_at is not None
-                   or all(st.last >= last[t] for t, st in client.topics.items())
+                   or (not client.away
+                       and all(st.last >= last[t] for t, st in client.topics.items()))
                    for client in self.clients)
 
     def expected_from_ledger(self) -> int:
@@ -622,6 +656,8 @@ routes:
               f"lat p50/p99/max {lat['p50']}/{lat['p99']}/{lat['max']} ms "
               f"rss {rss_mib or 0:.1f} MiB conn {open_clients}/{len(self.clients)} "
               f"reloads {now['renames'] + now['sighups']} restarts {now['restarts']} "
+              f"resumes {now['resumes']}/{now['drops']} replayed {now['replayed']} "
+              f"resume gaps {now['resume_gaps']} "
               f"cpu {tool_cpu:.2f}", file=sys.stderr, flush=True)
 
     async def run(self) -> int:
@@ -662,6 +698,8 @@ routes:
         self.started_at = time.time()
         self.cpu_mark = (cpu_seconds(), time.monotonic())
         self.tasks = [c.reader for c in self.clients if c.reader is not None]
+        self.tasks += [asyncio.create_task(c.cycle(self.ws_url()))
+                       for c in self.clients if c.resumer]
         watchers = [asyncio.create_task(c) for c in
                     (self.bridge_watch(), self.lag_probe(), self.reporter())]
         chaos = [asyncio.create_task(c) for c in
@@ -735,8 +773,11 @@ routes:
             (gaps["missing"], "gap notices missing after a Redis restart"),
             (gaps["extra"], "gap notices without a Redis restart"),
             (st.gap_topics_mismatch, "gap notices naming other topics than the client's"),
+            (st.epoch_changed, "epoch_changed answering a resume (the bridge never restarted)"),
         ]
         reasons += [f"{what}: {count}" for count, what in checks if count]
+        if self.s.resumers and (st.resumes == 0 or st.replayed == 0):
+            reasons.append("the resuming clients resumed or replayed nothing")
         if st.published == 0 or st.delivered == 0:
             reasons.append("nothing was published or delivered")
         if accounted != expected:
@@ -769,6 +810,10 @@ routes:
             "late": st.late, "late_threshold_ms": self.s.late_ms,
             "latency_ms": self.run_latency(),
             "disconnections": st.disconnections, "close_codes": close_codes,
+            "resumers": {"clients": self.s.resumers, "drops": st.drops, "resumes": st.resumes,
+                         "replayed": st.replayed, "live": st.delivered - st.replayed,
+                         "resume_gaps": st.resume_gaps,
+                         "lost_unheard_away": st.lost_unheard_away},
             "reloads": {"renames": st.renames, "sighups": st.sighups, "bridge_ok": reloads_ok,
                         "bridge_error": reloads_error},
             "redis_restarts": st.restarts,
@@ -801,10 +846,12 @@ routes:
             end = self.outages[k + 1].down_at if k + 1 < len(self.outages) else float("inf")
             first: float | None = None
             for client in self.clients:
-                if client.closed_at is not None and client.closed_at < end:
+                # A resuming client may be away when the notice goes out.
+                if client.resumer or client.closed_at is not None and client.closed_at < end:
                     continue
                 expected += 1
-                got = [g for g in client.gaps if outage.down_at <= g.received_at < end]
+                got = [g for g in client.gaps if outage.down_at <= g.received_at < end
+                       and g.reason == "redis_reconnected"]
                 missing += not got
                 extra += max(0, len(got) - 1)
                 for g in got:
@@ -812,8 +859,10 @@ routes:
             if first is not None and outage.up_at is not None:
                 resubscribed.append(round(first - outage.up_at, 3))
         before_any = sum(1 for c in self.clients for g in c.gaps
-                         if not self.outages or g.received_at < self.outages[0].down_at)
-        return {"expected": expected, "received": self.stats.gap_notices, "missing": missing,
+                         if g.reason == "redis_reconnected"
+                         and (not self.outages or g.received_at < self.outages[0].down_at))
+        return {"expected": expected, "received": self.stats.gap_notices,
+                "resume_gaps": self.stats.resume_gaps, "missing": missing,
                 "extra": extra + before_any,
                 "first_after_redis_up_s": resubscribed}
 
@@ -842,11 +891,22 @@ routes:
 
 
 class Client:
-    """One WebSocket connection subscribed to its topics, checking every frame."""
+    """One WebSocket connection subscribed to its topics, checking every frame. A resuming
+    client (`resumer`) drops its connection every few seconds, stays away a moment, and
+    subscribes again with `since`: the epoch and each topic's last envelope `seq`."""
 
-    def __init__(self, soak: Soak, index: int, topics: list[int]) -> None:
+    def __init__(self, soak: Soak, index: int, topics: list[int], resumer: bool = False) -> None:
         self.soak = soak
         self.index = index
+        self.resumer = resumer
+        self.epoch: str | None = None
+        self.away = False  # dropped, not resubscribed yet
+        self.dropping = False  # the connection ending now is a drop of our own
+        self.dropped_at = 0.0
+        # When the current connection's subscribe was sent: a frame published before it can
+        # only have come by replay.
+        self.subscribed_at = 0.0
+        self.resumed = False
         self.topics = {t: TopicState() for t in topics}
         self.gaps: list[Gap] = []
         self.ws: ClientConnection | None = None
@@ -865,12 +925,70 @@ class Client:
         first = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
         if first.get("type") != "connected":
             raise RuntimeError(f"client {self.index}: first frame {first}")
+        self.epoch = first.get("epoch")
         names = [f"job:{t}" for t in self.topics]
+        self.subscribed_at = time.time()
         await self.ws.send(json.dumps({"type": "subscribe", "id": 1, "topics": names}))
         answer = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
         if answer.get("type") != "subscribed" or sorted(answer.get("topics", [])) != sorted(names):
             raise RuntimeError(f"client {self.index}: subscribe answered {answer}")
-        self.reader = asyncio.create_task(self.read())
+        if not self.resumer:
+            self.reader = asyncio.create_task(self.read())
+
+    async def cycle(self, url: str) -> None:
+        """A resuming client's life: read, drop (the TCP connection aborted, as a network
+        loss would), stay away, resume with `since`; until the publishing ends."""
+        soak = self.soak
+        rng = random.Random(soak.s.seed * 100_003 + self.index)
+        while True:
+            reader = asyncio.create_task(self.read())
+            stopped = asyncio.create_task(soak.stop.wait())
+            try:
+                delay = soak.s.drop_every * rng.uniform(0.5, 1.5)
+                await asyncio.wait([reader, stopped], timeout=delay,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                if reader.done() or soak.stop.is_set():
+                    # Publishing is over: connected until the end, as the other clients.
+                    await reader
+                    return
+                assert self.ws is not None
+                self.dropping = self.away = True
+                self.dropped_at = time.time()
+                soak.stats.drops += 1
+                self.ws.transport.abort()
+                await reader
+            finally:
+                reader.cancel()
+                stopped.cancel()
+            self.dropping = False
+            await asyncio.sleep(rng.uniform(0, soak.s.away))
+            if not await self.resume(url):
+                return
+
+    async def resume(self, url: str) -> bool:
+        """Reconnects and sends the resuming subscribe; False when the bridge could not be
+        reached (a disconnection, which fails the run)."""
+        # Retried: the tool's own load may slow a handshake past its time-out.
+        for attempt in range(10):
+            try:
+                self.ws = await connect(url, ping_interval=None, compression=None, proxy=None,
+                                        open_timeout=30, close_timeout=2, max_queue=64)
+                first = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
+                break
+            except (OSError, WebSocketException, TimeoutError) as err:
+                self.soak.example("reconnect_failed", client=self.index, error=repr(err))
+                await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            self.closed(None, "could not reconnect")
+            return False
+        seq = {f"job:{t}": st.bridge_seq or 0 for t, st in self.topics.items()}
+        since = {"epoch": self.epoch, "seq": seq}
+        self.epoch = first.get("epoch")
+        self.subscribed_at = time.time()
+        self.resumed = False
+        await self.ws.send(json.dumps({"type": "subscribe", "id": 2, "topics": list(seq),
+                                       "since": since}))
+        return True
 
     async def read(self) -> None:
         assert self.ws is not None
@@ -880,12 +998,16 @@ class Client:
         except (ConnectionClosed, WebSocketException, OSError):
             pass
         finally:
-            self.closed_at = time.time()
-            self.close_code = self.ws.close_code
-            if not self.soak.stopping:
-                self.soak.stats.disconnections += 1
-                self.soak.event("disconnected", client=self.index, code=self.ws.close_code,
-                                reason=self.ws.close_reason)
+            # A drop of our own is no disconnection: the client comes back.
+            if not self.dropping:
+                self.closed(self.ws.close_code, self.ws.close_reason)
+
+    def closed(self, code: int | None, reason: str | None) -> None:
+        self.closed_at = time.time()
+        self.close_code = code
+        if not self.soak.stopping:
+            self.soak.stats.disconnections += 1
+            self.soak.event("disconnected", client=self.index, code=code, reason=reason)
 
     def on_frame(self, raw: str | bytes, now: float) -> None:
         soak = self.soak
@@ -894,6 +1016,22 @@ class Client:
         kind = frame.get("type")
         if kind == FRAME_TYPE:
             self.on_message(frame, now)
+        elif kind == "gap" and frame.get("reason") in ("epoch_changed", "history_exhausted"):
+            # What the resume could not replay: published since the drop (or before it, still
+            # in flight when the connection went).
+            topics = frozenset(soak.topic_index.get(t, -1) for t in frame.get("topics", []))
+            self.gaps.append(Gap(since=0.0 if frame["reason"] == "epoch_changed"
+                                 else self.last_received_at(topics),
+                                 received_at=now, topics=topics, reason=frame["reason"]))
+            soak.stats.resume_gaps += 1
+            soak.stats.epoch_changed += frame["reason"] == "epoch_changed"
+            soak.example("resume_gap", client=self.index, frame=frame)
+            for topic in topics:
+                if topic in self.topics:
+                    self.topics[topic].bridge_seq = None  # the jump is announced
+            if not self.resumer or frame.get("id") != 2 or not topics <= self.topics.keys():
+                soak.stats.gap_topics_mismatch += 1
+                soak.example("gap_topics_mismatch", client=self.index, frame=frame)
         elif kind == "gap":
             topics = frozenset(soak.topic_index.get(t, -1) for t in frame.get("topics", []))
             since = datetime.fromisoformat(frame["since"]).timestamp()
@@ -902,9 +1040,23 @@ class Client:
             if topics != self.topics.keys():
                 soak.stats.gap_topics_mismatch += 1
                 soak.example("gap_topics_mismatch", client=self.index, frame=frame)
+        elif kind == "subscribed" and self.resumer and frame.get("id") == 2:
+            if sorted(frame.get("topics", [])) != sorted(f"job:{t}" for t in self.topics):
+                soak.stats.unexpected_frames += 1
+                soak.example("unexpected_frame", client=self.index, frame=frame)
+            soak.stats.resumes += 1
+            self.away = False
         else:
             soak.stats.unexpected_frames += 1
             soak.example("unexpected_frame", client=self.index, frame=frame)
+
+    def last_received_at(self, topics: frozenset[int]) -> float:
+        """The send time of the last message received on any of `topics`: the bridge's
+        `history_exhausted` covers everything after the position, which may predate the
+        drop."""
+        sent = [self.soak.ledger.sent_at[t][self.topics[t].last]
+                for t in topics if t in self.topics and self.topics[t].last >= 0]
+        return min(sent, default=0.0)
 
     def on_message(self, frame: dict[str, Any], now: float) -> None:
         soak = self.soak
@@ -945,6 +1097,8 @@ class Client:
             soak.example("duplicate", client=self.index, topic=frame["topic"], pub_seq=seq)
             return
         stats.delivered += 1
+        if self.resumer and data["sent_at"] < self.subscribed_at and self.dropped_at:
+            stats.replayed += 1
         if not soak.book_received(topic, seq):
             self.unconfirmed.append((topic, seq))
         latency = now - data["sent_at"]
@@ -1049,6 +1203,15 @@ def parse_args(argv: list[str]) -> Settings:
                    help="directory for the routing file and Redis (default: a new temp dir)")
     p.add_argument("--connect-concurrency", type=int, default=64,
                    help="WebSocket handshakes in flight while connecting" + d)
+    p.add_argument("--resumers", type=int, default=100,
+                   help="more clients, on the same topics, that drop their connection and "
+                        "resume with `since`; 0: none" + d)
+    p.add_argument("--drop-every", type=float, default=5,
+                   help="a resuming client drops after 0.5 to 1.5 times this many seconds" + d)
+    p.add_argument("--away", type=float, default=1,
+                   help="...and reconnects after 0 to this many seconds" + d)
+    p.add_argument("--history", type=int, default=100,
+                   help="the route's history.size (ttl 10m); 0: no history" + d)
     args = p.parse_args(argv)
     if args.topics_per_client > args.topics:
         p.error("--topics-per-client cannot exceed --topics")
@@ -1063,7 +1226,9 @@ def parse_args(argv: list[str]) -> Settings:
         late_ms=args.late_ms, max_late_ratio=args.max_late_ratio, warmup=args.warmup,
         max_rss_slope=args.max_rss_slope, drain=args.drain, seed=args.seed, port=args.port,
         redis_port=args.redis_port, bridge_bin=args.bridge_bin, out=out,
-        workdir=args.workdir, connect_concurrency=args.connect_concurrency)
+        workdir=args.workdir, connect_concurrency=args.connect_concurrency,
+        resumers=args.resumers, drop_every=args.drop_every, away=args.away,
+        history=args.history)
 
 
 def main(argv: list[str]) -> int:
@@ -1074,7 +1239,7 @@ def main(argv: list[str]) -> int:
     # One descriptor per client here and in the bridge (which inherits the limit).
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    if settings.clients + 200 > hard:
+    if settings.clients + settings.resumers + 200 > hard:
         print(f"{settings.clients} clients need more than the {hard} open files allowed",
               file=sys.stderr)
         return 2

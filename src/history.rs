@@ -182,6 +182,9 @@ struct Rings {
     /// Positions were forgotten (see [`MAX_POSITIONS`]): any topic without a ring may have
     /// had frames.
     forgot: bool,
+    /// Redis was lost at least once: a topic without a ring may have had messages that never
+    /// reached the bridge.
+    interrupted: bool,
 }
 
 impl Rings {
@@ -280,6 +283,18 @@ impl History {
         self.epoch
             .store(Arc::new(format!("{}.{n}", self.base_epoch)));
         self.publish_gauges(&rings);
+    }
+
+    /// Redis was lost and is back: what was published meanwhile never reached the bridge, and
+    /// no `seq` was taken for it. A position up to a topic's last `seq` can no longer be
+    /// resumed whole (a client that was away when the `redis_reconnected` notice went out
+    /// would miss it unawares); one taken after the next frame can.
+    pub fn interrupted(&self) {
+        let mut rings = self.lock();
+        for ring in rings.topics.values_mut() {
+            ring.complete_from = ring.last_seq + 2;
+        }
+        rings.interrupted = true;
     }
 
     /// Retains `frame` of `topic`, routed by `route` with `retention`.
@@ -429,6 +444,7 @@ impl History {
                     if let Wanted::After(seq) = from {
                         let fresh = *seq == 0
                             && !rings.forgot
+                            && !rings.interrupted
                             && retains(topic).is_some_and(|route| !rings.late.contains(&route));
                         if !fresh {
                             replay.exhausted.push((*topic).to_owned());
@@ -665,6 +681,47 @@ mod tests {
         assert_eq!(
             replay(&history, &[("t:c", Wanted::After(1))], 100).1,
             ["t:c"]
+        );
+    }
+
+    #[test]
+    fn a_redis_outage_breaks_the_positions_taken_before_it() {
+        let history = history(1 << 20);
+        for seq in 1..=2 {
+            history.append(
+                "t:a",
+                &route(),
+                retention(3),
+                frame(seq, seq, Resolved::Everyone),
+            );
+        }
+        history.interrupted();
+        history.append(
+            "t:a",
+            &route(),
+            retention(3),
+            frame(3, 3, Resolved::Everyone),
+        );
+        // Messages may have been lost between 2 and 3: from 2 or before, a gap.
+        for from in [0, 1, 2] {
+            assert_eq!(
+                replay(&history, &[("t:a", Wanted::After(from))], 100).1,
+                ["t:a"]
+            );
+        }
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::After(3))], 100),
+            (Vec::<String>::new(), Vec::<String>::new())
+        );
+        // A topic without a ring may have lost messages in the outage too.
+        assert_eq!(
+            replay(&history, &[("t:c", Wanted::After(0))], 100).1,
+            ["t:c"]
+        );
+        // `last` is not a resume: it gets what is there.
+        assert_eq!(
+            replay(&history, &[("t:a", Wanted::Last(5))], 100).0,
+            ["1", "2", "3"]
         );
     }
 

@@ -322,7 +322,9 @@ impl Task {
         self.ever_connected = true;
         shared.set_redis_ready(true);
         if recovered {
-            // Whatever was published meanwhile is lost: clients are told to refetch.
+            // Whatever was published meanwhile is lost: clients are told to refetch, and
+            // those away now by the history when they resume.
+            shared.history.interrupted();
             let notified = shared.hub.notify_gap(&self.lost_at, &shared.metrics);
             tracing::info!(connections = notified, "gap notices sent");
         }

@@ -15,7 +15,7 @@ declare class RedisWsBridge {
   readonly welcome: RedisWsBridge.WelcomeFrame | null;
   /** What a reconnect restores: [topic, filter or null] pairs. */
   readonly subscriptions: Array<[string, RedisWsBridge.Filter | null]>;
-  /** The last envelope `seq` seen on `topic`. */
+  /** The last envelope `seq` seen on `topic`: where a reconnect resumes it from. */
   lastSeq(topic: string): number | undefined;
 
   /** Returns a function that removes the listener. */
@@ -129,12 +129,26 @@ declare namespace RedisWsBridge {
     id?: number;
     expires_at: number | null;
   }
-  interface GapFrame {
-    type: 'gap';
-    reason: 'redis_reconnected';
-    /** RFC 3339. */
-    since: string;
-    topics: string[];
+  type GapFrame =
+    | {
+        type: 'gap';
+        reason: 'redis_reconnected';
+        /** RFC 3339. */
+        since: string;
+        topics: string[];
+      }
+    | {
+        type: 'gap';
+        /** The subscribe's, for a gap answering its `since`; none for the upgrade's. */
+        id?: number;
+        reason: 'epoch_changed' | 'history_exhausted';
+        topics: string[];
+      };
+  /** Where to resume from: the epoch of a `connected` frame and, per topic, the last `seq`
+   * received there (0: none). */
+  interface Since {
+    epoch: string;
+    seq: Record<string, number>;
   }
   interface ErrorFrame {
     type: 'error';
@@ -178,7 +192,16 @@ declare namespace RedisWsBridge {
   // Client → server commands.
 
   type Command =
-    | { type: 'subscribe'; id?: number; topics: string[]; filter?: Filter }
+    | {
+        type: 'subscribe';
+        id?: number;
+        topics: string[];
+        filter?: Filter;
+        /** Up to this many retained frames of each topic first (0 to 10000). */
+        last?: number;
+        /** The frames after these positions first, or a gap. */
+        since?: Since;
+      }
     | { type: 'unsubscribe'; id?: number; topics: string[] }
     | { type: 'ping'; id?: number }
     | { type: 'refresh'; id?: number; token: string };
@@ -196,11 +219,16 @@ declare namespace RedisWsBridge {
     /** ms until the attempt. */
     delay: number;
   }
-  /** Frames were or may have been missed: refetch the state of `topics`. */
+  /** Frames were or may have been missed: refetch the state of `topics`. After a
+   * reconnect, the client resumes what it can; these name what it could not. */
   type Gap =
     | { reason: 'redis_reconnected'; since: string; topics: string[] }
+    /** A reconnect to another bridge process: nothing of the old one is replayed. */
+    | { reason: 'epoch_changed'; topics: string[] }
+    /** A reconnect after which the bridge no longer held every frame missed. */
+    | { reason: 'history_exhausted'; topics: string[] }
+    /** A reconnect to a bridge whose welcome names no epoch: nothing was resumed. */
     | { reason: 'reconnected'; topics: string[] }
-    | { reason: 'restarted'; topics: string[]; epoch: string | undefined }
     | { reason: 'seq'; topics: [string]; missing: [number, number] };
   interface UnsubscribedInfo {
     topics: string[];

@@ -26,6 +26,15 @@
 //                  Error whose `code` is 'timeout'; 0 waits for ever. A subscribe made while
 //                  disconnected counts from the call.
 //
+// Resume: the client keeps the `epoch` of the `connected` frame and the last `seq` of every
+// topic (subscribed and `auto`). After any reconnect it asks the bridge for what it missed:
+// `since` on the upgrade URL for the `auto` topics of the previous connection, `since` on the
+// subscribe that restores the subscriptions. The missed frames then arrive as `message`
+// events, oldest first, before the live ones, none twice; what cannot be replayed arrives as
+// a `gap` event instead. A topic on which no frame came yet resumes from the oldest frame
+// the bridge retains. Positions live in memory: a page reload starts afresh (use the `last`
+// of a subscribe in your own code for that).
+//
 // Methods: connect() (returns the client); close() for good: no reconnect, and no timer,
 // socket handler or pending request left behind; subscribe(topics, filter?),
 // unsubscribe(topics), ping() and refresh(token?) return promises of their answers; `state`
@@ -40,11 +49,15 @@
 //   message       a route frame: the parsed JSON, else the text, else an ArrayBuffer.
 //   gap           frames were or may have been missed; refetch the state of `topics`:
 //                 {reason: 'redis_reconnected', since, topics}  the bridge lost Redis;
-//                 {reason: 'reconnected', topics}  this client was disconnected;
-//                 {reason: 'restarted', topics, epoch}  ...and the bridge is a new process
-//                   (its `epoch` changed): `seq` numbers start again.
-//                 After a reconnect, `topics` are the subscriptions held before it and the
-//                 new connection's `auto` topics.
+//                 {reason: 'epoch_changed', topics}  after a reconnect, the bridge is
+//                   another process (a restart, or another bridge behind the load
+//                   balancer): what was published meanwhile cannot be replayed, and `seq`
+//                   numbers start again;
+//                 {reason: 'history_exhausted', topics}  after a reconnect, the bridge no
+//                   longer holds every frame missed (or the route keeps no history);
+//                 {reason: 'reconnected', topics}  this client was disconnected from a
+//                   bridge whose welcome frame names no epoch (a configured welcome), so
+//                   nothing could be resumed: `topics` are the subscriptions held before.
 //                 {reason: 'seq', topics: [topic], missing: [from, to]}  a jump in an
 //                   envelope's `seq` on an unfiltered subscription or an auto route. `seq`
 //                   counts every frame of the topic, including those the route's audience
@@ -92,8 +105,13 @@
     // id -> {command, resolve, reject, keep, restore, sent, settled, timer}
     #pending = new Map();
     #topics = new Map(); // topic -> filter or null: what a reconnect restores
-    // topic -> last envelope seq seen: the position a resuming subscribe would start from
+    // topic -> last envelope seq seen: the position a resume starts from
     #lastSeq = new Map();
+    // The epoch those positions belong to (the last `connected` frame's); undefined when the
+    // welcome names none, and nothing can be resumed.
+    #epoch;
+    // Topics whose jump in `seq` a gap notice already reported: the next frame is not one.
+    #gapped = new Set();
     #listeners = new Map();
 
     constructor(url, options = {}) {
@@ -166,7 +184,11 @@
 
     unsubscribe(topics) {
       topics = [].concat(topics);
-      for (const topic of topics) this.#topics.delete(topic);
+      for (const topic of topics) {
+        this.#topics.delete(topic);
+        // Frames published after an unsubscribe are none of ours: nothing to resume.
+        this.#lastSeq.delete(topic);
+      }
       return this.#request({ type: 'unsubscribe', topics }, true).then((frame) => frame.topics);
     }
 
@@ -225,6 +247,12 @@
       }
       const address = new URL(url);
       if (token) address.searchParams.set('token', token);
+      // `auto` frames flow from the first moment: their missed frames are asked for at the
+      // upgrade, so that the bridge sends them before any live one.
+      const auto = this.#everOpened && this.#epoch !== undefined ? autoTopics(this.#welcome) : [];
+      if (auto.length > 0) {
+        address.searchParams.set('since', JSON.stringify(this.#since(auto)));
+      }
       return address.href;
     }
 
@@ -311,9 +339,12 @@
 
     // The first frame of a connection: the `connected` frame or the configured welcome.
     #opened(frame) {
-      const previous = this.#everOpened ? this.#welcome : undefined;
-      // What the application held before this connection: its frames may have been missed.
+      const reconnected = this.#everOpened;
+      // Positions of the previous connection's process, if it named one: the bridge resumes
+      // from them, or answers a gap (`epoch_changed` when it is another process).
+      const resumable = reconnected && this.#epoch !== undefined;
       const held = [...this.#topics.keys()];
+      const since = resumable && held.length > 0 ? this.#since(held) : undefined;
       this.#welcome = frame;
       this.#welcomed = true;
       this.#everOpened = true;
@@ -321,26 +352,33 @@
       this.#state = 'open';
       const epoch = epochOf(frame);
       // Another process numbers its frames from 1 again.
-      const restarted = previous !== undefined && epoch !== epochOf(previous);
-      if (restarted) this.#lastSeq.clear();
-      this.#restore();
+      if (epoch !== this.#epoch) {
+        this.#lastSeq.clear();
+        this.#gapped.clear();
+      }
+      this.#epoch = epoch;
+      this.#restore(since);
       for (const entry of this.#pending.values()) {
         if (!entry.sent && !entry.settled) this.#send(entry);
       }
       this.#scheduleRefresh();
       this.#emit('open', frame);
-      if (previous !== undefined) {
-        const auto = Array.isArray(frame && frame.topics) ? frame.topics : [];
-        const topics = [...new Set([...held, ...auto])];
-        this.#emit('gap', restarted
-          ? { reason: 'restarted', topics, epoch }
-          : { reason: 'reconnected', topics });
+      if (reconnected && !resumable) {
+        const topics = [...new Set([...held, ...autoTopics(frame)])];
+        this.#emit('gap', { reason: 'reconnected', topics });
       }
     }
 
-    // Re-subscribes to every topic held, one command per distinct filter. A resume from
-    // #lastSeq would be added here, to the commands, when the bridge keeps history.
-    #restore() {
+    // `since` for `topics`: the epoch and each topic's last seq (0: none seen yet).
+    #since(topics) {
+      const seq = {};
+      for (const topic of topics) seq[topic] = this.#lastSeq.get(topic) ?? 0;
+      return { epoch: this.#epoch, seq };
+    }
+
+    // Re-subscribes to every topic held, one command per distinct filter, each resuming its
+    // topics from `since`'s positions when there are any.
+    #restore(since) {
       const groups = new Map();
       for (const [topic, filter] of this.#topics) {
         const key = JSON.stringify(filter);
@@ -349,6 +387,11 @@
         if (filter) groups.get(key).filter = filter;
       }
       for (const command of groups.values()) {
+        if (since) {
+          const seq = {};
+          for (const topic of command.topics) seq[topic] = since.seq[topic];
+          command.since = { epoch: since.epoch, seq };
+        }
         this.#request(command, false, true).catch(() => {});
       }
     }
@@ -456,9 +499,16 @@
           }
           if (entry) this.#settle(frame, entry);
           break;
-        case 'gap':
-          this.#emit('gap', { reason: frame.reason, since: frame.since, topics: frame.topics });
+        case 'gap': {
+          const topics = Array.isArray(frame.topics) ? frame.topics : [];
+          for (const topic of topics) {
+            if (this.#lastSeq.has(topic)) this.#gapped.add(topic);
+          }
+          const gap = { reason: frame.reason, topics };
+          if (frame.since !== undefined) gap.since = frame.since;
+          this.#emit('gap', gap);
           break;
+        }
         default:
           if (entry) this.#settle(frame, entry);
       }
@@ -477,7 +527,9 @@
     #message(frame) {
       if (frame && typeof frame.topic === 'string' && Number.isInteger(frame.seq)) {
         const last = this.#lastSeq.get(frame.topic);
-        if (last !== undefined && frame.seq > last + 1 && !this.#topics.get(frame.topic)) {
+        const reported = this.#gapped.delete(frame.topic);
+        const unfiltered = !this.#topics.get(frame.topic);
+        if (last !== undefined && frame.seq > last + 1 && !reported && unfiltered) {
           const missing = [last + 1, frame.seq - 1];
           this.#emit('gap', { reason: 'seq', topics: [frame.topic], missing });
         }
@@ -517,6 +569,11 @@
   // The epoch of a `connected` frame; undefined for a configured welcome, which has none.
   function epochOf(frame) {
     return frame && frame.type === 'connected' ? frame.epoch : undefined;
+  }
+
+  // The `auto` topics a `connected` frame names.
+  function autoTopics(frame) {
+    return frame && frame.type === 'connected' && Array.isArray(frame.topics) ? frame.topics : [];
   }
 
   // The `exp` claim of a JWT (Unix seconds), or null.

@@ -39,6 +39,9 @@
 //! - `browser`: Debian's Chromium driven by playwright-core: the console against the daemon,
 //!   the client library through nginx across expiry, cuts and restarts; the client package
 //!   (`npm pack`, the generated ES module, `tsc` on its declarations).
+//! - `client_resume`: the client library's resume under Node: a cut connection gets
+//!   exactly the frames it missed (subscribed and `auto`), a short history and a restart
+//!   reach the application as `gap` events.
 //! - `compat`: the five existing backends of README.md's "Migrating an existing backend",
 //!   each run from its `examples/` file with its workers' payloads sent by a real Python
 //!   (redis-py) or Node (node-redis) publisher.
@@ -62,6 +65,7 @@ mod admin;
 mod auth;
 mod browser;
 mod cli;
+mod client_resume;
 mod cluster;
 mod compat;
 mod compression;

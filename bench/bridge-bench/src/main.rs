@@ -415,6 +415,7 @@ impl Workers {
             total.latency.merge(&report.latency);
             total.first_start_ns = total.first_start_ns.min(report.first_start_ns);
             total.last_end_ns = total.last_end_ns.max(report.last_end_ns);
+            total.last_ack_ns = total.last_ack_ns.max(report.last_ack_ns);
             total.fd_limit = report.fd_limit;
         }
         Ok(total)
@@ -569,12 +570,21 @@ fn emit(measure: &MeasureArgs, line: serde_json::Map<String, Value>) -> Result<(
 
 fn connect_json(report: &ConnectReport) -> Value {
     let seconds = report.last_end_ns.saturating_sub(report.first_start_ns) as f64 / 1e9;
+    let acked = (report.last_ack_ns > 0).then(|| {
+        round(
+            report.last_ack_ns.saturating_sub(report.first_start_ns) as f64 / 1e9,
+            3,
+        )
+    });
     json!({
         "attempted": report.attempted,
         "connected": report.connected,
         "subscribed": report.subscribed,
         "failures": report.failures,
         "seconds": round(seconds, 3),
+        // From the first connect to the last acknowledgement (the subscribe's answer, or the
+        // frame that --ack names).
+        "all_acked_s": acked,
         "per_second": if seconds > 0.0 { round(report.connected as f64 / seconds, 1) } else { 0.0 },
         "latency_ms": latency_json(&report.latency),
         "worker_fd_limit": report.fd_limit,

@@ -68,6 +68,9 @@ pub struct ConnectReport {
     pub latency: Histogram,
     pub first_start_ns: u64,
     pub last_end_ns: u64,
+    /// When the last client's subscriptions were acknowledged (0: none was): with an ack
+    /// that only the last frame of a replay carries, when every client was live.
+    pub last_ack_ns: u64,
     pub fd_limit: u64,
 }
 
@@ -250,7 +253,9 @@ impl Worker {
         for topic in topics {
             subscribers[*topic as usize] += 1;
         }
-        self.connect.borrow_mut().subscribed += 1;
+        let mut connect = self.connect.borrow_mut();
+        connect.subscribed += 1;
+        connect.last_ack_ns = connect.last_ack_ns.max(now_ns());
     }
 }
 

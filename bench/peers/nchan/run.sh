@@ -5,5 +5,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 port="${1:-18083}"
 prefix="$(mktemp -d /tmp/bench-nchan.XXXXXX)"
-sed -e "s#@PREFIX@#$prefix#g" -e "s#@PORT@#$port#g" "$here/nginx.conf.in" > "$prefix/nginx.conf"
+# NCHAN_BUFFER: the messages each channel keeps (nchan_message_buffer_length, default 1).
+sed -e "s#@PREFIX@#$prefix#g" -e "s#@PORT@#$port#g" -e "s#@BUFFER@#${NCHAN_BUFFER:-1}#g" \
+  "$here/nginx.conf.in" > "$prefix/nginx.conf"
 exec nginx -p "$prefix" -c "$prefix/nginx.conf" -e "$prefix/error.log"

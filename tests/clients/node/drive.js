@@ -10,7 +10,9 @@
 //       {"event": "token", "value": {"call": N, "exp": …, "token": …}} ("tokens" report the
 //       call only).
 //   {"op": "subscribe", "topics": […], "filter": {…}}, {"op": "unsubscribe", "topics": […]},
-//   {"op": "refresh"}, {"op": "ping"}, {"op": "close"}
+//   {"op": "refresh"}, {"op": "ping"}, {"op": "close"},
+//   {"op": "drop"}: the client's socket is destroyed under it, as a network loss would (the
+//     client sees 1006; the server, a connection reset)
 // Every event of the client is one stdout line {"event": NAME, "value": …, "t": ms}; every
 // command's outcome is {"reply": OP, "ok": true, "value": …} or {"reply": OP, "ok": false,
 // "code": …, "message": …}. The process exits by itself once stdin is closed and the client
@@ -27,6 +29,14 @@ const EVENTS = [
   'open', 'close', 'reconnecting', 'message', 'gap', 'unsubscribed', 'error', 'frame',
 ];
 let client = null;
+// Every socket the client opened, so that `drop` can cut the newest.
+const sockets = [];
+class TrackedWebSocket extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    sockets.push(this);
+  }
+}
 
 function print(line) {
   process.stdout.write(`${JSON.stringify(line)}\n`);
@@ -58,7 +68,7 @@ function connect({ url, tokens, mint, options }) {
     event('token', { call: calls });
     return tokens[Math.min(calls, tokens.length) - 1];
   };
-  client = new RedisWsBridge(url, { ...options, token, WebSocket });
+  client = new RedisWsBridge(url, { ...options, token, WebSocket: TrackedWebSocket });
   for (const name of EVENTS) client.on(name, (value) => event(name, value));
   client.connect();
 }
@@ -92,6 +102,9 @@ input.on('line', (line) => {
       break;
     case 'close':
       client.close();
+      break;
+    case 'drop':
+      sockets[sockets.length - 1].terminate();
       break;
     default:
       throw new Error(`unknown op ${command.op}`);

@@ -59,8 +59,9 @@ const stopGaps = bridge.on('gap', (gap) => {
     case 'reconnected':
       console.log(gap.topics);
       break;
-    case 'restarted':
-      console.log(gap.epoch, gap.topics);
+    case 'epoch_changed':
+    case 'history_exhausted':
+      console.log(gap.reason, gap.topics);
       break;
     case 'seq': {
       const [from, to]: [number, number] = gap.missing;
@@ -93,7 +94,9 @@ bridge.on('frame', (frame: RedisWsBridge.Frame) => {
         console.log(protocol.id, protocol.expires_at);
         break;
       case 'gap':
-        console.log(protocol.reason, protocol.since, protocol.topics);
+        if (protocol.reason === 'redis_reconnected') console.log(protocol.since);
+        else console.log(protocol.id);
+        console.log(protocol.reason, protocol.topics);
         break;
       case 'error':
         console.log(protocol.id, protocol.code, protocol.message, protocol.topic);
@@ -115,6 +118,14 @@ const pong: void = await bridge.ping();
 const expiresAt: number | null = await bridge.refresh();
 await bridge.refresh('another.jwt.token');
 const command: RedisWsBridge.Command = { type: 'subscribe', id: 1, topics, filter };
+const resume: RedisWsBridge.Command = {
+  type: 'subscribe',
+  topics: ['job:42'],
+  last: 1,
+  since: { epoch: 'e', seq: { 'job:42': 17 } },
+};
+const lastSeen: number | undefined = bridge.lastSeq('job:42');
+console.log(resume, lastSeen);
 console.log(dropped, pong, expiresAt, command);
 bridge.close();
 

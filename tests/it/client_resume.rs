@@ -1,0 +1,299 @@
+//! The browser client's resume (clients/js/client.js) under Node against the real daemon:
+//! after its socket is cut while a publisher keeps publishing, the client gets exactly the
+//! frames it missed, subscribed and `auto`, in order and once each; a history too short for
+//! what was missed, and a restarted bridge (a new epoch), reach the application as `gap`
+//! events, and no jump in `seq` is reported on top of them.
+
+use serde_json::{Value, json};
+
+use crate::support::driver::Driver;
+use crate::support::tokens::auth_section;
+use crate::support::{Bridge, Publisher, RedisServer, WAIT, config_with, pick_port};
+
+/// `news` by subscription and `alerts` for every connection, both retaining far more than
+/// a test publishes; `brief` by subscription, retaining 3 frames.
+const ROUTES: &str = r#"
+    - name: news
+      channel: news
+      topic: news
+      history: { size: 1000 }
+    - name: alerts
+      channel: alerts
+      topic: alerts
+      delivery: auto
+      history: { size: 1000 }
+    - name: brief
+      channel: brief
+      topic: brief
+      history: { size: 3 }
+    "#;
+
+/// On a fixed port, so that a restarted bridge is found where it was.
+fn resume_config(redis: &RedisServer, port: u16) -> String {
+    config_with("", &auth_section("required", "", ""), ROUTES)
+        .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
+        .replace("{redis_url}", &redis.url())
+}
+
+/// A client under Node connected as `ada`, reconnecting after `delay` ms (jittered to half
+/// of it at least), once its welcome has arrived.
+async fn connected(bridge: &Bridge, delay: u64) -> (Driver, Value) {
+    let mut node = Driver::start("tests/clients/node", "ws");
+    let options = json!({"minDelay": delay, "maxDelay": delay});
+    node.connect_minting(&bridge.ws_url("/ws"), "ada", &[600], options);
+    let welcome = node.event("open", |_| true).await["value"].clone();
+    (node, welcome)
+}
+
+/// The `n` of every message of `topic` the application got, in order.
+fn numbers(node: &Driver, topic: &str) -> Vec<u64> {
+    node.seen("message")
+        .iter()
+        .filter(|m| m["topic"] == topic)
+        .map(|m| m["data"]["n"].as_u64().expect("n"))
+        .collect()
+}
+
+/// Every message of `topic` carries `seq` = its `n`: one frame per message, none skipped.
+fn assert_seq_is_n(node: &Driver, topic: &str) {
+    for m in node.seen("message").iter().filter(|m| m["topic"] == topic) {
+        assert_eq!(m["seq"], m["data"]["n"], "{m}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_resumes_with_exactly_the_missed_frames() {
+    let redis = RedisServer::start();
+    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
+    bridge.wait_ready().await;
+    let (mut node, welcome) = connected(&bridge, 400).await;
+    assert_eq!(welcome["topics"], json!(["alerts"]));
+    node.send(json!({"op": "subscribe", "topics": ["news"]}));
+    assert_eq!(node.reply("subscribe").await, json!(["news"]));
+
+    // A publisher at full speed on both topics, cut in the middle by the drop.
+    let url = redis.url();
+    let total = 300u64;
+    let publisher = tokio::spawn(async move {
+        let mut publisher = Publisher::connect(&url).await;
+        for n in 1..=total {
+            let payload = json!({"n": n}).to_string();
+            publisher.publish("news", &payload).await;
+            if n % 3 == 0 {
+                publisher
+                    .publish("alerts", json!({"n": n / 3}).to_string())
+                    .await;
+            }
+            if n % 2 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    });
+    node.event("message", |m| m["topic"] == "news" && m["data"]["n"] == 20)
+        .await;
+    node.send(json!({"op": "drop"}));
+    let close = node.event("close", |_| true).await["value"].clone();
+    assert_eq!(
+        (&close["code"], &close["reconnect"]),
+        (&json!(1006), &json!(true))
+    );
+    let reopened = node.event("open", |_| true).await["value"].clone();
+    assert_eq!(reopened["epoch"], welcome["epoch"], "the same bridge");
+    publisher.await.expect("the publisher");
+    node.event("message", |m| {
+        m["topic"] == "news" && m["data"]["n"] == total
+    })
+    .await;
+    node.event("message", |m| {
+        m["topic"] == "alerts" && m["data"]["n"] == total / 3
+    })
+    .await;
+
+    // Everything, in order, once: what came before the cut, what was replayed, what came
+    // live after it.
+    assert_eq!(numbers(&node, "news"), (1..=total).collect::<Vec<_>>());
+    assert_eq!(
+        numbers(&node, "alerts"),
+        (1..=total / 3).collect::<Vec<_>>()
+    );
+    assert_seq_is_n(&node, "news");
+    assert_seq_is_n(&node, "alerts");
+    assert!(node.seen("gap").is_empty(), "{}", node.transcript());
+    assert_eq!(node.seen("open").len(), 2);
+    // Something was missed, so something was replayed: the resume did the work.
+    let replayed = bridge
+        .metric("bridge_history_replayed_frames_total")
+        .await
+        .expect("the replay counter");
+    assert!(replayed > 0, "nothing replayed: {}", node.transcript());
+    assert_eq!(
+        bridge
+            .metric(r#"bridge_history_gaps_total{reason="history_exhausted"}"#)
+            .await,
+        Some(0)
+    );
+
+    // Missed more than `brief` retains: the application is told, and the next frame's jump
+    // in `seq` is not reported a second time.
+    node.send(json!({"op": "subscribe", "topics": ["brief"]}));
+    assert_eq!(node.reply("subscribe").await, json!(["brief"]));
+    let mut publisher = Publisher::connect(&redis.url()).await;
+    publisher.publish("brief", r#"{"n":1}"#).await;
+    node.event("message", |m| m["topic"] == "brief").await;
+    node.send(json!({"op": "drop"}));
+    node.event("reconnecting", |_| true).await;
+    for n in 2..=6 {
+        publisher
+            .publish("brief", json!({"n": n}).to_string())
+            .await;
+    }
+    let gap = node.event("gap", |_| true).await["value"].clone();
+    assert_eq!(
+        gap,
+        json!({"reason": "history_exhausted", "topics": ["brief"]})
+    );
+    publisher.publish("brief", r#"{"n":7}"#).await;
+    let next = node.event("message", |m| m["topic"] == "brief").await["value"].clone();
+    assert_eq!((&next["data"]["n"], &next["seq"]), (&json!(7), &json!(7)));
+    assert_eq!(numbers(&node, "brief"), [1, 7], "nothing of 2..=6 replayed");
+    assert_eq!(node.seen("gap").len(), 1, "{}", node.transcript());
+    // The other topics resumed without a loss: no gap for them.
+    assert_eq!(numbers(&node, "news").len() as u64, total);
+
+    node.send(json!({"op": "close"}));
+    node.event("close", |v| v["reconnect"] == false).await;
+    node.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_bridge_reaches_the_application_as_an_epoch_gap() {
+    let redis = RedisServer::start();
+    let yaml = resume_config(&redis, pick_port());
+    let mut bridge = Bridge::start_with(&yaml, &[]);
+    bridge.wait_ready().await;
+    let (mut node, welcome) = connected(&bridge, 200).await;
+    node.send(json!({"op": "subscribe", "topics": ["news"]}));
+    assert_eq!(node.reply("subscribe").await, json!(["news"]));
+    let mut publisher = Publisher::connect(&redis.url()).await;
+    for n in 1..=3 {
+        publisher.publish("news", json!({"n": n}).to_string()).await;
+        publisher
+            .publish("alerts", json!({"n": n}).to_string())
+            .await;
+    }
+    node.event("message", |m| m["topic"] == "news" && m["data"]["n"] == 3)
+        .await;
+    node.event("message", |m| m["topic"] == "alerts" && m["data"]["n"] == 3)
+        .await;
+
+    bridge.signal("TERM");
+    bridge.wait_exit(WAIT).await;
+    node.event("close", |v| v["code"] == 1001).await;
+    let bridge = Bridge::start_with(&yaml, &[]);
+    bridge.wait_ready().await;
+    let reopened = node.event("open", |_| true).await["value"].clone();
+    assert_ne!(reopened["epoch"], welcome["epoch"], "a new process");
+
+    // The positions were the old process's: neither the subscription nor the auto topic
+    // is replayed anything, and both are named in an epoch gap.
+    let mut gaps = Vec::new();
+    for _ in 0..2 {
+        let gap = node.event("gap", |_| true).await["value"].clone();
+        gaps.push(gap);
+    }
+    gaps.sort_by_key(Value::to_string);
+    assert_eq!(
+        gaps,
+        [
+            json!({"reason": "epoch_changed", "topics": ["alerts"]}),
+            json!({"reason": "epoch_changed", "topics": ["news"]}),
+        ]
+    );
+    // The news gap answers the restored subscription (it came after its `subscribed`).
+    let resubscribed = node
+        .seen("frame")
+        .iter()
+        .filter(|f| f["type"] == "subscribed" && f["topics"] == json!(["news"]))
+        .count();
+    assert_eq!(resubscribed, 2, "{}", node.transcript());
+    // Numbered from 1 by the new process: no jump reported, nothing replayed twice.
+    publisher.publish("news", r#"{"n":4}"#).await;
+    let next = node
+        .event("message", |m| m["topic"] == "news" && m["data"]["n"] == 4)
+        .await["value"]
+        .clone();
+    assert_eq!(next["seq"], 1);
+    assert_eq!(numbers(&node, "news"), [1, 2, 3, 4]);
+    assert_eq!(numbers(&node, "alerts"), [1, 2, 3]);
+    assert_eq!(node.seen("gap").len(), 2, "{}", node.transcript());
+
+    node.send(json!({"op": "close"}));
+    node.event("close", |v| v["reconnect"] == false).await;
+    node.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_away_during_a_redis_outage_is_told_of_it_when_it_resumes() {
+    let mut redis = RedisServer::start();
+    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
+    bridge.wait_ready().await;
+    // Away long enough for the outage below to begin and end.
+    let (mut node, _) = connected(&bridge, 8000).await;
+    node.send(json!({"op": "subscribe", "topics": ["news"]}));
+    assert_eq!(node.reply("subscribe").await, json!(["news"]));
+    Publisher::connect(&redis.url())
+        .await
+        .publish("news", r#"{"n":1}"#)
+        .await;
+    node.event("message", |m| m["data"]["n"] == 1).await;
+    node.send(json!({"op": "drop"}));
+    node.event("reconnecting", |_| true).await;
+
+    // Redis restarts while the bridge is frozen: message 2 reaches nobody, and takes no
+    // `seq`. The `redis_reconnected` notice goes out while the client is away.
+    bridge.signal("STOP");
+    redis.restart();
+    let unheard = Publisher::connect(&redis.url())
+        .await
+        .publish("news", r#"{"n":2}"#)
+        .await;
+    assert_eq!(unheard, 0, "published while the bridge was not subscribed");
+    bridge.signal("CONT");
+    bridge
+        .wait_log(WAIT, |line| line["message"] == "gap notices sent")
+        .await;
+    Publisher::connect(&redis.url())
+        .await
+        .publish("news", r#"{"n":3}"#)
+        .await;
+    assert!(
+        node.seen("open").len() == 1,
+        "the client came back too early for this test: {}",
+        node.transcript()
+    );
+
+    // The resume from seq 1 is answered with a gap, not with message 3 alone as if nothing
+    // had been lost before it; so is the auto topic's (nothing of it was ever received, and
+    // the outage may have taken some).
+    let auto = node.event("gap", |_| true).await["value"].clone();
+    assert_eq!(
+        auto,
+        json!({"reason": "history_exhausted", "topics": ["alerts"]})
+    );
+    let gap = node.event("gap", |_| true).await["value"].clone();
+    assert_eq!(
+        gap,
+        json!({"reason": "history_exhausted", "topics": ["news"]})
+    );
+    Publisher::connect(&redis.url())
+        .await
+        .publish("news", r#"{"n":4}"#)
+        .await;
+    node.event("message", |m| m["data"]["n"] == 4).await;
+    assert_eq!(numbers(&node, "news"), [1, 4]);
+    assert_eq!(node.seen("gap").len(), 2, "{}", node.transcript());
+
+    node.send(json!({"op": "close"}));
+    node.event("close", |v| v["reconnect"] == false).await;
+    node.finish().await;
+}
