@@ -53,6 +53,10 @@ pub struct Dispatcher {
     queued: usize,
     /// The runtime's worker threads, over which a large flush is shared out.
     workers: usize,
+    /// The audiences without a value, shared by the retained frames that have them rather
+    /// than allocated for each message.
+    everyone: Arc<Resolved>,
+    authenticated: Arc<Resolved>,
 }
 
 impl Dispatcher {
@@ -65,6 +69,8 @@ impl Dispatcher {
             unflushed: Vec::new(),
             queued: 0,
             workers: tokio::runtime::Handle::current().metrics().num_workers(),
+            everyone: Arc::new(Resolved::Everyone),
+            authenticated: Arc::new(Resolved::Authenticated),
         }
     }
 
@@ -127,7 +133,11 @@ impl Dispatcher {
             self.next_dispatch += 1;
             let dispatch = self.next_dispatch;
             // One copy of the resolved audience for all the topics' retained frames.
-            let audience = route.history.map(|_| Arc::new(plan.audience.clone()));
+            let audience = route.history.map(|_| match &plan.audience {
+                Resolved::Everyone => self.everyone.clone(),
+                Resolved::Authenticated => self.authenticated.clone(),
+                resolved => Arc::new(resolved.clone()),
+            });
             // Retained frames are appended within the same read-lock section as their
             // fan-out: a subscribe (under the write lock) sees a message either in the
             // history or live, never both and never neither.
@@ -354,15 +364,17 @@ impl FanOut<'_, '_> {
         if let Some(frame) = &self.frame {
             return frame.clone();
         }
-        // A message skipped as unroutable takes no sequence number.
-        let seq = seqs.get(topic).map_or(1, |sequence| sequence.last + 1);
+        // A message skipped as unroutable takes no sequence number. One lookup of the topic
+        // for both the read and the update.
+        let sequence = seqs.get_mut(topic);
+        let seq = sequence.as_ref().map_or(1, |sequence| sequence.last + 1);
         let rendered = router::render_frame(route, self.message, self.plan, topic, seq);
         let Some((frame, payload_at)) = rendered else {
             self.frame = Some(None);
             return None;
         };
         let retains = route.history.is_some();
-        match seqs.get_mut(topic) {
+        match sequence {
             Some(sequence) => {
                 sequence.last = seq;
                 self.skipped_retained = sequence.retained && !retains;
@@ -406,7 +418,7 @@ impl FanOut<'_, '_> {
             (_, PayloadAt::NotJson) => Payload::NotJson,
             (_, PayloadAt::Frame(range)) => Payload::InFrame(range),
             (_, PayloadAt::Elsewhere) => match self.message.json() {
-                Some(_) => Payload::Copy(Bytes::copy_from_slice(self.message.payload)),
+                Some(_) => Payload::Copy(Box::from(self.message.payload)),
                 None => Payload::NotJson,
             },
         };
@@ -415,7 +427,7 @@ impl FanOut<'_, '_> {
             dispatch: self.dispatch,
             at: self.received_at,
             frame,
-            compressed: self.compressed.take(),
+            compressed: self.compressed.take().map(Box::new),
             audience: audience.clone(),
             payload,
         };
