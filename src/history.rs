@@ -635,6 +635,16 @@ mod tests {
         true
     }
 
+    /// Retains frame `seq` of `topic` (message `dispatch`, audience `all`) with `size: 3`.
+    fn append(history: &History, topic: &str, seq: u64, dispatch: u64) {
+        history.append(
+            topic,
+            &route(),
+            retention(3),
+            frame(seq, dispatch, Resolved::Everyone),
+        );
+    }
+
     fn replay(
         history: &History,
         wanted: &[(&str, Wanted)],
@@ -658,12 +668,7 @@ mod tests {
     fn a_ring_keeps_the_newest_and_resumes_only_what_it_holds_whole() {
         let history = history(1 << 20);
         for seq in 1..=5 {
-            history.append(
-                "t:a",
-                &route(),
-                retention(3),
-                frame(seq, seq, Resolved::Everyone),
-            );
+            append(&history, "t:a", seq, seq);
         }
         assert_eq!(history.lock().frames, 3);
         assert_eq!(
@@ -702,31 +707,16 @@ mod tests {
     #[test]
     fn a_frame_the_history_did_not_keep_breaks_the_positions_before_it() {
         let history = history(1 << 20);
-        history.append(
-            "t:a",
-            &route(),
-            retention(3),
-            frame(1, 1, Resolved::Everyone),
-        );
+        append(&history, "t:a", 1, 1);
         history.skipped("t:a", 2);
-        history.append(
-            "t:a",
-            &route(),
-            retention(3),
-            frame(3, 3, Resolved::Everyone),
-        );
+        append(&history, "t:a", 3, 3);
         assert_eq!(replay(&history, &[("t:a", Wanted::After(2))], 100).0, ["3"]);
         assert_eq!(
             replay(&history, &[("t:a", Wanted::After(0))], 100).1,
             ["t:a"]
         );
         // A ring first made after the topic had frames cannot resume from before it.
-        history.append(
-            "t:b",
-            &route(),
-            retention(3),
-            frame(7, 4, Resolved::Everyone),
-        );
+        append(&history, "t:b", 7, 4);
         assert_eq!(
             replay(&history, &[("t:b", Wanted::After(5))], 100).1,
             ["t:b"]
@@ -748,20 +738,10 @@ mod tests {
     fn a_redis_outage_breaks_the_positions_taken_before_it() {
         let history = history(1 << 20);
         for seq in 1..=2 {
-            history.append(
-                "t:a",
-                &route(),
-                retention(3),
-                frame(seq, seq, Resolved::Everyone),
-            );
+            append(&history, "t:a", seq, seq);
         }
         history.interrupted();
-        history.append(
-            "t:a",
-            &route(),
-            retention(3),
-            frame(3, 3, Resolved::Everyone),
-        );
+        append(&history, "t:a", 3, 3);
         // Messages may have been lost between 2 and 3: from 2 or before, a gap.
         for from in [0, 1, 2] {
             assert_eq!(
@@ -790,12 +770,7 @@ mod tests {
         let history = history(1 << 20);
         let mine = || Resolved::User("alice".into());
         history.append("t:a", &route(), retention(3), frame(1, 1, mine()));
-        history.append(
-            "t:b",
-            &route(),
-            retention(3),
-            frame(1, 2, Resolved::Everyone),
-        );
+        append(&history, "t:b", 1, 2);
         history.append(
             "t:a",
             &route(),
@@ -830,30 +805,10 @@ mod tests {
     fn the_process_bound_drops_the_oldest_frames_of_any_topic_first() {
         let one = frame(1, 1, Resolved::Everyone).cost();
         let history = history(3 * one);
-        history.append(
-            "t:a",
-            &route(),
-            retention(3),
-            frame(1, 1, Resolved::Everyone),
-        );
-        history.append(
-            "t:b",
-            &route(),
-            retention(3),
-            frame(1, 2, Resolved::Everyone),
-        );
-        history.append(
-            "t:a",
-            &route(),
-            retention(3),
-            frame(2, 3, Resolved::Everyone),
-        );
-        history.append(
-            "t:b",
-            &route(),
-            retention(3),
-            frame(2, 4, Resolved::Everyone),
-        );
+        append(&history, "t:a", 1, 1);
+        append(&history, "t:b", 1, 2);
+        append(&history, "t:a", 2, 3);
+        append(&history, "t:b", 2, 4);
         let rings = history.lock();
         assert_eq!((rings.frames, rings.bytes), (3, 3 * one));
         assert_eq!(
@@ -912,12 +867,7 @@ mod tests {
             ttl: Some(Duration::from_secs(secs)),
         };
         let next_expiry = || history.lock().next_expiry;
-        history.append(
-            "t:none",
-            &route(),
-            retention(3),
-            frame(1, 1, Resolved::Everyone),
-        );
+        append(&history, "t:none", 1, 1);
         assert_eq!(next_expiry(), None);
         history.append(
             "t:long",
@@ -1010,12 +960,7 @@ mod tests {
         );
 
         for seq in 2..=4 {
-            history.append(
-                "t:a",
-                &route(),
-                retention(3),
-                frame(seq, seq, Resolved::Everyone),
-            );
+            append(&history, "t:a", seq, seq);
         }
         let shrunk = config(&ROUTES.replace("size: 3", "size: 1"));
         let before = config(ROUTES);
@@ -1032,12 +977,7 @@ mod tests {
             ["t:z"]
         );
 
-        history.append(
-            "t:a",
-            &route(),
-            retention(3),
-            frame(5, 5, Resolved::Everyone),
-        );
+        append(&history, "t:a", 5, 5);
         assert_eq!(&**history.epoch(), "epoch");
         history.restart();
         assert_eq!(&**history.epoch(), "epoch.1");
