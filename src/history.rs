@@ -249,6 +249,12 @@ impl Rings {
         });
     }
 
+    /// Nothing can have been published, since the epoch began, on a topic that has no ring
+    /// and that `route` retains.
+    fn never_published(&self, route: &str) -> bool {
+        !self.forgot && !self.interrupted && !self.late.contains(route)
+    }
+
     fn freed(&mut self, (frames, bytes): (usize, usize)) {
         self.frames -= frames;
         self.bytes -= bytes;
@@ -472,6 +478,35 @@ impl History {
         self.publish_gauges(&rings);
     }
 
+    /// The positions that resume `topics` from now (those a route retains, per `retains`):
+    /// a topic's last `seq`, or 0 for one never published to in this epoch. Read under the
+    /// hub's write lock, as a subscribe answers, they are exactly where the subscription's
+    /// live stream starts. A topic that could not be resumed from now (its position was
+    /// forgotten, or Redis was lost since its last frame) is left out.
+    pub fn positions<'t>(
+        &self,
+        topics: &'t [String],
+        retains: &dyn Fn(&str) -> Option<Arc<str>>,
+    ) -> Vec<(&'t str, u64)> {
+        let retained: Vec<(&str, Arc<str>)> = topics
+            .iter()
+            .filter_map(|topic| Some((topic.as_str(), retains(topic)?)))
+            .collect();
+        if retained.is_empty() {
+            return Vec::new();
+        }
+        let rings = self.lock();
+        retained
+            .into_iter()
+            .filter_map(|(topic, route)| match rings.topics.get(topic) {
+                Some(ring) => {
+                    (ring.last_seq + 1 >= ring.complete_from).then_some((topic, ring.last_seq))
+                }
+                None => rings.never_published(&route).then_some((topic, 0)),
+            })
+            .collect()
+    }
+
     /// The frames `recipient` gets for `wanted` (each topic with how far back), at most
     /// `budget` of them: `After` topics first, each whole or named in `exhausted`, then
     /// `Last` topics, newest kept. `retains` tells whether a topic without a ring is one that
@@ -501,9 +536,7 @@ impl History {
                 let Some(ring) = rings.topics.get_mut(*topic) else {
                     if let Wanted::After(seq) = from {
                         let fresh = *seq == 0
-                            && !rings.forgot
-                            && !rings.interrupted
-                            && retains(topic).is_some_and(|route| !rings.late.contains(&route));
+                            && retains(topic).is_some_and(|route| rings.never_published(&route));
                         if !fresh {
                             replay.exhausted.push((*topic).to_owned());
                         }
@@ -731,6 +764,41 @@ mod tests {
         assert_eq!(
             replay(&history, &[("t:c", Wanted::After(1))], 100).1,
             ["t:c"]
+        );
+    }
+
+    #[test]
+    fn positions_are_where_a_subscription_starts_and_each_resumes() {
+        let history = history(1 << 20);
+        let retains = |topic: &str| (topic != "t:plain").then(route);
+        let topics = |names: &[&str]| names.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        let asked = topics(&["t:a", "t:new", "t:plain"]);
+        append(&history, "t:a", 1, 1);
+        append(&history, "t:a", 2, 2);
+        let positions = history.positions(&asked, &retains);
+        assert_eq!(positions, [("t:a", 2), ("t:new", 0)]);
+        // Resuming from them replays nothing from before and is no gap.
+        let wanted: Vec<(&str, Wanted)> = positions
+            .iter()
+            .map(|&(topic, seq)| (topic, Wanted::After(seq)))
+            .collect();
+        assert_eq!(replay(&history, &wanted, 100), (vec![], vec![]));
+        append(&history, "t:a", 3, 3);
+        append(&history, "t:new", 1, 4);
+        assert_eq!(
+            replay(&history, &wanted, 100),
+            (vec!["3".into(), "1".into()], vec![])
+        );
+
+        // After a Redis outage, no position until the topic's next frame.
+        history.interrupted();
+        assert_eq!(history.positions(&asked, &retains), []);
+        append(&history, "t:a", 4, 5);
+        assert_eq!(history.positions(&asked, &retains), [("t:a", 4)]);
+        assert!(
+            history
+                .positions(&topics(&["t:plain"]), &retains)
+                .is_empty()
         );
     }
 

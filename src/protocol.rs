@@ -368,6 +368,21 @@ pub enum ErrorCode {
     Unavailable,
 }
 
+/// The `since` that resumes topics from a moment: the epoch, and each topic's last `seq`.
+#[derive(Debug, Serialize)]
+pub struct Position<'a> {
+    pub epoch: &'a str,
+    #[serde(serialize_with = "topics_to_seq")]
+    pub seq: &'a [(&'a str, u64)],
+}
+
+fn topics_to_seq<S: serde::Serializer>(
+    seq: &&[(&str, u64)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_map(seq.iter().map(|(topic, seq)| (topic, seq)))
+}
+
 /// The frames the server sends of its own accord or in answer to a command.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -386,6 +401,9 @@ pub enum Reply<'a> {
         /// The topics of the same command that were not subscribed, and why.
         #[serde(skip_serializing_if = "<[Refusal]>::is_empty")]
         refused: &'a [Refusal],
+        /// Where the live stream of the retained topics starts for this subscription.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        position: Option<Position<'a>>,
     },
     Unsubscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -696,9 +714,24 @@ mod tests {
                 id: Some(&id),
                 topics: &topics,
                 refused: &refused,
+                position: None,
             }
             .to_json(),
             r#"{"type":"subscribed","id":3,"topics":["job:a"],"refused":[{"topic":"b","code":"forbidden"}]}"#
+        );
+        let topics = ["job:a".to_owned(), "job:b".to_owned()];
+        assert_eq!(
+            Reply::Subscribed {
+                id: None,
+                topics: &topics,
+                refused: &[],
+                position: Some(Position {
+                    epoch: "e1",
+                    seq: &[("job:a", 7), ("job:b", 0)],
+                }),
+            }
+            .to_json(),
+            r#"{"type":"subscribed","topics":["job:a","job:b"],"position":{"epoch":"e1","seq":{"job:a":7,"job:b":0}}}"#
         );
     }
 }

@@ -22,7 +22,9 @@ use crate::inbound::{self, Budgets, Taken};
 use crate::metrics::GapReason;
 use crate::outbox::{Closing, Written};
 use crate::presence;
-use crate::protocol::{self, Command, ErrorCode, Filter, Refusal, Replay, Reply, Request, Since};
+use crate::protocol::{
+    self, Command, ErrorCode, Filter, Position, Refusal, Replay, Reply, Request, Since,
+};
 use crate::rate::TokenBucket;
 use crate::router::Routing;
 use crate::state::{Shared, Slot};
@@ -760,10 +762,21 @@ impl Commands<'_> {
                 if tracked {
                     taken = admitted.to_vec();
                 }
+                // Under the hub's lock, like the replay after it: exactly where the live
+                // stream of these topics starts for this connection.
+                let routing = shared.routing.load();
+                let seq = shared
+                    .history
+                    .positions(admitted, &|topic| routing.retaining_route(topic));
+                let epoch = shared.history.epoch();
                 Reply::Subscribed {
                     id,
                     topics: admitted,
                     refused,
+                    position: (!seq.is_empty()).then_some(Position {
+                        epoch: epoch.as_str(),
+                        seq: &seq,
+                    }),
                 }
                 .to_frame()
             }

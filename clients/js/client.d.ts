@@ -15,7 +15,8 @@ declare class RedisWsBridge {
   readonly welcome: RedisWsBridge.WelcomeFrame | null;
   /** What a reconnect restores: [topic, filter or null] pairs. */
   readonly subscriptions: Array<[string, RedisWsBridge.Filter | null]>;
-  /** The last envelope `seq` seen on `topic`: where a reconnect resumes it from. */
+  /** The last envelope `seq` seen on `topic` (before any, where its subscription started):
+   * where a reconnect resumes it from. */
   lastSeq(topic: string): number | undefined;
 
   /** Returns a function that removes the listener. */
@@ -112,6 +113,9 @@ declare namespace RedisWsBridge {
     topics: string[];
     /** The topics of the same command that were not taken (absent when none). */
     refused?: Refusal[];
+    /** For the topics taken that a route retains: the `since` that resumes them from this
+     * subscription (absent when none). */
+    position?: Since;
   }
   interface UnsubscribedFrame {
     type: 'unsubscribed';

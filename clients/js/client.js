@@ -31,9 +31,10 @@
 // `since` on the upgrade URL for the `auto` topics of the previous connection, `since` on the
 // subscribe that restores the subscriptions. The missed frames then arrive as `message`
 // events, oldest first, before the live ones, none twice; what cannot be replayed arrives as
-// a `gap` event instead. A topic on which no frame came yet resumes from the oldest frame
-// the bridge retains. Positions live in memory: a page reload starts afresh (use the `last`
-// of a subscribe in your own code for that).
+// a `gap` event instead. A subscribed topic on which no frame came yet resumes from where
+// its subscription started (the `position` of the `subscribed` answer), an `auto` topic from
+// the oldest frame the bridge retains. Positions live in memory: a page reload starts afresh
+// (use the `last` of a subscribe in your own code for that).
 //
 // Methods: connect() (returns the client); close() for good: no reconnect, and no timer,
 // socket handler or pending request left behind; subscribe(topics, filter?),
@@ -452,8 +453,18 @@
       switch (frame.type) {
         case 'subscribed': {
           if (!entry) break;
-          const { filter = null, topics } = entry.command;
+          const { filter = null, topics, since } = entry.command;
           for (const topic of frame.topics) this.#topics.set(topic, filter);
+          // Where the live stream starts: a topic with no frame received yet resumes from
+          // there, not from frames published before it was subscribed. Not for a resuming
+          // subscribe: its replayed frames follow this answer and move the positions, and a
+          // cut before they arrive must not skip them.
+          const { position } = frame;
+          if (position && position.epoch === this.#epoch && !since) {
+            for (const [topic, seq] of Object.entries(position.seq)) {
+              if (!this.#lastSeq.has(topic)) this.#lastSeq.set(topic, seq);
+            }
+          }
           // Refused on restore (listed in `refused`): not ours any more.
           if (entry.restore) {
             for (const topic of topics) {

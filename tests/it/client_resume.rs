@@ -8,7 +8,9 @@ use serde_json::{Value, json};
 
 use crate::support::driver::Driver;
 use crate::support::tokens::auth_section;
-use crate::support::{Bridge, Publisher, RedisServer, WAIT, config_with, pick_port};
+use crate::support::{
+    Bridge, Publisher, RedisServer, WAIT, config_with, pick_port, wait_until_async,
+};
 
 /// `news` by subscription and `alerts` for every connection, both retaining far more than
 /// a test publishes; `brief` by subscription, retaining 3 frames.
@@ -159,6 +161,50 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_frames() {
     assert_eq!(node.seen("gap").len(), 1, "{}", node.transcript());
     // The other topics resumed without a loss: no gap for them.
     assert_eq!(numbers(&node, "news").len() as u64, total);
+
+    node.send(json!({"op": "close"}));
+    node.event("close", |v| v["reconnect"] == false).await;
+    node.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_without_a_frame_yet_resumes_from_its_subscription_not_from_older_frames() {
+    let redis = RedisServer::start();
+    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
+    bridge.wait_ready().await;
+    let mut publisher = Publisher::connect(&redis.url()).await;
+    for n in 1..=3 {
+        publisher.publish("news", json!({"n": n}).to_string()).await;
+    }
+    wait_until_async(
+        WAIT,
+        "the frames from before the subscription retained",
+        || async { bridge.metric("bridge_history_frames").await == Some(3) },
+    )
+    .await;
+    let (mut node, _) = connected(&bridge, 200).await;
+    node.send(json!({"op": "subscribe", "topics": ["news"]}));
+    assert_eq!(node.reply("subscribe").await, json!(["news"]));
+
+    // Cut before any frame of the topic came: the resume starts where the subscription did.
+    node.send(json!({"op": "drop"}));
+    node.event("reconnecting", |_| true).await;
+    for n in 4..=5 {
+        publisher.publish("news", json!({"n": n}).to_string()).await;
+    }
+    node.event("message", |m| m["topic"] == "news" && m["data"]["n"] == 5)
+        .await;
+    node.send(json!({"op": "ping"}));
+    node.reply("ping").await;
+    assert_eq!(
+        numbers(&node, "news"),
+        [4, 5],
+        "nothing from before the subscription: {}",
+        node.transcript()
+    );
+    assert_seq_is_n(&node, "news");
+    assert!(node.seen("gap").is_empty(), "{}", node.transcript());
+    assert_eq!(node.seen("open").len(), 2);
 
     node.send(json!({"op": "close"}));
     node.event("close", |v| v["reconnect"] == false).await;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::support::tokens::{auth_section, token};
 use crate::support::{
     ADMIN_TOKEN, Bridge, Frame, Publisher, RedisServer, WAIT, WsClient, config, config_with, start,
-    wait_until_async,
+    wait_until_async, without_position,
 };
 
 /// Jobs, each frame retained: `job:<id>` on `job:<id>`.
@@ -32,12 +32,13 @@ fn seq(frame: &Value) -> u64 {
         .unwrap_or_else(|| panic!("a frame with a seq: {frame}"))
 }
 
-/// Sends `command` and expects `subscribed` for `topics` with the command's id.
+/// Sends `command` and expects `subscribed` for `topics` with the command's id (and any
+/// `position`).
 async fn subscribed(c: &mut WsClient, command: Value) {
     let topics = command["topics"].clone();
     let id = command["id"].clone();
     c.send_json(&command).await;
-    let answer = c.next_json().await;
+    let answer = without_position(c.next_json().await);
     assert_eq!(
         answer,
         json!({"type": "subscribed", "id": id, "topics": topics}),
@@ -362,6 +363,73 @@ async fn positions_of_another_process_get_an_epoch_gap_never_a_replay() {
             .metric("bridge_history_gaps_total{reason=\"epoch_changed\"}")
             .await,
         Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscribed_answer_tells_where_the_live_stream_starts() {
+    let routes = jobs("{ size: 10 }")
+        + r#"
+        - name: plain
+          pattern: "plain:*"
+          topic: "plain:{1}"
+        "#;
+    let (redis, bridge) = start("", &routes).await;
+    publish_numbered(&redis, "job:1", 1..=3).await;
+    publish_numbered(&redis, "plain:1", 1..=2).await;
+    wait_until_async(WAIT, "three frames retained", || async {
+        bridge.metric("bridge_history_frames").await == Some(3)
+    })
+    .await;
+    let mut c = bridge.client().await;
+    let epoch = c.welcome["epoch"].clone();
+    c.send_json(&json!({"type": "subscribe", "id": 1, "topics": ["job:1", "job:2", "plain:1"]}))
+        .await;
+    assert_eq!(
+        c.next_json().await,
+        json!({"type": "subscribed", "id": 1, "topics": ["job:1", "job:2", "plain:1"],
+               "position": {"epoch": epoch, "seq": {"job:1": 3, "job:2": 0}}}),
+        "the retained topics' last seq (0: none yet); no position for a route without history"
+    );
+    c.assert_pong(2).await;
+    drop(c);
+
+    // Resuming from that position gets exactly what was published after the subscription.
+    publish_numbered(&redis, "job:1", 4..=5).await;
+    publish_numbered(&redis, "job:2", 1..=1).await;
+    wait_until_async(WAIT, "six frames retained", || async {
+        bridge.metric("bridge_history_frames").await == Some(6)
+    })
+    .await;
+    let mut d = bridge.client().await;
+    subscribed(
+        &mut d,
+        json!({"type": "subscribe", "id": 1, "topics": ["job:1", "job:2"], "since": {"epoch": epoch, "seq": {"job:1": 3, "job:2": 0}}}),
+    )
+    .await;
+    let replayed: Vec<(String, u64)> = texts(&mut d, 3)
+        .await
+        .iter()
+        .map(|t| {
+            let frame = parse(t);
+            (frame["topic"].as_str().unwrap().to_owned(), seq(&frame))
+        })
+        .collect();
+    assert_eq!(
+        replayed,
+        [
+            ("job:1".into(), 4),
+            ("job:1".into(), 5),
+            ("job:2".into(), 1)
+        ]
+    );
+    d.assert_pong(2).await;
+    // Topics no route retains: no position at all.
+    d.send_json(&json!({"type": "subscribe", "id": 3, "topics": ["plain:1"]}))
+        .await;
+    assert_eq!(
+        d.next_json().await,
+        json!({"type": "subscribed", "id": 3, "topics": ["plain:1"]})
     );
 }
 
