@@ -13,6 +13,7 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey, Validation};
 use sha2::{Digest, Sha256};
 
+use super::inbound::InboundRoute;
 use super::route::{Audience, Route};
 use super::schema;
 use super::yaml::{self, Ctx, Kind, Node, fields, index, join};
@@ -613,6 +614,42 @@ pub(super) fn check_audiences(
                 message,
             );
         }
+    }
+}
+
+/// The same for inbound routes' `allow`, whose default (`authenticated`) is such an
+/// audience: under `auth.mode: none` the route would refuse every frame. Reported at `allow`,
+/// or at the route when it takes the default.
+pub(super) fn check_allows(
+    ctx: &mut Ctx,
+    auth: &AuthSettings,
+    inbound_node: &Node,
+    inbound: &[InboundRoute],
+) {
+    if auth.mode != AuthMode::None {
+        return;
+    }
+    let Kind::Seq(items) = &inbound_node.kind else {
+        return;
+    };
+    for (i, (route, item)) in inbound.iter().zip(items).enumerate() {
+        if admits_anonymous(&route.allow) {
+            continue;
+        }
+        let Kind::Map(entries) = &item.kind else {
+            continue;
+        };
+        let (node, default) = match entries.iter().find(|e| e.key == "allow") {
+            Some(entry) => (&entry.value, ""),
+            None => (item, " (the default)"),
+        };
+        let message = format!(
+            "allow `{}`{default} admits only authenticated connections, but auth.mode is none \
+             (every connection is anonymous), so this inbound route would refuse every frame: \
+             set auth.mode to required or optional (with jwt or api_keys), or `allow: all`",
+            route.allow.describe()
+        );
+        ctx.error(node, &join(&index("inbound", i), "allow"), message);
     }
 }
 

@@ -293,6 +293,9 @@ fn compile(ctx: &mut Ctx, root: &yaml::Node, source: &Path) -> Option<Config> {
     if let (Some(auth), Some(routes), Some(node)) = (&auth, &routes, top.get("routes")) {
         auth::check_audiences(ctx, auth, node, routes);
     }
+    if let (Some(auth), Some(inbound), Some(node)) = (&auth, &inbound, top.get("inbound")) {
+        auth::check_allows(ctx, auth, node, inbound);
+    }
     Some(Config {
         source: source.to_path_buf(),
         inputs: Vec::new(),

@@ -1451,8 +1451,10 @@ fn history_conflate_and_their_bound() {
 
 #[test]
 fn inbound_routes_compile_with_their_defaults_and_errors() {
+    // With authentication: the default `allow` admits nobody under `auth.mode: none`.
+    let base = format!("auth:\n  mode: optional\n{KEY}{MINIMAL}");
     let config = ok(&format!(
-        "{MINIMAL}inbound:\n  - name: chat\n    match: {{ type: publish }}\n    channel: \"chat:{{payload.topic}}:{{user}}:{{connection_id}}:{{claims.t}}\"\n"
+        "{base}inbound:\n  - name: chat\n    match: {{ type: publish }}\n    channel: \"chat:{{payload.topic}}:{{user}}:{{connection_id}}:{{claims.t}}\"\n"
     ));
     let chat = &config.inbound[0];
     assert_eq!(&*chat.name, "chat");
@@ -1460,24 +1462,24 @@ fn inbound_routes_compile_with_their_defaults_and_errors() {
     assert!(chat.rate.is_none() && !chat.ack);
     assert!(ok(MINIMAL).inbound.is_empty());
 
-    let inbound = |body: &str| format!("{MINIMAL}inbound:\n  - name: a\n{body}");
+    let inbound = |body: &str| format!("{base}inbound:\n  - name: a\n{body}");
     assert_eq!(
         one_error(&inbound("    channel: \"x:{channel}\"\n")),
-        "6:14 inbound[0].channel: `{channel}` is not available here"
+        "10:14 inbound[0].channel: `{channel}` is not available here"
     );
     assert!(
         one_error(&inbound("    channel: \"{payload.c}\"\n"))
-            .starts_with("6:14 inbound[0].channel: `{payload.c}` can name a channel starting with `__redis-ws-bridge__:`")
+            .starts_with("10:14 inbound[0].channel: `{payload.c}` can name a channel starting with `__redis-ws-bridge__:`")
     );
     assert_eq!(
         one_error(&inbound("    channel: c\n    rate: fast\n")),
-        "7:11 inbound[0].rate: invalid rate `fast`: expected N/s or N/m with N ≥ 1, e.g. 20/s"
+        "11:11 inbound[0].rate: invalid rate `fast`: expected N/s or N/m with N ≥ 1, e.g. 20/s"
     );
     assert_eq!(
         one_error(&format!(
-            "{MINIMAL}inbound:\n  - name: a\n    channel: c\n  - name: a\n    channel: d\n"
+            "{base}inbound:\n  - name: a\n    channel: c\n  - name: a\n    channel: d\n"
         )),
-        "7:11 inbound[1].name: duplicate inbound route name `a` (first used on line 5)"
+        "11:11 inbound[1].name: duplicate inbound route name `a` (first used on line 9)"
     );
     let typo = errors(&inbound("    chanel: c\n"));
     assert!(
@@ -1485,6 +1487,27 @@ fn inbound_routes_compile_with_their_defaults_and_errors() {
             && e.message == "unknown key `chanel` (did you mean `channel`?)"),
         "{typo:#?}"
     );
+}
+
+#[test]
+fn an_inbound_allow_needs_authentication_to_admit_anyone() {
+    let inbound = |body: &str| format!("{MINIMAL}inbound:\n  - name: a\n    channel: c\n{body}");
+    assert_eq!(
+        one_error(&inbound("")),
+        "5:5 inbound[0].allow: allow `authenticated` (the default) admits only authenticated connections, but auth.mode is none (every connection is anonymous), so this inbound route would refuse every frame: set auth.mode to required or optional (with jwt or api_keys), or `allow: all`"
+    );
+    assert!(
+        one_error(&inbound("    allow: { roles: [ops] }\n"))
+            .starts_with("7:12 inbound[0].allow: allow `roles="),
+        "{}",
+        one_error(&inbound("    allow: { roles: [ops] }\n"))
+    );
+    // What anonymous connections can pass is fine.
+    assert!(matches!(
+        ok(&inbound("    allow: all\n")).inbound[0].allow,
+        Audience::Everyone
+    ));
+    ok(&inbound("    allow: { any: [all, authenticated] }\n"));
 }
 
 #[test]

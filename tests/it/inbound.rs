@@ -297,6 +297,31 @@ async fn a_channel_that_could_name_the_bridges_own_is_refused_at_load() {
     assert_eq!(exit.code, Some(0), "{}", exit.stderr);
 }
 
+#[tokio::test]
+async fn an_allow_that_needs_a_token_is_refused_at_load_when_nobody_has_one() {
+    // No `auth` section: every connection is anonymous, and the default `allow` would refuse
+    // every frame.
+    let inbound = "inbound:\n  - name: x\n    channel: \"chat:{payload.channel}\"\n";
+    let yaml =
+        config_with("", inbound, REPLY_ROUTE).replace("{redis_url}", "redis://127.0.0.1:1/0");
+    let exit = Bridge::check(&yaml);
+    assert_eq!(exit.code, Some(1), "{}", exit.stderr);
+    let line = exit
+        .stderr
+        .lines()
+        .find(|line| line.contains("inbound[0].allow"))
+        .unwrap_or_else(|| panic!("{}", exit.stderr));
+    assert!(
+        line.contains(&format!("bridge.yaml:{}:5:", line_of(&yaml, "- name: x")))
+            && line.contains("(the default)")
+            && line.contains("`allow: all`"),
+        "{line}"
+    );
+    let open = yaml.replace("    channel: \"chat", "    allow: all\n    channel: \"chat");
+    let exit = Bridge::check(&open);
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+}
+
 /// The 1-based line of the first line of `text` containing `needle`.
 fn line_of(text: &str, needle: &str) -> usize {
     text.lines()
