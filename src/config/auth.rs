@@ -579,77 +579,81 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// Under `auth.mode: none` every connection is anonymous, so an audience that admits only
-/// authenticated connections would silently reach nobody: that is reported as an error at
-/// the route's `audience`.
+/// Under `auth.mode: none` every connection is anonymous, so a route's audience that admits
+/// only authenticated connections would silently reach nobody: that is reported as an error
+/// at the route's `audience`.
 pub(super) fn check_audiences(
     ctx: &mut Ctx,
     auth: &AuthSettings,
     routes_node: &Node,
     routes: &[Route],
 ) {
-    if auth.mode != AuthMode::None {
-        return;
-    }
-    let Kind::Seq(items) = &routes_node.kind else {
-        return;
-    };
-    for (i, (route, item)) in routes.iter().zip(items).enumerate() {
-        if admits_anonymous(&route.audience) {
-            continue;
-        }
-        let Kind::Map(entries) = &item.kind else {
-            continue;
-        };
-        if let Some(entry) = entries.iter().find(|e| e.key == "audience") {
-            let message = format!(
-                "`{}` admits only authenticated connections, but auth.mode is none (every \
-                 connection is anonymous), so this route would reach nobody: set auth.mode to \
-                 required or optional (with jwt or api_keys), or use `audience: all`",
-                route.audience.describe()
-            );
-            ctx.error(
-                &entry.value,
-                &join(&index("routes", i), "audience"),
-                message,
-            );
-        }
-    }
+    let audiences = routes.iter().map(|route| &route.audience);
+    let outcome = "this route would reach nobody";
+    reported_if_anonymous(
+        ctx,
+        auth,
+        routes_node,
+        ("routes", "audience"),
+        audiences,
+        outcome,
+    );
 }
 
-/// The same for inbound routes' `allow`, whose default (`authenticated`) is such an
-/// audience: under `auth.mode: none` the route would refuse every frame. Reported at `allow`,
-/// or at the route when it takes the default.
+/// The same for inbound routes' `allow`, whose default (`authenticated`) is such an audience:
+/// the route would refuse every frame.
 pub(super) fn check_allows(
     ctx: &mut Ctx,
     auth: &AuthSettings,
     inbound_node: &Node,
     inbound: &[InboundRoute],
 ) {
+    let allows = inbound.iter().map(|route| &route.allow);
+    let outcome = "this inbound route would refuse every frame";
+    reported_if_anonymous(
+        ctx,
+        auth,
+        inbound_node,
+        ("inbound", "allow"),
+        allows,
+        outcome,
+    );
+}
+
+/// Reports each of `audiences` (of the items of `section`, at their `key`, or at the item
+/// when it takes the default) that no connection passes under `auth.mode: none`.
+fn reported_if_anonymous<'a>(
+    ctx: &mut Ctx,
+    auth: &AuthSettings,
+    node: &Node,
+    (section, key): (&str, &str),
+    audiences: impl Iterator<Item = &'a Audience>,
+    outcome: &str,
+) {
     if auth.mode != AuthMode::None {
         return;
     }
-    let Kind::Seq(items) = &inbound_node.kind else {
+    let Kind::Seq(items) = &node.kind else {
         return;
     };
-    for (i, (route, item)) in inbound.iter().zip(items).enumerate() {
-        if admits_anonymous(&route.allow) {
+    for (i, (audience, item)) in audiences.zip(items).enumerate() {
+        if admits_anonymous(audience) {
             continue;
         }
         let Kind::Map(entries) = &item.kind else {
             continue;
         };
-        let (node, default) = match entries.iter().find(|e| e.key == "allow") {
+        let (at, default) = match entries.iter().find(|e| e.key == key) {
             Some(entry) => (&entry.value, ""),
             None => (item, " (the default)"),
         };
         let message = format!(
-            "allow `{}`{default} admits only authenticated connections, but auth.mode is none \
-             (every connection is anonymous), so this inbound route would refuse every frame: \
-             set auth.mode to required or optional (with jwt or api_keys), or `allow: all`",
-            route.allow.describe()
+            "`{}`{default} admits only authenticated connections, but auth.mode is none (every \
+             connection is anonymous), so {outcome}: set auth.mode to required or optional \
+             (with jwt or api_keys), or use `{key}: all`",
+            audience.describe()
         );
-        ctx.error(node, &join(&index("inbound", i), "allow"), message);
+        ctx.error(at, &join(&index(section, i), key), message);
     }
 }
 

@@ -1494,11 +1494,11 @@ fn an_inbound_allow_needs_authentication_to_admit_anyone() {
     let inbound = |body: &str| format!("{MINIMAL}inbound:\n  - name: a\n    channel: c\n{body}");
     assert_eq!(
         one_error(&inbound("")),
-        "5:5 inbound[0].allow: allow `authenticated` (the default) admits only authenticated connections, but auth.mode is none (every connection is anonymous), so this inbound route would refuse every frame: set auth.mode to required or optional (with jwt or api_keys), or `allow: all`"
+        "5:5 inbound[0].allow: `authenticated` (the default) admits only authenticated connections, but auth.mode is none (every connection is anonymous), so this inbound route would refuse every frame: set auth.mode to required or optional (with jwt or api_keys), or use `allow: all`"
     );
     assert!(
         one_error(&inbound("    allow: { roles: [ops] }\n"))
-            .starts_with("7:12 inbound[0].allow: allow `roles="),
+            .starts_with("7:12 inbound[0].allow: `roles="),
         "{}",
         one_error(&inbound("    allow: { roles: [ops] }\n"))
     );

@@ -8,9 +8,7 @@ use serde_json::{Value, json};
 
 use crate::support::driver::Driver;
 use crate::support::tokens::auth_section;
-use crate::support::{
-    Bridge, Publisher, RedisServer, WAIT, config_with, pick_port, wait_until_async,
-};
+use crate::support::{Bridge, Publisher, RedisServer, WAIT, config_with, pick_port};
 
 /// `news` by subscription and `alerts` for every connection, both retaining far more than
 /// a test publishes; `brief` by subscription, retaining 3 frames.
@@ -176,12 +174,7 @@ async fn a_topic_without_a_frame_yet_resumes_from_its_subscription_not_from_olde
     for n in 1..=3 {
         publisher.publish("news", json!({"n": n}).to_string()).await;
     }
-    wait_until_async(
-        WAIT,
-        "the frames from before the subscription retained",
-        || async { bridge.metric("bridge_history_frames").await == Some(3) },
-    )
-    .await;
+    bridge.wait_retained(3).await;
     let (mut node, _) = connected(&bridge, 200).await;
     node.send(json!({"op": "subscribe", "topics": ["news"]}));
     assert_eq!(node.reply("subscribe").await, json!(["news"]));

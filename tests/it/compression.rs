@@ -420,10 +420,7 @@ async fn replayed_frames_come_compressed_to_the_clients_that_negotiated_it() {
     // Published while nobody compresses: compressed at its first replay.
     let unseen = json_payload(4 * 1024);
     publisher.publish("news", &unseen).await;
-    wait_until_async(WAIT, "two frames retained", || async {
-        bridge.metric("bridge_history_frames").await == Some(2)
-    })
-    .await;
+    bridge.wait_retained(2).await;
 
     let last = r#"{"type": "subscribe", "id": 2, "topics": ["news"], "last": 2}"#;
     let mut later = RawClient::connect(&bridge, &["permessage-deflate"]).await;

@@ -26,6 +26,16 @@ fn jobs(history: &str) -> String {
     )
 }
 
+/// [`jobs`], and `plain:<id>` on `plain:<id>`, which no route retains.
+fn jobs_and_plain(history: &str) -> String {
+    jobs(history)
+        + r#"
+        - name: plain
+          pattern: "plain:*"
+          topic: "plain:{1}"
+        "#
+}
+
 fn seq(frame: &Value) -> u64 {
     frame["seq"]
         .as_u64()
@@ -53,6 +63,19 @@ async fn texts(c: &mut WsClient, n: usize) -> Vec<String> {
         out.push(c.recv_text().await);
     }
     out
+}
+
+/// The topic and `seq` of each of the next `n` frames.
+async fn topics_and_seqs(c: &mut WsClient, n: usize) -> Vec<(String, u64)> {
+    texts(c, n)
+        .await
+        .iter()
+        .map(|text| {
+            let frame = parse(text);
+            let topic = frame["topic"].as_str().expect("a topic").to_owned();
+            (topic, seq(&frame))
+        })
+        .collect()
 }
 
 fn parse(text: &str) -> Value {
@@ -368,19 +391,10 @@ async fn positions_of_another_process_get_an_epoch_gap_never_a_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_subscribed_answer_tells_where_the_live_stream_starts() {
-    let routes = jobs("{ size: 10 }")
-        + r#"
-        - name: plain
-          pattern: "plain:*"
-          topic: "plain:{1}"
-        "#;
-    let (redis, bridge) = start("", &routes).await;
+    let (redis, bridge) = start("", &jobs_and_plain("{ size: 10 }")).await;
     publish_numbered(&redis, "job:1", 1..=3).await;
     publish_numbered(&redis, "plain:1", 1..=2).await;
-    wait_until_async(WAIT, "three frames retained", || async {
-        bridge.metric("bridge_history_frames").await == Some(3)
-    })
-    .await;
+    bridge.wait_retained(3).await;
     let mut c = bridge.client().await;
     let epoch = c.welcome["epoch"].clone();
     c.send_json(&json!({"type": "subscribe", "id": 1, "topics": ["job:1", "job:2", "plain:1"]}))
@@ -397,24 +411,14 @@ async fn the_subscribed_answer_tells_where_the_live_stream_starts() {
     // Resuming from that position gets exactly what was published after the subscription.
     publish_numbered(&redis, "job:1", 4..=5).await;
     publish_numbered(&redis, "job:2", 1..=1).await;
-    wait_until_async(WAIT, "six frames retained", || async {
-        bridge.metric("bridge_history_frames").await == Some(6)
-    })
-    .await;
+    bridge.wait_retained(6).await;
     let mut d = bridge.client().await;
     subscribed(
         &mut d,
         json!({"type": "subscribe", "id": 1, "topics": ["job:1", "job:2"], "since": {"epoch": epoch, "seq": {"job:1": 3, "job:2": 0}}}),
     )
     .await;
-    let replayed: Vec<(String, u64)> = texts(&mut d, 3)
-        .await
-        .iter()
-        .map(|t| {
-            let frame = parse(t);
-            (frame["topic"].as_str().unwrap().to_owned(), seq(&frame))
-        })
-        .collect();
+    let replayed = topics_and_seqs(&mut d, 3).await;
     assert_eq!(
         replayed,
         [
@@ -435,13 +439,7 @@ async fn the_subscribed_answer_tells_where_the_live_stream_starts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_older_than_the_history_gets_a_gap() {
-    let routes = jobs("{ size: 3 }")
-        + r#"
-        - name: plain
-          pattern: "plain:*"
-          topic: "plain:{1}"
-        "#;
-    let (redis, bridge) = start("", &routes).await;
+    let (redis, bridge) = start("", &jobs_and_plain("{ size: 3 }")).await;
     publish_numbered(&redis, "job:1", 1..=10).await;
     publish_numbered(&redis, "plain:1", 1..=2).await;
     let mut c = bridge.client().await;
@@ -482,10 +480,7 @@ async fn a_position_older_than_the_history_gets_a_gap() {
 async fn frames_past_their_ttl_are_released_and_positions_kept() {
     let (redis, bridge) = start("", &jobs("{ size: 10, ttl: 300ms }")).await;
     publish_numbered(&redis, "job:1", 1..=3).await;
-    wait_until_async(WAIT, "three frames retained", || async {
-        bridge.metric("bridge_history_frames").await == Some(3)
-    })
-    .await;
+    bridge.wait_retained(3).await;
     wait_until_async(WAIT, "the frames to expire", || async {
         bridge.metric("bridge_history_frames").await == Some(0)
             && bridge.metric("bridge_history_bytes").await == Some(0)
@@ -546,14 +541,7 @@ async fn history_max_bytes_drops_the_oldest_frames_of_the_process_first() {
         json!({"type": "subscribe", "id": 1, "topics": ["job:a", "job:b"], "last": 1000}),
     )
     .await;
-    let seqs: Vec<(String, u64)> = texts(&mut c, frames as usize)
-        .await
-        .iter()
-        .map(|t| {
-            let frame = parse(t);
-            (frame["topic"].as_str().unwrap().to_owned(), seq(&frame))
-        })
-        .collect();
+    let seqs = topics_and_seqs(&mut c, frames as usize).await;
     c.assert_pong(2).await;
     let expected: Vec<(String, u64)> = (41 - frames..=40)
         .map(|n| ("job:b".to_owned(), n))
@@ -571,10 +559,7 @@ async fn a_reload_trims_and_releases_retained_frames() {
     let bridge = Bridge::start_with(&with("{ size: 10 }"), &[]);
     bridge.wait_ready().await;
     publish_numbered(&redis, "job:1", 1..=6).await;
-    wait_until_async(WAIT, "six frames retained", || async {
-        bridge.metric("bridge_history_frames").await == Some(6)
-    })
-    .await;
+    bridge.wait_retained(6).await;
 
     let reloads = |n: u64| {
         let bridge = &bridge;
@@ -883,10 +868,7 @@ async fn a_frame_of_the_topic_that_no_history_kept_is_never_skipped_silently() {
 async fn a_replay_never_overflows_the_send_queue() {
     let (redis, bridge) = start("send_queue: 4", &jobs("{ size: 10 }")).await;
     publish_numbered(&redis, "job:1", 1..=10).await;
-    wait_until_async(WAIT, "ten frames retained", || async {
-        bridge.metric("bridge_history_frames").await == Some(10)
-    })
-    .await;
+    bridge.wait_retained(10).await;
     let mut c = bridge.client().await;
     let epoch = c.welcome["epoch"].clone();
     subscribed(

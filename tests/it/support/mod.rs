@@ -662,6 +662,14 @@ impl Bridge {
         })
     }
 
+    /// Waits until the history holds exactly `frames` retained frames.
+    pub async fn wait_retained(&self, frames: u64) {
+        wait_until_async(WAIT, &format!("{frames} frames retained"), || async {
+            self.metric("bridge_history_frames").await == Some(frames)
+        })
+        .await;
+    }
+
     /// The daemon's resident set size in KiB (`VmRSS` of /proc/PID/status).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
