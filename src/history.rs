@@ -26,6 +26,7 @@ use serde_json::Value;
 use crate::audience::Resolved;
 use crate::config::{Compression, Config, Retention};
 use crate::deflate;
+use crate::protocol::Position;
 use crate::wsframe;
 
 /// What one retained frame costs beyond its bytes: its entry in the ring and in the global
@@ -261,6 +262,22 @@ impl Rings {
     }
 }
 
+/// Where topics resume from at one moment ([`History::positions`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct Positions<'t> {
+    pub epoch: Arc<String>,
+    pub seq: Vec<(&'t str, u64)>,
+}
+
+impl<'a> From<&'a Positions<'_>> for Position<'a> {
+    fn from(positions: &'a Positions<'_>) -> Position<'a> {
+        Position {
+            epoch: &positions.epoch,
+            seq: &positions.seq,
+        }
+    }
+}
+
 /// The retained frames of the process.
 #[derive(Debug)]
 pub struct History {
@@ -479,24 +496,26 @@ impl History {
     }
 
     /// The positions that resume `topics` from now (those a route retains, per `retains`):
-    /// a topic's last `seq`, or 0 for one never published to in this epoch. Read under the
+    /// a topic's last `seq`, or 0 for one never published to in this epoch, with the epoch
+    /// they belong to (read together, so a restart cannot come between). Read under the
     /// hub's write lock, as a subscribe answers, they are exactly where the subscription's
     /// live stream starts. A topic that could not be resumed from now (its position was
-    /// forgotten, or Redis was lost since its last frame) is left out.
+    /// forgotten, or Redis was lost since its last frame) is left out; `None` when none is
+    /// left.
     pub fn positions<'t>(
         &self,
         topics: &'t [String],
         retains: &dyn Fn(&str) -> Option<Arc<str>>,
-    ) -> Vec<(&'t str, u64)> {
+    ) -> Option<Positions<'t>> {
         let retained: Vec<(&str, Arc<str>)> = topics
             .iter()
             .filter_map(|topic| Some((topic.as_str(), retains(topic)?)))
             .collect();
         if retained.is_empty() {
-            return Vec::new();
+            return None;
         }
         let rings = self.lock();
-        retained
+        let seq: Vec<(&str, u64)> = retained
             .into_iter()
             .filter_map(|(topic, route)| match rings.topics.get(topic) {
                 Some(ring) => {
@@ -504,7 +523,11 @@ impl History {
                 }
                 None => rings.never_published(&route).then_some((topic, 0)),
             })
-            .collect()
+            .collect();
+        (!seq.is_empty()).then(|| Positions {
+            epoch: self.epoch(),
+            seq,
+        })
     }
 
     /// The frames `recipient` gets for `wanted` (each topic with how far back), at most
@@ -775,10 +798,12 @@ mod tests {
         let asked = topics(&["t:a", "t:new", "t:plain"]);
         append(&history, "t:a", 1, 1);
         append(&history, "t:a", 2, 2);
-        let positions = history.positions(&asked, &retains);
-        assert_eq!(positions, [("t:a", 2), ("t:new", 0)]);
+        let positions = history.positions(&asked, &retains).expect("positions");
+        assert_eq!(positions.epoch.as_str(), "epoch");
+        assert_eq!(positions.seq, [("t:a", 2), ("t:new", 0)]);
         // Resuming from them replays nothing from before and is no gap.
         let wanted: Vec<(&str, Wanted)> = positions
+            .seq
             .iter()
             .map(|&(topic, seq)| (topic, Wanted::After(seq)))
             .collect();
@@ -792,14 +817,19 @@ mod tests {
 
         // After a Redis outage, no position until the topic's next frame.
         history.interrupted();
-        assert_eq!(history.positions(&asked, &retains), []);
+        assert_eq!(history.positions(&asked, &retains), None);
         append(&history, "t:a", 4, 5);
-        assert_eq!(history.positions(&asked, &retains), [("t:a", 4)]);
-        assert!(
-            history
-                .positions(&topics(&["t:plain"]), &retains)
-                .is_empty()
-        );
+        let positions = history.positions(&asked, &retains).expect("positions");
+        assert_eq!(positions.seq, [("t:a", 4)]);
+        assert_eq!(history.positions(&topics(&["t:plain"]), &retains), None);
+
+        // A restart is a new epoch, and positions of the new one.
+        let history = super::tests::history(1 << 20);
+        history.restart();
+        append(&history, "t:a", 1, 1);
+        let positions = history.positions(&asked, &retains).expect("positions");
+        assert_eq!(positions.epoch.as_str(), "epoch.1");
+        assert_eq!(positions.seq, [("t:a", 1), ("t:new", 0)]);
     }
 
     #[test]

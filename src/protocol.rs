@@ -393,6 +393,9 @@ pub enum Reply<'a> {
         roles: &'a [std::sync::Arc<str>],
         topics: &'a [String],
         epoch: &'a str,
+        /// Where the retained `topics` start for this connection.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        position: Option<Position<'a>>,
     },
     Subscribed {
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -247,12 +247,19 @@ fn welcome(
             ),
         }
     }
+    let topics = routing.auto_topics(identity);
+    // Read before the connection is in the hub: a frame routed after this and before it is
+    // there is one the connection missed, which a resume from these positions replays.
+    let positions = shared
+        .history
+        .positions(&topics, &|topic| routing.retaining_route(topic));
     Reply::Connected {
         connection_id: &connection.public_id,
         user: identity.user.as_deref(),
         roles: &identity.roles,
-        topics: &routing.auto_topics(identity),
+        topics: &topics,
         epoch: &shared.history.epoch(),
+        position: positions.as_ref().map(Position::from),
     }
     .to_json()
 }
@@ -765,18 +772,14 @@ impl Commands<'_> {
                 // Under the hub's lock, like the replay after it: exactly where the live
                 // stream of these topics starts for this connection.
                 let routing = shared.routing.load();
-                let seq = shared
+                let positions = shared
                     .history
                     .positions(admitted, &|topic| routing.retaining_route(topic));
-                let epoch = shared.history.epoch();
                 Reply::Subscribed {
                     id,
                     topics: admitted,
                     refused,
-                    position: (!seq.is_empty()).then_some(Position {
-                        epoch: epoch.as_str(),
-                        seq: &seq,
-                    }),
+                    position: positions.as_ref().map(Position::from),
                 }
                 .to_frame()
             }

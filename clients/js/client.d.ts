@@ -15,8 +15,8 @@ declare class RedisWsBridge {
   readonly welcome: RedisWsBridge.WelcomeFrame | null;
   /** What a reconnect restores: [topic, filter or null] pairs. */
   readonly subscriptions: Array<[string, RedisWsBridge.Filter | null]>;
-  /** The last envelope `seq` seen on `topic` (before any, where its subscription started):
-   * where a reconnect resumes it from. */
+  /** The last envelope `seq` seen on `topic` (before any, where its subscription or the
+   * connection started): where a reconnect resumes it from. */
   lastSeq(topic: string): number | undefined;
 
   /** Returns a function that removes the listener. */
@@ -98,6 +98,9 @@ declare namespace RedisWsBridge {
     topics: string[];
     /** Changes when the bridge restarts. */
     epoch: string;
+    /** For the `topics` a route retains: the `since` that resumes them from this connection
+     * (absent when none). */
+    position?: Since;
   }
   /** The `connected` frame, or the welcome template the routing file configures. */
   type WelcomeFrame = ConnectedFrame | { [key: string]: unknown };

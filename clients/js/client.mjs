@@ -33,10 +33,10 @@
 // `since` on the upgrade URL for the `auto` topics of the previous connection, `since` on the
 // subscribe that restores the subscriptions. The missed frames then arrive as `message`
 // events, oldest first, before the live ones, none twice; what cannot be replayed arrives as
-// a `gap` event instead. A subscribed topic on which no frame came yet resumes from where
-// its subscription started (the `position` of the `subscribed` answer), an `auto` topic from
-// the oldest frame the bridge retains. Positions live in memory: a page reload starts afresh
-// (use the `last` of a subscribe in your own code for that).
+// a `gap` event instead. A topic on which no frame came yet resumes from where its
+// subscription started (the `position` of the `subscribed` answer), or, `auto`, from where
+// the connection did (the `position` of the `connected` frame). Positions live in memory: a
+// page reload starts afresh (use the `last` of a subscribe in your own code for that).
 //
 // Methods: connect() (returns the client); close() for good: no reconnect, and no timer,
 // socket handler or pending request left behind; subscribe(topics, filter?),
@@ -341,18 +341,30 @@ class RedisWsBridge {
     const resumable = reconnected && this.#epoch !== undefined;
     const held = [...this.#topics.keys()];
     const since = resumable && held.length > 0 ? this.#since(held) : undefined;
+    const previous = this.#welcome;
     this.#welcome = frame;
     this.#welcomed = true;
     this.#everOpened = true;
     this.#attempt = 0;
     this.#state = 'open';
     const epoch = epochOf(frame);
+    // The `auto` topics this connection resumes on its upgrade URL (`#address`): their
+    // replayed frames follow and move their positions.
+    const replaying = new Set(resumable && epoch === this.#epoch ? autoTopics(previous) : []);
     // Another process numbers its frames from 1 again.
     if (epoch !== this.#epoch) {
       this.#lastSeq.clear();
       this.#gapped.clear();
     }
     this.#epoch = epoch;
+    // Where the retained `auto` topics start for this connection: one with no frame
+    // received yet resumes from there, not from frames routed before it connected.
+    const { position } = frame;
+    if (position && position.epoch === epoch) {
+      for (const [topic, seq] of Object.entries(position.seq)) {
+        if (!replaying.has(topic) && !this.#lastSeq.has(topic)) this.#lastSeq.set(topic, seq);
+      }
+    }
     this.#restore(since);
     for (const entry of this.#pending.values()) {
       if (!entry.sent && !entry.settled) this.#send(entry);

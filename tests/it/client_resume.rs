@@ -166,36 +166,50 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_frames() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_topic_without_a_frame_yet_resumes_from_its_subscription_not_from_older_frames() {
+async fn a_topic_without_a_frame_yet_resumes_from_where_it_started_not_from_older_frames() {
     let redis = RedisServer::start();
     let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
     bridge.wait_ready().await;
     let mut publisher = Publisher::connect(&redis.url()).await;
     for n in 1..=3 {
-        publisher.publish("news", json!({"n": n}).to_string()).await;
+        for topic in ["news", "alerts"] {
+            publisher.publish(topic, json!({"n": n}).to_string()).await;
+        }
     }
-    bridge.wait_retained(3).await;
-    let (mut node, _) = connected(&bridge, 200).await;
+    bridge.wait_retained(6).await;
+    let (mut node, welcome) = connected(&bridge, 200).await;
+    assert_eq!(
+        welcome["position"],
+        json!({"epoch": welcome["epoch"], "seq": {"alerts": 3}}),
+        "where the retained auto topic starts for this connection"
+    );
     node.send(json!({"op": "subscribe", "topics": ["news"]}));
     assert_eq!(node.reply("subscribe").await, json!(["news"]));
 
-    // Cut before any frame of the topic came: the resume starts where the subscription did.
+    // Cut before any frame of either topic came: the resume starts where the subscription
+    // and the connection did.
     node.send(json!({"op": "drop"}));
     node.event("reconnecting", |_| true).await;
     for n in 4..=5 {
-        publisher.publish("news", json!({"n": n}).to_string()).await;
+        for topic in ["news", "alerts"] {
+            publisher.publish(topic, json!({"n": n}).to_string()).await;
+        }
     }
-    node.event("message", |m| m["topic"] == "news" && m["data"]["n"] == 5)
-        .await;
+    // The last frame of each topic, whichever comes first.
+    for _ in 0..2 {
+        node.event("message", |m| m["data"]["n"] == 5).await;
+    }
     node.send(json!({"op": "ping"}));
     node.reply("ping").await;
-    assert_eq!(
-        numbers(&node, "news"),
-        [4, 5],
-        "nothing from before the subscription: {}",
-        node.transcript()
-    );
-    assert_seq_is_n(&node, "news");
+    for topic in ["news", "alerts"] {
+        assert_eq!(
+            numbers(&node, topic),
+            [4, 5],
+            "nothing of {topic} from before: {}",
+            node.transcript()
+        );
+        assert_seq_is_n(&node, topic);
+    }
     assert!(node.seen("gap").is_empty(), "{}", node.transcript());
     assert_eq!(node.seen("open").len(), 2);
 
