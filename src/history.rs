@@ -325,11 +325,16 @@ impl History {
     }
 
     /// `seq` numbers restart (the dispatcher dropped its counters): every position taken so
-    /// far is void, so everything retained goes and the epoch changes.
+    /// far is void, so everything retained goes and the epoch changes. What made topics
+    /// without a ring doubtful (an outage, forgotten positions, routes that began to retain
+    /// late) belongs to the old epoch: in the new one, such a topic had no frame.
     pub fn restart(&self) {
         let mut rings = self.lock();
         rings.topics.clear();
         rings.order.clear();
+        rings.late.clear();
+        rings.forgot = false;
+        rings.interrupted = false;
         rings.frames = 0;
         rings.bytes = 0;
         rings.next_expiry = None;
@@ -823,8 +828,7 @@ mod tests {
         assert_eq!(positions.seq, [("t:a", 4)]);
         assert_eq!(history.positions(&topics(&["t:plain"]), &retains), None);
 
-        // A restart is a new epoch, and positions of the new one.
-        let history = super::tests::history(1 << 20);
+        // A restart is a new epoch, whose topics start afresh: the outage was in the old one.
         history.restart();
         append(&history, "t:a", 1, 1);
         let positions = history.positions(&asked, &retains).expect("positions");
