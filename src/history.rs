@@ -108,6 +108,11 @@ struct Ring {
 }
 
 impl Ring {
+    /// Whether every frame after `seq` is held: a client that saw up to `seq` resumes whole.
+    fn resumes_from(&self, seq: u64) -> bool {
+        seq <= self.last_seq && seq + 1 >= self.complete_from
+    }
+
     /// Drops the oldest frame; what it cost.
     fn pop_front(&mut self) -> Option<usize> {
         let popped = self.frames.pop_front()?;
@@ -523,9 +528,9 @@ impl History {
         let seq: Vec<(&str, u64)> = retained
             .into_iter()
             .filter_map(|(topic, route)| match rings.topics.get(topic) {
-                Some(ring) => {
-                    (ring.last_seq + 1 >= ring.complete_from).then_some((topic, ring.last_seq))
-                }
+                Some(ring) => ring
+                    .resumes_from(ring.last_seq)
+                    .then_some((topic, ring.last_seq)),
                 None => rings.never_published(&route).then_some((topic, 0)),
             })
             .collect();
@@ -576,7 +581,7 @@ impl History {
                 emptied |= ring.frames.is_empty();
                 match *from {
                     Wanted::After(seq) => {
-                        if seq > ring.last_seq || seq + 1 < ring.complete_from {
+                        if !ring.resumes_from(seq) {
                             replay.exhausted.push((*topic).to_owned());
                             continue;
                         }
