@@ -362,14 +362,8 @@
         this.#gapped.clear();
       }
       this.#epoch = epoch;
-      // Where the retained `auto` topics start for this connection: one with no frame
-      // received yet resumes from there, not from frames routed before it connected.
-      const { position } = frame;
-      if (position && position.epoch === epoch) {
-        for (const [topic, seq] of Object.entries(position.seq)) {
-          if (!replaying.has(topic) && !this.#lastSeq.has(topic)) this.#lastSeq.set(topic, seq);
-        }
-      }
+      // Where the retained `auto` topics start for this connection.
+      this.#startAt(frame.position, replaying);
       this.#restore(since);
       for (const entry of this.#pending.values()) {
         if (!entry.sent && !entry.settled) this.#send(entry);
@@ -379,6 +373,16 @@
       if (reconnected && !resumable) {
         const topics = [...new Set([...held, ...autoTopics(frame)])];
         this.#emit('gap', { reason: 'reconnected', topics });
+      }
+    }
+
+    // Records a `position` (of a `connected` frame or a `subscribed` answer) of this epoch for
+    // the topics with no frame received yet, but those in `replaying`: they resume from
+    // there, not from frames routed before it.
+    #startAt(position, replaying) {
+      if (!position || position.epoch !== this.#epoch) return;
+      for (const [topic, seq] of Object.entries(position.seq)) {
+        if (!replaying.has(topic) && !this.#lastSeq.has(topic)) this.#lastSeq.set(topic, seq);
       }
     }
 
@@ -467,16 +471,10 @@
           if (!entry) break;
           const { filter = null, topics, since } = entry.command;
           for (const topic of frame.topics) this.#topics.set(topic, filter);
-          // Where the live stream starts: a topic with no frame received yet resumes from
-          // there, not from frames published before it was subscribed. Not for a resuming
-          // subscribe: its replayed frames follow this answer and move the positions, and a
-          // cut before they arrive must not skip them.
-          const { position } = frame;
-          if (position && position.epoch === this.#epoch && !since) {
-            for (const [topic, seq] of Object.entries(position.seq)) {
-              if (!this.#lastSeq.has(topic)) this.#lastSeq.set(topic, seq);
-            }
-          }
+          // Where the live stream starts. Not for a resuming subscribe: its replayed frames
+          // follow this answer and move the positions, and a cut before they arrive must not
+          // skip them.
+          if (!since) this.#startAt(frame.position, new Set());
           // Refused on restore (listed in `refused`): not ours any more.
           if (entry.restore) {
             for (const topic of topics) {
