@@ -335,15 +335,11 @@ impl History {
     /// late) belongs to the old epoch: in the new one, such a topic had no frame.
     pub fn restart(&self) {
         let mut rings = self.lock();
-        rings.topics.clear();
-        rings.order.clear();
-        rings.late.clear();
-        rings.forgot = false;
-        rings.interrupted = false;
-        rings.frames = 0;
-        rings.bytes = 0;
-        rings.next_expiry = None;
-        rings.emptied = false;
+        // Everything but the configured bound starts afresh, whatever is added to the rings.
+        *rings = Rings {
+            max_bytes: rings.max_bytes,
+            ..Rings::default()
+        };
         let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
         self.epoch
             .store(Arc::new(format!("{}.{n}", self.base_epoch)));
