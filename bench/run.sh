@@ -220,20 +220,22 @@ bridge_metric() {
 }
 
 # publish_retained TOPICS PER_TOPIC LAST_MARK: PER_TOPIC messages to each of job:0 …
-# job:TOPICS-1 through redis-cli --pipe, each about 100 bytes of JSON; the last of each topic
-# carries LAST_MARK (the tool's --ack waits for it). Round-robin over topics, as a live
-# stream would interleave them.
+# job:TOPICS-1 through redis-cli --pipe, each 100 bytes of JSON, the size of the tool's own
+# payloads (a ring full of smaller frames would free chunks the tool's frames cannot reuse,
+# and the heap would grow as it never does in a bridge whose traffic keeps its size); the
+# last of each topic carries LAST_MARK (the tool's --ack waits for it). Round-robin over
+# topics, as a live stream would interleave them.
 publish_retained() {
   local topics="$1" per="$2" mark="$3"
   python3 - "$topics" "$per" "$mark" <<'PY' | redis-cli -p "$REDIS_PORT" --pipe >/dev/null
 import sys
 topics, per, mark = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
 out = sys.stdout.buffer
-pad = "x" * 60
 for n in range(1, per + 1):
     for t in range(topics):
         end = f',"end":"{mark}"' if n == per else ""
-        payload = f'{{"n":{n},"pad":"{pad}"{end}}}'.encode()
+        head = f'{{"n":{n}{end},"pad":"'
+        payload = (head + "x" * (100 - len(head) - 2) + '"}').encode()
         channel = f"job:{t}".encode()
         out.write(b"*3\r\n$7\r\nPUBLISH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
                   % (len(channel), channel, len(payload), payload))
