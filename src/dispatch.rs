@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::audience::Resolved;
 use crate::config::{Compression, Delivery, Retention, Route};
 use crate::deflate;
-use crate::history::{Payload, Retained};
+use crate::history::{Payload, Retained, RingId};
 use crate::hub::{Connection, Indexes};
 use crate::metrics::DropReason;
 use crate::outbox::Pushed;
@@ -41,6 +41,8 @@ struct Sequence {
     /// Some route retains the topic's frames: a frame of it that a route does not retain
     /// must be told to the history, which can then no longer resume positions before it.
     retained: bool,
+    /// Where the history keeps the topic's frames, once it keeps some.
+    ring: Option<RingId>,
 }
 
 pub struct Dispatcher {
@@ -151,6 +153,7 @@ impl Dispatcher {
                     seq: 0,
                     payload_at: None,
                     skipped_retained: false,
+                    ring: None,
                     conflate_key: None,
                     compressed: None,
                     compression: routing.config.websocket.compression,
@@ -175,7 +178,7 @@ impl Dispatcher {
                 counters.delivered.inc_by(fan_out.delivered);
                 self.queued += fan_out.delivered as usize;
                 if let (Some(retention), Some(audience)) = (route.history, &audience) {
-                    fan_out.retain(route, retention, audience, topic);
+                    fan_out.retain(&mut self.seqs, route, retention, audience, topic);
                 } else if fan_out.skipped_retained {
                     self.shared.history.skipped(topic, fan_out.seq);
                 }
@@ -208,6 +211,8 @@ struct FanOut<'a, 'm> {
     payload_at: Option<PayloadAt>,
     /// The frame took a `seq` of a topic some other route retains.
     skipped_retained: bool,
+    /// Where the topic's frames are retained, as its sequence counter last knew it.
+    ring: Option<RingId>,
     /// The topic, shared by its queued frames, when the route conflates them.
     conflate_key: Option<Arc<str>>,
     /// `frame` compressed, on the first admitted recipient that takes it so: one stream for
@@ -377,6 +382,7 @@ impl FanOut<'_, '_> {
         match sequence {
             Some(sequence) => {
                 sequence.last = seq;
+                self.ring = sequence.ring;
                 self.skipped_retained = sequence.retained && !retains;
                 sequence.retained |= retains;
             }
@@ -389,6 +395,7 @@ impl FanOut<'_, '_> {
                 let sequence = Sequence {
                     last: seq,
                     retained: retains,
+                    ring: None,
                 };
                 seqs.insert(topic.into(), sequence);
             }
@@ -403,6 +410,7 @@ impl FanOut<'_, '_> {
     /// history.
     fn retain(
         &mut self,
+        seqs: &mut HashMap<Box<str>, Sequence>,
         route: &Route,
         retention: Retention,
         audience: &Arc<Resolved>,
@@ -431,9 +439,16 @@ impl FanOut<'_, '_> {
             audience: audience.clone(),
             payload,
         };
-        self.shared
+        let ring = self
+            .shared
             .history
-            .append(topic, &route.name, retention, retained);
+            .append(self.ring, topic, &route.name, retention, retained);
+        // A second lookup of the topic only when its ring is new (or was replaced).
+        if self.ring != Some(ring)
+            && let Some(sequence) = seqs.get_mut(topic)
+        {
+            sequence.ring = Some(ring);
+        }
     }
 
     /// What a recipient with permessage-deflate and a window of `window_bits` gets: the
