@@ -404,6 +404,7 @@ pub fn plan<'m>(
         seq: None,
         now: None,
         connection_id: None,
+        epoch: None,
         user: None,
     };
     let mut topics = Vec::with_capacity(route.topics.len());
@@ -461,6 +462,7 @@ pub fn render_frame(
         seq: Some(seq),
         now: Some(message.now()),
         connection_id: None,
+        epoch: None,
         user: None,
     };
     match &route.format {

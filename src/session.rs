@@ -233,9 +233,11 @@ fn welcome(
 ) -> String {
     if let Welcome::Template(template) = &routing.config.websocket.welcome {
         let now = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+        let epoch = shared.history.epoch();
         let scope = Scope {
             claims: identity.authenticated.then_some(&identity.claims),
             connection_id: Some(&connection.public_id),
+            epoch: Some(&epoch),
             now: Some(&now),
             ..Scope::default()
         };

@@ -9,7 +9,7 @@
 //!
 //! Syntax (docs/routing.md, "Templates"):
 //! - `{1}` … `{9}`, `{channel}`, `{payload}`, `{payload.a.b}`, `{claims}`, `{claims.a.b}`,
-//!   `{topic}`, `{seq}`, `{now}`, `{connection_id}`;
+//!   `{topic}`, `{seq}`, `{now}`, `{connection_id}`, `{epoch}`;
 //! - a path segment made of digits (`items.0`) is an array index on arrays and a key on objects;
 //! - `{a|b|text}`: alternatives tried left to right. The first one must be a placeholder name;
 //!   each later one is resolved when it is a placeholder name and is literal text otherwise.
@@ -54,6 +54,8 @@ pub enum Placeholder {
     Now,
     /// `{connection_id}`: the id of the connection (welcome frame).
     ConnectionId,
+    /// `{epoch}`: the epoch positions are valid in (welcome frame), for clients that resume.
+    Epoch,
     /// `{user}`: the connection's verified user (inbound channels).
     User,
 }
@@ -70,6 +72,7 @@ impl fmt::Display for Placeholder {
             Placeholder::Seq => f.write_str("seq"),
             Placeholder::Now => f.write_str("now"),
             Placeholder::ConnectionId => f.write_str("connection_id"),
+            Placeholder::Epoch => f.write_str("epoch"),
             Placeholder::User => f.write_str("user"),
         }
     }
@@ -147,6 +150,8 @@ pub struct Allowed {
     pub now: bool,
     /// `{connection_id}`.
     pub connection_id: bool,
+    /// `{epoch}`.
+    pub epoch: bool,
     /// `{user}`.
     pub user: bool,
 }
@@ -171,6 +176,7 @@ impl Allowed {
             Placeholder::Seq => self.seq,
             Placeholder::Now => self.now,
             Placeholder::ConnectionId => self.connection_id,
+            Placeholder::Epoch => self.epoch,
             Placeholder::User => self.user,
         };
         if available {
@@ -200,6 +206,8 @@ pub struct Scope<'a> {
     pub now: Option<&'a str>,
     /// The connection's id.
     pub connection_id: Option<&'a str>,
+    /// The epoch positions are valid in.
+    pub epoch: Option<&'a str>,
     /// The connection's verified user.
     pub user: Option<&'a str>,
 }
@@ -254,6 +262,7 @@ fn resolve<'a>(placeholder: &Placeholder, scope: &Scope<'a>) -> Option<Resolved<
         Placeholder::Seq => scope.seq.map(Resolved::Number),
         Placeholder::Now => scope.now.map(Resolved::Text),
         Placeholder::ConnectionId => scope.connection_id.map(Resolved::Text),
+        Placeholder::Epoch => scope.epoch.map(Resolved::Text),
         Placeholder::User => scope.user.map(Resolved::Text),
     }
 }
@@ -597,6 +606,7 @@ fn parse_name(text: &str) -> Result<Option<Placeholder>, TemplateError> {
         "seq" => Placeholder::Seq,
         "now" => Placeholder::Now,
         "connection_id" => Placeholder::ConnectionId,
+        "epoch" => Placeholder::Epoch,
         "user" => Placeholder::User,
         "payload" => Placeholder::Payload(Vec::new()),
         "claims" => Placeholder::Claims(Vec::new()),
@@ -637,7 +647,7 @@ pub enum TemplateError {
     Empty,
     /// A name that is not a placeholder where one is required.
     #[error(
-        "unknown placeholder `{{{0}}}` (expected 1-9, channel, payload.…, claims.…, topic, seq, now or connection_id)"
+        "unknown placeholder `{{{0}}}` (expected 1-9, channel, payload.…, claims.…, topic, seq, now, connection_id, epoch or user)"
     )]
     Unknown(String),
     /// A dot path with an empty segment (`payload..x`, `payload.`).
@@ -885,6 +895,7 @@ mod tests {
             seq: true,
             now: true,
             connection_id: true,
+            epoch: true,
             user: true,
         }
     }
@@ -1095,6 +1106,7 @@ mod tests {
         let welcome = Allowed {
             claims: true,
             connection_id: true,
+            epoch: true,
             now: true,
             ..Allowed::default()
         };
@@ -1106,7 +1118,11 @@ mod tests {
             compile_err("{channel}", &welcome),
             "`{channel}` is not available here"
         );
-        assert!(Template::compile("{claims.sub}{connection_id}{now}", &welcome).is_ok());
+        assert!(Template::compile("{claims.sub}{connection_id}{now}{epoch}", &welcome).is_ok());
+        assert_eq!(
+            compile_err("{epoch}", &pattern2),
+            "`{epoch}` is not available here"
+        );
     }
 
     #[test]
@@ -1314,11 +1330,12 @@ mod tests {
         let scope = Scope {
             claims: Some(&claims),
             connection_id: Some("c-1"),
+            epoch: Some("e-1"),
             now: Some("2026-01-01T00:00:00.000Z"),
             ..Scope::default()
         };
         let template = match JsonTemplate::compile(
-            &json!({"user": "{claims.sub}", "roles": "{claims.roles}", "id": "{connection_id}", "at": "{now}"}),
+            &json!({"user": "{claims.sub}", "roles": "{claims.roles}", "id": "{connection_id}", "epoch": "{epoch}", "at": "{now}"}),
             &all(),
         ) {
             Ok(template) => template,
@@ -1327,7 +1344,7 @@ mod tests {
         assert_eq!(
             template.render(&scope),
             Some(
-                json!({"user": "42", "roles": ["a", "b"], "id": "c-1", "at": "2026-01-01T00:00:00.000Z"})
+                json!({"user": "42", "roles": ["a", "b"], "id": "c-1", "epoch": "e-1", "at": "2026-01-01T00:00:00.000Z"})
             )
         );
         assert_eq!(

@@ -102,7 +102,8 @@ declare namespace RedisWsBridge {
      * (absent when none). */
     position?: Since;
   }
-  /** The `connected` frame, or the welcome template the routing file configures. */
+  /** The `connected` frame, or the welcome template the routing file configures (whose
+   * `epoch` member, when it has one, lets the client resume). */
   type WelcomeFrame = ConnectedFrame | { [key: string]: unknown };
   /** A topic a subscribe did not take, and why. */
   interface Refusal {
@@ -234,7 +235,8 @@ declare namespace RedisWsBridge {
     | { reason: 'epoch_changed'; topics: string[] }
     /** A reconnect after which the bridge no longer held every frame missed. */
     | { reason: 'history_exhausted'; topics: string[] }
-    /** A reconnect to a bridge whose welcome names no epoch: nothing was resumed. */
+    /** A reconnect to a bridge whose welcome names no epoch (a configured welcome without
+     * `{epoch}`): nothing was resumed. */
     | { reason: 'reconnected'; topics: string[] }
     | { reason: 'seq'; topics: [string]; missing: [number, number] };
   interface UnsubscribedInfo {

@@ -26,7 +26,8 @@
 //                  Error whose `code` is 'timeout'; 0 waits for ever. A subscribe made while
 //                  disconnected counts from the call.
 //
-// Resume: the client keeps the `epoch` of the `connected` frame and the last `seq` of every
+// Resume: the client keeps the `epoch` of the welcome (the `connected` frame's, or the `epoch`
+// member of a configured welcome that has one: `epoch: "{epoch}"`) and the last `seq` of every
 // topic (subscribed and `auto`). After any reconnect it asks the bridge for what it missed:
 // `since` on the upgrade URL for the `auto` topics of the previous connection, `since` on the
 // subscribe that restores the subscriptions. The missed frames then arrive as `message`
@@ -57,8 +58,9 @@
 //                 {reason: 'history_exhausted', topics}  after a reconnect, the bridge no
 //                   longer holds every frame missed (or the route keeps no history);
 //                 {reason: 'reconnected', topics}  this client was disconnected from a
-//                   bridge whose welcome frame names no epoch (a configured welcome), so
-//                   nothing could be resumed: `topics` are the subscriptions held before.
+//                   bridge whose welcome frame names no epoch (a configured welcome without
+//                   `{epoch}`), so nothing could be resumed: `topics` are the subscriptions
+//                   held before.
 //                 {reason: 'seq', topics: [topic], missing: [from, to]}  a jump in an
 //                   envelope's `seq` on an unfiltered subscription or an auto route. `seq`
 //                   counts every frame of the topic, including those the route's audience
@@ -108,8 +110,8 @@
     #topics = new Map(); // topic -> filter or null: what a reconnect restores
     // topic -> last envelope seq seen: the position a resume starts from
     #lastSeq = new Map();
-    // The epoch those positions belong to (the last `connected` frame's); undefined when the
-    // welcome names none, and nothing can be resumed.
+    // The epoch those positions belong to (the last welcome's); undefined when the welcome
+    // names none, and nothing can be resumed.
     #epoch;
     // Topics whose jump in `seq` a gap notice already reported: the next frame is not one.
     #gapped = new Set();
@@ -372,6 +374,10 @@
       this.#emit('open', frame);
       if (reconnected && !resumable) {
         const topics = [...new Set([...held, ...autoTopics(frame)])];
+        // This gap covers the jump in `seq` that their next frames show.
+        for (const topic of topics) {
+          if (this.#lastSeq.has(topic)) this.#gapped.add(topic);
+        }
         this.#emit('gap', { reason: 'reconnected', topics });
       }
     }
@@ -587,9 +593,10 @@
 
   function ignore() {}
 
-  // The epoch of a `connected` frame; undefined for a configured welcome, which has none.
+  // The epoch a welcome names: the `connected` frame's, or the `epoch` member of a configured
+  // welcome (`{epoch}`); undefined when it names none.
   function epochOf(frame) {
-    return frame && frame.type === 'connected' ? frame.epoch : undefined;
+    return frame && typeof frame.epoch === 'string' ? frame.epoch : undefined;
   }
 
   // The `auto` topics a `connected` frame names.

@@ -66,6 +66,7 @@ const INBOUND_ALLOWED: Allowed = Allowed {
     seq: false,
     now: false,
     connection_id: true,
+    epoch: false,
     user: true,
 };
 

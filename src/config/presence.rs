@@ -27,6 +27,7 @@ const PRESENCE_ALLOWED: Allowed = Allowed {
     seq: false,
     now: false,
     connection_id: false,
+    epoch: false,
     user: false,
 };
 

@@ -194,7 +194,7 @@ websocket:
   ping_interval: 250ms
   idle_timeout: 2m
   client_rate: 120/m
-  welcome: { type: hello, id: "{connection_id}", user: "{claims.sub|anonymous}", at: "{now}" }
+  welcome: { type: hello, id: "{connection_id}", user: "{claims.sub|anonymous}", at: "{now}", epoch: "{epoch}" }
 auth:
   mode: optional
   jwt:
@@ -277,6 +277,7 @@ routes:
     let scope = Scope {
         claims: Some(&claims),
         connection_id: Some("c1"),
+        epoch: Some("E"),
         now: Some("T"),
         ..Scope::default()
     };
@@ -284,7 +285,7 @@ routes:
     let bytes = welcome.render_to_vec(&scope).unwrap_or_default();
     assert_eq!(
         String::from_utf8_lossy(&bytes),
-        r#"{"type":"hello","id":"c1","user":"42","at":"T"}"#
+        r#"{"type":"hello","id":"c1","user":"42","at":"T","epoch":"E"}"#
     );
 }
 
@@ -546,7 +547,7 @@ fn the_console_switch() {
 fn bad_templates_point_at_their_value() {
     assert_eq!(
         one_error("routes:\n  - name: a\n    channel: x\n    topic: \"{foo}\"\n"),
-        "4:12 routes[0].topic: unknown placeholder `{foo}` (expected 1-9, channel, payload.…, claims.…, topic, seq, now or connection_id)"
+        "4:12 routes[0].topic: unknown placeholder `{foo}` (expected 1-9, channel, payload.…, claims.…, topic, seq, now, connection_id, epoch or user)"
     );
     assert_eq!(
         one_error(

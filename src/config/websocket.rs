@@ -125,6 +125,7 @@ const WELCOME_ALLOWED: Allowed = Allowed {
     seq: false,
     now: true,
     connection_id: true,
+    epoch: true,
     user: false,
 };
 

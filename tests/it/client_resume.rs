@@ -2,7 +2,8 @@
 //! after its socket is cut while a publisher keeps publishing, the client gets exactly the
 //! frames it missed, subscribed and `auto`, in order and once each; a history too short for
 //! what was missed, and a restarted bridge (a new epoch), reach the application as `gap`
-//! events, and no jump in `seq` is reported on top of them.
+//! events, and no jump in `seq` is reported on top of them. A configured welcome resumes
+//! when it names the epoch (`{epoch}`), and is reported as a `reconnected` gap when not.
 
 use serde_json::{Value, json};
 
@@ -30,7 +31,12 @@ const ROUTES: &str = r#"
 
 /// On a fixed port, so that a restarted bridge is found where it was.
 fn resume_config(redis: &RedisServer, port: u16) -> String {
-    config_with("", &auth_section("required", "", ""), ROUTES)
+    config_with_welcome(redis, port, "")
+}
+
+/// `resume_config` with the `websocket` settings `websocket` (a configured welcome).
+fn config_with_welcome(redis: &RedisServer, port: u16, websocket: &str) -> String {
+    config_with(websocket, &auth_section("required", "", ""), ROUTES)
         .replace("listen: 127.0.0.1:0", &format!("listen: 127.0.0.1:{port}"))
         .replace("{redis_url}", &redis.url())
 }
@@ -349,4 +355,69 @@ async fn a_client_away_during_a_redis_outage_is_told_of_it_when_it_resumes() {
     node.send(json!({"op": "close"}));
     node.event("close", |v| v["reconnect"] == false).await;
     node.finish().await;
+}
+
+/// A configured welcome with `epoch: "{epoch}"` resumes the subscriptions as the `connected`
+/// frame does; one without it cannot, and the application is told so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_welcome_resumes_when_it_names_the_epoch() {
+    for names_epoch in [true, false] {
+        let redis = RedisServer::start();
+        let welcome = if names_epoch {
+            r#"welcome: { type: hello, id: "{connection_id}", epoch: "{epoch}" }"#
+        } else {
+            r#"welcome: { type: hello, id: "{connection_id}" }"#
+        };
+        let config = config_with_welcome(&redis, pick_port(), welcome);
+        let bridge = Bridge::start_with(&config, &[]);
+        bridge.wait_ready().await;
+        // Away for 0.5 s at least: long enough to publish what it misses.
+        let (mut node, welcome) = connected(&bridge, 1000).await;
+        assert_eq!(welcome["type"], "hello");
+        assert_eq!(welcome["epoch"].is_string(), names_epoch, "{welcome}");
+        node.send(json!({"op": "subscribe", "topics": ["news"]}));
+        assert_eq!(node.reply("subscribe").await, json!(["news"]));
+        let mut publisher = Publisher::connect(&redis.url()).await;
+        for n in 1..=3 {
+            publisher.publish("news", json!({"n": n}).to_string()).await;
+        }
+        node.event("message", |m| m["data"]["n"] == 3).await;
+        node.send(json!({"op": "drop"}));
+        node.event("reconnecting", |_| true).await;
+        for n in 4..=6 {
+            publisher.publish("news", json!({"n": n}).to_string()).await;
+        }
+        let reopened = node.event("open", |_| true).await["value"].clone();
+        assert_eq!(reopened["epoch"], welcome["epoch"]);
+        // The subscription is back either way; what it missed follows when it resumed.
+        node.event("frame", |f| f["type"] == "subscribed").await;
+        if names_epoch {
+            node.event("message", |m| m["data"]["n"] == 6).await;
+        }
+        publisher.publish("news", r#"{"n":7}"#).await;
+        node.event("message", |m| m["data"]["n"] == 7).await;
+        let expected: Vec<u64> = if names_epoch {
+            (1..=7).collect()
+        } else {
+            vec![1, 2, 3, 7]
+        };
+        assert_eq!(numbers(&node, "news"), expected, "{}", node.transcript());
+        assert_seq_is_n(&node, "news");
+        let gaps: Vec<&Value> = node.seen("gap");
+        let told: Vec<Value> = if names_epoch {
+            vec![]
+        } else {
+            vec![json!({"reason": "reconnected", "topics": ["news"]})]
+        };
+        assert_eq!(
+            gaps,
+            told.iter().collect::<Vec<_>>(),
+            "{}",
+            node.transcript()
+        );
+
+        node.send(json!({"op": "close"}));
+        node.event("close", |v| v["reconnect"] == false).await;
+        node.finish().await;
+    }
 }
