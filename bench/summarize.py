@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Summarises bridge-bench JSON lines (bench/results/*.jsonl) as Markdown tables: the median
-of each figure over repeated runs, and each peer's ratio to the bridge measured in the same
-file. Standard library only.
+of each figure over repeated runs, each peer's ratio to the bridge measured in the same
+file, and, for scenarios run off then on back to back (`history-off-topics`, then
+`history-on-topics`), the on ÷ off ratio of each such pair. Standard library only.
 
     python3 bench/summarize.py bench/results/20261125-101500.jsonl [more.jsonl ...]
 """
 
 import json
+import re
 import statistics
 import sys
 from collections import defaultdict
@@ -146,6 +148,40 @@ def main(paths):
                       f"{fmt(f['server_busy'])} | {fmt(f['tool_busy'])} | {fmt(f['reloads'], 0)} | "
                       f"{fmt(f['wire'], 0)} |")
         print()
+
+    print_pairs(lines)
+
+
+def print_pairs(lines):
+    """On ÷ off of the server's CPU per frame, taken per pair (an "off" run and the "on" run
+    that follows it for the same target and variant), as the machine's noise between pairs
+    is larger than what is measured."""
+    pending = {}
+    found = defaultdict(list)
+    for line in lines:
+        if line.get("kind") != "publish":
+            continue
+        match = re.fullmatch(r"(.+)-(off|on)-(.+)", line["scenario"])
+        if not match:
+            continue
+        prefix, mode, variant = match.groups()
+        key = (prefix, variant, line["target"])
+        cpu = get(line, "server", "cpu_us_per_frame")
+        if mode == "off":
+            pending[key] = cpu
+        elif pending.get(key) and cpu is not None:
+            found[key].append((pending.pop(key), cpu))
+    if not found:
+        return
+    print("### On ÷ off, pair by pair (server CPU µs/frame)\n")
+    print("| scenario | target | pairs | off (median) | on (median) | on ÷ off (median of the pairs) | lowest | highest |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (prefix, variant, target), runs in sorted(found.items()):
+        ratios = sorted(on / off for off, on in runs)
+        print(f"| {prefix} {variant} | {target} | {len(runs)} | {fmt(median([off for off, _ in runs]))} | "
+              f"{fmt(median([on for _, on in runs]))} | {fmt(median(ratios))} | {fmt(ratios[0])} | "
+              f"{fmt(ratios[-1])} |")
+    print()
 
 
 if __name__ == "__main__":
