@@ -615,9 +615,10 @@ async fn under_journald_text_lines_carry_a_priority_and_no_timestamp() {
     });
     let mut seen = Vec::new();
     let deadline = Instant::now() + WAIT;
-    while !seen
+    // The listener and the Redis task start side by side: either line may come first.
+    while !["redis unavailable", " listening "]
         .iter()
-        .any(|l: &String| l.contains("redis unavailable"))
+        .all(|wanted| seen.iter().any(|l: &String| l.contains(wanted)))
     {
         let left = deadline.saturating_duration_since(Instant::now());
         match received.recv_timeout(left) {
