@@ -14,6 +14,7 @@ const EVERYTHING: Allowed = Allowed {
     seq: true,
     now: true,
     connection_id: true,
+    epoch: true,
     user: true,
 };
 
@@ -34,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
         seq: Some(7),
         now: Some("2026-11-25T00:00:00.000Z"),
         connection_id: Some("c"),
+        epoch: Some("e"),
         user: Some("u"),
     };
     if let Ok(template) = Template::compile(source, &EVERYTHING) {
