@@ -374,12 +374,17 @@
       this.#emit('open', frame);
       if (reconnected && !resumable) {
         const topics = [...new Set([...held, ...autoTopics(frame)])];
-        // This gap covers the jump in `seq` that their next frames show.
-        for (const topic of topics) {
-          if (this.#lastSeq.has(topic)) this.#gapped.add(topic);
-        }
-        this.#emit('gap', { reason: 'reconnected', topics });
+        this.#reportGap({ reason: 'reconnected', topics });
       }
+    }
+
+    // Tells the application of a gap; the jump in `seq` that the next frames of its topics
+    // show is this gap, not another one.
+    #reportGap(gap) {
+      for (const topic of gap.topics) {
+        if (this.#lastSeq.has(topic)) this.#gapped.add(topic);
+      }
+      this.#emit('gap', gap);
     }
 
     // Records a `position` (of a `connected` frame or a `subscribed` answer) of this epoch for
@@ -528,12 +533,9 @@
           break;
         case 'gap': {
           const topics = Array.isArray(frame.topics) ? frame.topics : [];
-          for (const topic of topics) {
-            if (this.#lastSeq.has(topic)) this.#gapped.add(topic);
-          }
           const gap = { reason: frame.reason, topics };
           if (frame.since !== undefined) gap.since = frame.since;
-          this.#emit('gap', gap);
+          this.#reportGap(gap);
           break;
         }
         default:
