@@ -4,7 +4,7 @@
 #   bench/run.sh SCENARIO [--target bridge|node|python|nchan|all] [--runs N] [-- TOOL ARGS...]
 #
 # SCENARIO: smoke | idle | fanout | fanout-max | topics | topics-max | storm | reload |
-#           compress | history | resume | history-memory | all
+#           compress | history | resume | history-memory | history-instructions | all
 #
 # Each run starts its own redis-server (127.0.0.1:16379) and the target server, pins the
 # server to CPU 0 and the load tool and redis-server to CPU 1 (taskset), runs
@@ -63,6 +63,10 @@ if [ "${NO_BUILD:-0}" != 1 ]; then
   cargo build --release --quiet -p redis-ws-bridge -p bridge-bench
 fi
 
+# Rounds of the history scenario so far: they alternate which side runs first.
+history_round=0
+# A command the bridge runs under (valgrind, for history-instructions).
+bridge_wrapper=()
 started=()
 cleanup() {
   for pid in "${started[@]}"; do
@@ -122,7 +126,7 @@ start_server() {
   case "$target" in
     bridge)
       BENCH_LISTEN=127.0.0.1:18080 BENCH_REDIS_URL="$REDIS_URL/0" \
-        taskset -c "$SERVER_CPU" "$BRIDGE_BIN" run --config "${CONFIG_OVERRIDE:-$config}" --log-level warn >>"$LOG" 2>&1 &
+        taskset -c "$SERVER_CPU" "${bridge_wrapper[@]}" "$BRIDGE_BIN" run --config "${CONFIG_OVERRIDE:-$config}" --log-level warn >>"$LOG" 2>&1 &
       SERVER_PIDS=$!
       started+=("$SERVER_PIDS")
       wait_port 18080
@@ -242,10 +246,10 @@ for n in range(1, per + 1):
 PY
 }
 
-# wait_metric NAME VALUE: until the bridge's metric reaches VALUE (at most 5 minutes).
+# wait_metric NAME VALUE [SECONDS]: until the bridge's metric reaches VALUE (at most SECONDS, 300).
 wait_metric() {
-  local name="$1" want="$2" value
-  for _ in $(seq 1 3000); do
+  local name="$1" want="$2" seconds="${3:-300}" value
+  for _ in $(seq 1 $((seconds * 10))); do
     value="$(bridge_metric "$name")"
     [ "${value%.*}" -ge "$want" ] && return 0
     sleep 0.1
@@ -381,9 +385,14 @@ run_one() {
       stop_server
       case "$target" in bridge|nchan) ;; *) echo "history: the bridge and nchan only" >&2; return 0 ;; esac
       local variant mode dir
+      # Off first in odd rounds, on first in even ones: a machine that drifts during the run
+      # (other tenants, its memory) weighs on both sides alike.
+      history_round=$((history_round + 1))
+      local modes="off on"
+      [ $((history_round % 2)) = 0 ] && modes="on off"
       for variant in ${HISTORY_VARIANTS:-fanout-1000 fanout-10000 topics}; do
         [ "$target" = nchan ] && [ "$variant" = topics-full ] && continue
-        for mode in off on; do
+        for mode in $modes; do
           if [ "$target" = bridge ]; then
             dir="$(mktemp -d /tmp/bench-history.XXXXXX)"
             history_config "$dir/bridge.yaml" "$([ "$mode" = on ] && echo 10 || echo 0)"
@@ -472,6 +481,80 @@ run_one() {
         echo "{\"tool\":\"run.sh\",\"scenario\":\"history-memory-$size\",\"topics\":$topics,\"messages\":$((topics * per)),\"rss_before_kib\":$before,\"rss_after_kib\":$after,\"history_frames\":$frames,\"history_bytes\":$bytes}" | tee -a "$OUT" >&2
         stop_server
         rm -rf "$dir"
+      done
+      return 0
+      ;;
+    history-instructions)
+      # What history adds per delivered frame, counted by callgrind instead of timed: its
+      # instructions and simulated cache misses are the same from one run to the next, where
+      # this machine's CPU time per frame varies by ±15 %. The many-topics load (`topics`,
+      # and `topics-full` with every ring full first), history off then on; counting starts
+      # once the clients receive and lasts WINDOW seconds (default 30). Valgrind slows the
+      # bridge down, so the tool publishes at RATE (default 1,000/s, about what it keeps up
+      # with then). Pings are off: at this rate they would be as many as the frames. Only
+      # what runs in the bridge's process is counted, not the kernel's work (its sends, and
+      # the page faults of a growing heap).
+      stop_server
+      if [ "$target" != bridge ]; then echo "history-instructions: the bridge only" >&2; return 0; fi
+      command -v valgrind >/dev/null || { echo "history-instructions needs valgrind (apt-get install -y valgrind)" >&2; return 1; }
+      # The slowed bridge falls behind: Redis must keep what it has not read yet.
+      redis-cli -p "$REDIS_PORT" config set client-output-buffer-limit "pubsub 0 0 0" >/dev/null
+      local variant mode dir window="${WINDOW:-30}" delivered='bridge_messages_delivered_total{route="bench"}'
+      local first last
+      for variant in ${HISTORY_VARIANTS:-topics topics-full}; do
+        for mode in off on; do
+          dir="$(mktemp -d /tmp/bench-instructions.XXXXXX)"
+          history_config "$dir/bridge.yaml" "$([ "$mode" = on ] && echo 10 || echo 0)"
+          sed -i 's/^\(  ping_interval:\).*/\1 1h/; s/^\(  idle_timeout:\).*/\1 2h/' "$dir/bridge.yaml"
+          # The last level as this machine's: 32 MiB, 16 ways (valgrind reads it wrong here).
+          bridge_wrapper=(valgrind --tool=callgrind --instr-atstart=no --cache-sim=yes
+            --LL=33554432,16,64
+            "--callgrind-out-file=$dir/callgrind.out" "--log-file=$dir/valgrind.log")
+          CONFIG_OVERRIDE="$dir/bridge.yaml" start_server bridge none
+          bridge_wrapper=()
+          if [ "$variant" = topics-full ]; then
+            publish_retained 100000 10 prefill
+            wait_metric bridge_redis_messages_received_total 1000000 1800
+          fi
+          taskset -c "$TOOL_CPU" "$BENCH_BIN" publish --label bridge --scenario "instructions-$mode-$variant" \
+            --url "$URL_BASE" --clients "${CLIENTS:-10000}" --topics 100000 --topics-per-client 10 \
+            "${PUB_ARGS[@]}" --rate "${RATE:-1000}" --warmup 1s --duration "$((window + 60))s" \
+            --json-out "$dir/tool.jsonl" "${extra[@]}" >>"$LOG" 2>&1 &
+          local tool=$!
+          # Counting starts once frames flow to the clients (all connected and subscribed).
+          wait_metric "$delivered" 1000
+          callgrind_control -i on "$SERVER_PIDS" >/dev/null
+          first="$(bridge_metric "$delivered")"
+          sleep "$window"
+          callgrind_control -i off "$SERVER_PIDS" >/dev/null
+          last="$(bridge_metric "$delivered")"
+          kill "$tool" 2>/dev/null || true
+          wait "$tool" 2>/dev/null || true
+          # Callgrind writes its counts as the bridge exits.
+          stop_server
+          python3 - "$dir/callgrind.out" "$((last - first))" "$mode" "$variant" "$window" >>"$OUT" <<'PY'
+import json, sys
+path, frames, mode, variant, window = sys.argv[1], int(sys.argv[2]), *sys.argv[3:]
+events, totals, caches = None, None, []
+for line in open(path):
+    if line.startswith("events:"):
+        events = line.split()[1:]
+    elif line.startswith(("summary:", "totals:")):
+        totals = [int(v) for v in line.split()[1:]]
+    elif line.startswith("desc: ") and "cache" in line:
+        caches.append(line[6:].strip())
+counts = dict(zip(events, totals))
+print(json.dumps({
+    "tool": "run.sh", "kind": "instructions", "scenario": f"instructions-{mode}-{variant}",
+    "target": "bridge", "window_s": int(window), "frames": frames, "caches": caches,
+    "per_frame": {event: round(count / frames, 2) for event, count in counts.items()},
+}))
+PY
+          tail -1 "$OUT" >&2
+          # Kept for callgrind_annotate: where the instructions went, function by function.
+          mv "$dir/callgrind.out" "${OUT%.jsonl}.callgrind-$mode-$variant.out"
+          rm -rf "$dir"
+        done
       done
       return 0
       ;;

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Summarises bridge-bench JSON lines (bench/results/*.jsonl) as Markdown tables: the median
 of each figure over repeated runs, each peer's ratio to the bridge measured in the same
-file, and, for scenarios run off then on back to back (`history-off-topics`, then
-`history-on-topics`), the on ÷ off ratio of each such pair. Standard library only.
+file, and, for scenarios run off and on back to back (`history-off-topics` and
+`history-on-topics`, in either order), the on ÷ off ratio of each such pair and the 95 %
+interval of their median. Standard library only.
 
     python3 bench/summarize.py bench/results/20261125-101500.jsonl [more.jsonl ...]
 """
 
 import json
+import math
 import re
 import statistics
 import sys
@@ -152,10 +154,29 @@ def main(paths):
     print_pairs(lines)
 
 
+def median_interval(ordered, confidence=0.95):
+    """The distribution-free interval around the median of `ordered` (sorted): the k-th
+    smallest and k-th largest values, with k the largest for which the chance that the true
+    median lies outside is at most 1 - confidence (binomial, p = 1/2). `None` when there are
+    too few values for that confidence."""
+    n = len(ordered)
+    tail, k = 0.0, 0
+    # P(fewer than k+1 of n fall below the median) must stay within half the miss chance.
+    while True:
+        tail += math.comb(n, k) / 2**n
+        if 2 * tail > 1 - confidence:
+            break
+        k += 1
+    if k == 0:
+        return None
+    return ordered[k - 1], ordered[n - k]
+
+
 def print_pairs(lines):
     """On ÷ off of the server's CPU per frame, taken per pair (an "off" run and the "on" run
-    that follows it for the same target and variant), as the machine's noise between pairs
-    is larger than what is measured."""
+    next to it, either first, for the same target and variant), as the machine's noise
+    between pairs is larger than what is measured; with the 95 % interval of the pairs'
+    median where there are enough pairs (six or more)."""
     pending = {}
     found = defaultdict(list)
     for line in lines:
@@ -167,20 +188,27 @@ def print_pairs(lines):
         prefix, mode, variant = match.groups()
         key = (prefix, variant, line["target"])
         cpu = get(line, "server", "cpu_us_per_frame")
-        if mode == "off":
-            pending[key] = cpu
-        elif pending.get(key) and cpu is not None:
-            found[key].append((pending.pop(key), cpu))
+        if cpu is None:
+            pending.pop(key, None)
+            continue
+        waiting = pending.pop(key, None)
+        if waiting is None or waiting[0] == mode:
+            pending[key] = (mode, cpu)
+        else:
+            off, on = (waiting[1], cpu) if mode == "on" else (cpu, waiting[1])
+            found[key].append((off, on))
     if not found:
         return
     print("### On ÷ off, pair by pair (server CPU µs/frame)\n")
-    print("| scenario | target | pairs | off (median) | on (median) | on ÷ off (median of the pairs) | lowest | highest |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| scenario | target | pairs | off (median) | on (median) | on ÷ off (median of the pairs) | 95 % interval of that median | lowest | highest |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (prefix, variant, target), runs in sorted(found.items()):
         ratios = sorted(on / off for off, on in runs)
+        interval = median_interval(ratios)
+        shown = f"{fmt(interval[0])}–{fmt(interval[1])}" if interval else "–"
         print(f"| {prefix} {variant} | {target} | {len(runs)} | {fmt(median([off for off, _ in runs]))} | "
-              f"{fmt(median([on for _, on in runs]))} | {fmt(median(ratios))} | {fmt(ratios[0])} | "
-              f"{fmt(ratios[-1])} |")
+              f"{fmt(median([on for _, on in runs]))} | {fmt(median(ratios))} | {shown} | "
+              f"{fmt(ratios[0])} | {fmt(ratios[-1])} |")
     print()
 
 
