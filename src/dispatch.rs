@@ -8,11 +8,13 @@
 //! has already delivered, then flushes each connection it touched once: a connection with
 //! several frames waiting gets them in one write, and nothing waits for a batch to fill.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher as _, RandomState};
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use hashbrown::HashTable;
 
 use crate::audience::Resolved;
 use crate::config::{Compression, Delivery, Retention, Route};
@@ -35,8 +37,10 @@ const MAX_SEQUENCED_TOPICS: usize = 1_000_000;
 const MIN_FLUSH_SHARE: usize = 512;
 
 /// A topic's sequence counter.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Sequence {
+    /// The topic's name, in [`Sequences::names`].
+    name: Range<usize>,
     last: u64,
     /// Some route retains the topic's frames: a frame of it that a route does not retain
     /// must be told to the history, which can then no longer resume positions before it.
@@ -45,9 +49,62 @@ struct Sequence {
     ring: Option<RingId>,
 }
 
+/// The topics' sequence counters, found by name. The names lie end to end in one string
+/// rather than in an allocation each: every frame's lookup compares its topic with a name,
+/// and a profile of the many-topics load with history on showed that comparison, on names
+/// scattered among the retained frames, as the costliest cache miss after the history's
+/// own. Names are never removed one by one (the counters are dropped wholesale), so the
+/// string only grows until then.
+#[derive(Default)]
+struct Sequences {
+    names: String,
+    table: HashTable<Sequence>,
+    hasher: RandomState,
+}
+
+impl Sequences {
+    fn get_mut(&mut self, topic: &str) -> Option<&mut Sequence> {
+        let hash = self.hasher.hash_one(topic);
+        let names = &self.names;
+        self.table.find_mut(hash, |sequence| {
+            names.get(sequence.name.clone()) == Some(topic)
+        })
+    }
+
+    /// Counts `topic` from `last`, a topic not counted yet.
+    fn insert(&mut self, topic: &str, last: u64, retained: bool) {
+        let Sequences {
+            names,
+            table,
+            hasher,
+        } = self;
+        let hash = hasher.hash_one(topic);
+        let start = names.len();
+        names.push_str(topic);
+        let sequence = Sequence {
+            name: start..names.len(),
+            last,
+            retained,
+            ring: None,
+        };
+        table.insert_unique(hash, sequence, |sequence| {
+            hasher.hash_one(names.get(sequence.name.clone()).unwrap_or_default())
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    fn clear(&mut self) {
+        self.table.clear();
+        self.names.clear();
+    }
+}
+
 pub struct Dispatcher {
     shared: Arc<Shared>,
-    seqs: HashMap<Box<str>, Sequence>,
+    seqs: Sequences,
     next_dispatch: u64,
     /// Connections with frames queued since the last flush.
     unflushed: Vec<Arc<Connection>>,
@@ -66,7 +123,7 @@ impl Dispatcher {
     pub fn new(shared: Arc<Shared>) -> Dispatcher {
         Dispatcher {
             shared,
-            seqs: HashMap::new(),
+            seqs: Sequences::default(),
             next_dispatch: 0,
             unflushed: Vec::new(),
             queued: 0,
@@ -229,7 +286,7 @@ impl FanOut<'_, '_> {
     fn auto(
         &mut self,
         hub: &Indexes,
-        seqs: &mut HashMap<Box<str>, Sequence>,
+        seqs: &mut Sequences,
         route: &Route,
         topic: &str,
     ) -> Rendered {
@@ -263,7 +320,7 @@ impl FanOut<'_, '_> {
     fn subscribed(
         &mut self,
         hub: &Indexes,
-        seqs: &mut HashMap<Box<str>, Sequence>,
+        seqs: &mut Sequences,
         route: &Route,
         topic: &str,
     ) -> Rendered {
@@ -297,7 +354,7 @@ impl FanOut<'_, '_> {
         &mut self,
         connection: &Arc<Connection>,
         filter: Option<&Filter>,
-        seqs: &mut HashMap<Box<str>, Sequence>,
+        seqs: &mut Sequences,
         route: &Route,
         topic: &str,
     ) -> bool {
@@ -360,12 +417,7 @@ impl FanOut<'_, '_> {
 
     /// The frame, rendered on first need with the topic's next `seq`; `None` when a
     /// placeholder has no value.
-    fn render(
-        &mut self,
-        seqs: &mut HashMap<Box<str>, Sequence>,
-        route: &Route,
-        topic: &str,
-    ) -> Option<Bytes> {
+    fn render(&mut self, seqs: &mut Sequences, route: &Route, topic: &str) -> Option<Bytes> {
         if let Some(frame) = &self.frame {
             return frame.clone();
         }
@@ -392,12 +444,7 @@ impl FanOut<'_, '_> {
                     // Positions taken before are void: `seq` numbers start again.
                     self.shared.history.restart();
                 }
-                let sequence = Sequence {
-                    last: seq,
-                    retained: retains,
-                    ring: None,
-                };
-                seqs.insert(topic.into(), sequence);
+                seqs.insert(topic, seq, retains);
             }
         }
         self.seq = seq;
@@ -410,7 +457,7 @@ impl FanOut<'_, '_> {
     /// history.
     fn retain(
         &mut self,
-        seqs: &mut HashMap<Box<str>, Sequence>,
+        seqs: &mut Sequences,
         route: &Route,
         retention: Retention,
         audience: &Arc<Resolved>,
@@ -463,5 +510,34 @@ impl FanOut<'_, '_> {
         self.compressed
             .get_or_insert_with(|| wsframe::deflated(&plain, level))
             .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequences_find_every_topic_across_growth_and_forget_them_on_clear() {
+        let mut seqs = Sequences::default();
+        for n in 0..10_000u64 {
+            seqs.insert(&format!("job:{n}"), n, n % 2 == 0);
+        }
+        assert_eq!(seqs.len(), 10_000);
+        for n in 0..10_000u64 {
+            let sequence = seqs.get_mut(&format!("job:{n}")).expect("counted");
+            assert_eq!((sequence.last, sequence.retained), (n, n % 2 == 0));
+            sequence.last += 1;
+        }
+        assert_eq!(seqs.get_mut("job:42").map(|s| s.last), Some(43));
+        // A prefix or an extension of a name is another topic.
+        assert!(seqs.get_mut("job:1000").is_some());
+        assert!(seqs.get_mut("job:100000").is_none());
+        assert!(seqs.get_mut("job:").is_none());
+        seqs.clear();
+        assert_eq!(seqs.len(), 0);
+        assert!(seqs.get_mut("job:42").is_none());
+        seqs.insert("job:42", 1, false);
+        assert_eq!(seqs.get_mut("job:42").map(|s| s.last), Some(1));
     }
 }
