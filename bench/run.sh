@@ -18,7 +18,9 @@
 # 10s), OUT (results file), BRIDGE_BIN / BENCH_BIN (binaries; default target/release/…),
 # BRIDGE_CONFIG_DIR (the bridge's bridge.yaml and bridge-jwt.yaml; default bench/config),
 # NO_BUILD=1 (do not run cargo build --release first), SERVER_CPU / TOOL_CPU (taskset CPU lists
-# of the server and of the tool + Redis; default 0 and 1).
+# of the server and of the tool + Redis; default 0 and 1). PERF_OUT=DIR (history only): a
+# perf profile of 10 s of each run's bridge, kernel included, into DIR (bench/perf-diff.py
+# compares two).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -258,6 +260,17 @@ wait_metric() {
   return 1
 }
 
+# profile NAME: in the background, once the bridge has delivered 3 s of the load's frames,
+# 10 s of its CPU (user and kernel, with call chains) into $PERF_OUT/NAME.data.
+profile() {
+  command -v perf >/dev/null || { echo "PERF_OUT needs perf (apt-get install -y linux-perf)" >&2; return 1; }
+  mkdir -p "$PERF_OUT"
+  (
+    wait_metric 'bridge_messages_delivered_total{route="bench"}' 30000 120 &&
+      perf record --quiet -F 2000 -g -p "$SERVER_PIDS" -o "$PERF_OUT/$1.data" -- sleep 10 >/dev/null 2>&1
+  ) &
+}
+
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 # run_one SCENARIO TARGET: one measurement.
@@ -414,6 +427,7 @@ run_one() {
                 publish_retained 100000 10 prefill
                 wait_metric bridge_redis_messages_received_total 1000000
               fi
+              [ -n "${PERF_OUT:-}" ] && [ "$target" = bridge ] && profile "$mode-$variant-$history_round"
               bench publish $(common "$target" "history-$mode-$variant") --url "$url" \
                 --clients "${CLIENTS:-10000}" --topics 100000 --topics-per-client 10 \
                 "${SUB_ARGS[@]}" "${PUB_ARGS[@]}" --rate 10000 --warmup 2s \

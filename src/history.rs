@@ -12,6 +12,7 @@
 //! stream exact (see `Hub::subscribe`). The rings have a lock of their own, taken after the
 //! hub's and never held while a socket is written.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -270,13 +271,25 @@ impl Rings {
         self.slots.iter_mut().filter_map(|slot| slot.ring.as_mut())
     }
 
-    /// Stores a new ring for `topic`.
-    fn insert(&mut self, topic: &str, ring: Ring) -> RingId {
+    /// `topic`'s ring, made by `new` when it has none: one hash of the topic and one probe
+    /// of the map, as a ring is made for every new topic.
+    fn ring_of(&mut self, topic: &str, new: impl FnOnce() -> Ring) -> RingId {
+        let vacant = match self.topics.entry(topic.into()) {
+            Entry::Occupied(entry) => {
+                let index = *entry.get();
+                let generation = self
+                    .slots
+                    .get(index as usize)
+                    .map_or(0, |slot| slot.generation);
+                return RingId { index, generation };
+            }
+            Entry::Vacant(vacant) => vacant,
+        };
         let generation = self.next_generation;
         self.next_generation += 1;
         let slot = Slot {
             generation,
-            ring: Some(ring),
+            ring: Some(new()),
         };
         let index = match self.vacant.pop() {
             Some(index) => {
@@ -288,7 +301,7 @@ impl Rings {
                 u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        self.topics.insert(topic.into(), index);
+        vacant.insert(index);
         RingId { index, generation }
     }
 
@@ -485,20 +498,14 @@ impl History {
         let now = frame.at;
         let id = match ring.filter(|&id| rings.at(id).is_some()) {
             Some(id) => id,
-            None => match rings.id_of(topic) {
-                Some(id) => id,
-                None => rings.insert(
-                    topic,
-                    Ring {
-                        route: route.clone(),
-                        retention,
-                        last_seq: seq.saturating_sub(1),
-                        // Frames before this one were not retained, unless it is the first.
-                        complete_from: seq,
-                        frames: VecDeque::new(),
-                    },
-                ),
-            },
+            None => rings.ring_of(topic, || Ring {
+                route: route.clone(),
+                retention,
+                last_seq: seq.saturating_sub(1),
+                // Frames before this one were not retained, unless it is the first.
+                complete_from: seq,
+                frames: VecDeque::new(),
+            }),
         };
         let Some(ring) = Rings::at_mut(&mut rings.slots, id) else {
             return id;
