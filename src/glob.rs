@@ -81,24 +81,16 @@ pub fn capture_count(pattern: &str) -> usize {
             '\\' => {
                 chars.next();
             }
-            '[' => skip_class(&mut chars),
+            // Consumed by the very code that matches it: a class ends where matching says
+            // (a range's bound may be a bare `\`, after which `\]` is an escaped `]`).
+            '[' => {
+                class_matches(&mut chars, '\0');
+            }
             '*' => count += 1,
             _ => {}
         }
     }
     count
-}
-
-fn skip_class(chars: &mut std::str::Chars) {
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
-            }
-            ']' => return,
-            _ => {}
-        }
-    }
 }
 
 /// Consumes a `[...]` class from `p` (after the `[`) and tells whether `ch` is in it.
@@ -235,5 +227,11 @@ mod tests {
     fn counts_only_capturing_stars() {
         assert_eq!(capture_count("job:*"), 1);
         assert_eq!(capture_count("a:*:[*]:\\*:*"), 2);
+        // `\` as a range's bound: the next `\]` escapes the `]`, so the class runs on over
+        // the `*`, which captures nothing.
+        assert_eq!(capture_count(r"[a-\\]*"), 0);
+        assert_eq!(captures(r"[a-\\]*", "_"), Some(vec![]));
+        assert_eq!(capture_count(r"[a-\\]]*"), 1);
+        assert_eq!(captures(r"[a-\\]]*", "_x"), Some(vec!["x"]));
     }
 }
