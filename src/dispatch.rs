@@ -63,22 +63,30 @@ struct Sequences {
 }
 
 impl Sequences {
-    fn get_mut(&mut self, topic: &str) -> Option<&mut Sequence> {
-        let hash = self.hasher.hash_one(topic);
+    /// `topic`'s hash, for [`Sequences::find`] and [`Sequences::insert`]: a new topic is
+    /// hashed once for both.
+    fn hash(&self, topic: &str) -> u64 {
+        self.hasher.hash_one(topic)
+    }
+
+    fn find(&mut self, hash: u64, topic: &str) -> Option<&mut Sequence> {
         let names = &self.names;
         self.table.find_mut(hash, |sequence| {
             names.get(sequence.name.clone()) == Some(topic)
         })
     }
 
-    /// Counts `topic` from `last`, a topic not counted yet.
-    fn insert(&mut self, topic: &str, last: u64, retained: bool) {
+    fn get_mut(&mut self, topic: &str) -> Option<&mut Sequence> {
+        self.find(self.hash(topic), topic)
+    }
+
+    /// Counts `topic`, of `hash`, from `last`: a topic not counted yet.
+    fn insert(&mut self, hash: u64, topic: &str, last: u64, retained: bool) {
         let Sequences {
             names,
             table,
             hasher,
         } = self;
-        let hash = hasher.hash_one(topic);
         let start = names.len();
         names.push_str(topic);
         let sequence = Sequence {
@@ -422,8 +430,9 @@ impl FanOut<'_, '_> {
             return frame.clone();
         }
         // A message skipped as unroutable takes no sequence number. One lookup of the topic
-        // for both the read and the update.
-        let sequence = seqs.get_mut(topic);
+        // for both the read and the update, and one hash of it even when it is new.
+        let hash = seqs.hash(topic);
+        let sequence = seqs.find(hash, topic);
         let seq = sequence.as_ref().map_or(1, |sequence| sequence.last + 1);
         let rendered = router::render_frame(route, self.message, self.plan, topic, seq);
         let Some((frame, payload_at)) = rendered else {
@@ -444,7 +453,7 @@ impl FanOut<'_, '_> {
                     // Positions taken before are void: `seq` numbers start again.
                     self.shared.history.restart();
                 }
-                seqs.insert(topic, seq, retains);
+                seqs.insert(hash, topic, seq, retains);
             }
         }
         self.seq = seq;
@@ -521,7 +530,8 @@ mod tests {
     fn sequences_find_every_topic_across_growth_and_forget_them_on_clear() {
         let mut seqs = Sequences::default();
         for n in 0..10_000u64 {
-            seqs.insert(&format!("job:{n}"), n, n % 2 == 0);
+            let topic = format!("job:{n}");
+            seqs.insert(seqs.hash(&topic), &topic, n, n % 2 == 0);
         }
         assert_eq!(seqs.len(), 10_000);
         for n in 0..10_000u64 {
@@ -537,7 +547,7 @@ mod tests {
         seqs.clear();
         assert_eq!(seqs.len(), 0);
         assert!(seqs.get_mut("job:42").is_none());
-        seqs.insert("job:42", 1, false);
+        seqs.insert(seqs.hash("job:42"), "job:42", 1, false);
         assert_eq!(seqs.get_mut("job:42").map(|s| s.last), Some(1));
     }
 }

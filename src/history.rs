@@ -250,8 +250,12 @@ impl Rings {
     }
 
     fn id_of(&self, topic: &str) -> Option<RingId> {
-        let &index = self.topics.get(topic)?;
-        let slot = self.slots.get(index as usize)?;
+        Rings::id_at(&self.slots, *self.topics.get(topic)?)
+    }
+
+    /// The ring in slot `index`, named so that it is told apart from any later one there.
+    fn id_at(slots: &[Slot], index: u32) -> Option<RingId> {
+        let slot = slots.get(index as usize)?;
         Some(RingId {
             index,
             generation: slot.generation,
@@ -277,11 +281,11 @@ impl Rings {
         let vacant = match self.topics.entry(topic.into()) {
             Entry::Occupied(entry) => {
                 let index = *entry.get();
-                let generation = self
-                    .slots
-                    .get(index as usize)
-                    .map_or(0, |slot| slot.generation);
-                return RingId { index, generation };
+                // Every index in the map has its slot: the fallback names no ring.
+                return Rings::id_at(&self.slots, index).unwrap_or(RingId {
+                    index,
+                    generation: u64::MAX,
+                });
             }
             Entry::Vacant(vacant) => vacant,
         };
