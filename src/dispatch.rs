@@ -54,8 +54,8 @@ struct Sequence {
 /// and a profile of the many-topics load with history on showed that comparison, on names
 /// scattered among the retained frames, as the costliest cache miss after the history's
 /// own. Names are never removed one by one (the counters are dropped wholesale), so the
-/// string only grows until then.
-#[derive(Default)]
+/// string only grows until then. Topics are hashed with the history's hasher, so that a
+/// new topic's hash serves its ring too.
 struct Sequences {
     names: String,
     table: HashTable<Sequence>,
@@ -63,25 +63,42 @@ struct Sequences {
 }
 
 impl Sequences {
+    fn with_hasher(hasher: RandomState) -> Sequences {
+        Sequences {
+            names: String::new(),
+            table: HashTable::new(),
+            hasher,
+        }
+    }
+
     /// `topic`'s hash, for [`Sequences::find`] and [`Sequences::insert`]: a new topic is
     /// hashed once for both.
     fn hash(&self, topic: &str) -> u64 {
         self.hasher.hash_one(topic)
     }
 
-    fn find(&mut self, hash: u64, topic: &str) -> Option<&mut Sequence> {
-        let names = &self.names;
-        self.table.find_mut(hash, |sequence| {
-            names.get(sequence.name.clone()) == Some(topic)
+    /// Where `topic`, of `hash`, is counted: a bucket that [`Sequences::at`] reaches without
+    /// a probe until the next insert.
+    fn find(&self, hash: u64, topic: &str) -> Option<usize> {
+        self.table.find_bucket_index(hash, |sequence| {
+            self.names.get(sequence.name.clone()) == Some(topic)
         })
     }
 
-    fn get_mut(&mut self, topic: &str) -> Option<&mut Sequence> {
-        self.find(self.hash(topic), topic)
+    /// The counter in `bucket`, if it is still `topic`'s.
+    fn at(&mut self, bucket: usize, topic: &str) -> Option<&mut Sequence> {
+        let sequence = self.table.get_bucket_mut(bucket)?;
+        (self.names.get(sequence.name.clone()) == Some(topic)).then_some(sequence)
     }
 
-    /// Counts `topic`, of `hash`, from `last`: a topic not counted yet.
-    fn insert(&mut self, hash: u64, topic: &str, last: u64, retained: bool) {
+    #[cfg(test)]
+    fn get_mut(&mut self, topic: &str) -> Option<&mut Sequence> {
+        let bucket = self.find(self.hash(topic), topic)?;
+        self.at(bucket, topic)
+    }
+
+    /// Counts `topic`, of `hash`, from `last`: a topic not counted yet. Where it is counted.
+    fn insert(&mut self, hash: u64, topic: &str, last: u64, retained: bool) -> usize {
         let Sequences {
             names,
             table,
@@ -95,9 +112,11 @@ impl Sequences {
             retained,
             ring: None,
         };
-        table.insert_unique(hash, sequence, |sequence| {
-            hasher.hash_one(names.get(sequence.name.clone()).unwrap_or_default())
-        });
+        table
+            .insert_unique(hash, sequence, |sequence| {
+                hasher.hash_one(names.get(sequence.name.clone()).unwrap_or_default())
+            })
+            .bucket_index()
     }
 
     fn len(&self) -> usize {
@@ -130,8 +149,8 @@ impl Dispatcher {
     /// Must be called on the runtime the dispatcher runs on.
     pub fn new(shared: Arc<Shared>) -> Dispatcher {
         Dispatcher {
+            seqs: Sequences::with_hasher(shared.history.hasher()),
             shared,
-            seqs: Sequences::default(),
             next_dispatch: 0,
             unflushed: Vec::new(),
             queued: 0,
@@ -216,6 +235,7 @@ impl Dispatcher {
                     plan: &plan,
                     frame: None,
                     seq: 0,
+                    counted: None,
                     payload_at: None,
                     skipped_retained: false,
                     ring: None,
@@ -272,6 +292,8 @@ struct FanOut<'a, 'm> {
     frame: Option<Option<Bytes>>,
     /// The rendered frame's `seq`.
     seq: u64,
+    /// The topic's hash and where its counter is, once rendered.
+    counted: Option<(u64, usize)>,
     /// Where the rendered frame holds the payload.
     payload_at: Option<PayloadAt>,
     /// The frame took a `seq` of a topic some other route retains.
@@ -432,7 +454,8 @@ impl FanOut<'_, '_> {
         // A message skipped as unroutable takes no sequence number. One lookup of the topic
         // for both the read and the update, and one hash of it even when it is new.
         let hash = seqs.hash(topic);
-        let sequence = seqs.find(hash, topic);
+        let found = seqs.find(hash, topic);
+        let sequence = found.and_then(|bucket| seqs.at(bucket, topic));
         let seq = sequence.as_ref().map_or(1, |sequence| sequence.last + 1);
         let rendered = router::render_frame(route, self.message, self.plan, topic, seq);
         let Some((frame, payload_at)) = rendered else {
@@ -440,22 +463,24 @@ impl FanOut<'_, '_> {
             return None;
         };
         let retains = route.history.is_some();
-        match sequence {
-            Some(sequence) => {
+        let bucket = match (found, sequence) {
+            (Some(bucket), Some(sequence)) => {
                 sequence.last = seq;
                 self.ring = sequence.ring;
                 self.skipped_retained = sequence.retained && !retains;
                 sequence.retained |= retains;
+                bucket
             }
-            None => {
+            _ => {
                 if seqs.len() >= MAX_SEQUENCED_TOPICS {
                     seqs.clear();
                     // Positions taken before are void: `seq` numbers start again.
                     self.shared.history.restart();
                 }
-                seqs.insert(hash, topic, seq, retains);
+                seqs.insert(hash, topic, seq, retains)
             }
-        }
+        };
+        self.counted = Some((hash, bucket));
         self.seq = seq;
         self.payload_at = Some(payload_at);
         self.frame = Some(Some(frame.clone()));
@@ -495,13 +520,15 @@ impl FanOut<'_, '_> {
             audience: audience.clone(),
             payload,
         };
-        let ring = self
-            .shared
-            .history
-            .append(self.ring, topic, &route.name, retention, retained);
-        // A second lookup of the topic only when its ring is new (or was replaced).
+        let Some((hash, bucket)) = self.counted else {
+            return;
+        };
+        let ring =
+            self.shared
+                .history
+                .append(self.ring, topic, hash, &route.name, retention, retained);
         if self.ring != Some(ring)
-            && let Some(sequence) = seqs.get_mut(topic)
+            && let Some(sequence) = seqs.at(bucket, topic)
         {
             sequence.ring = Some(ring);
         }
@@ -528,7 +555,7 @@ mod tests {
 
     #[test]
     fn sequences_find_every_topic_across_growth_and_forget_them_on_clear() {
-        let mut seqs = Sequences::default();
+        let mut seqs = Sequences::with_hasher(RandomState::new());
         for n in 0..10_000u64 {
             let topic = format!("job:{n}");
             seqs.insert(seqs.hash(&topic), &topic, n, n % 2 == 0);
@@ -549,5 +576,33 @@ mod tests {
         assert!(seqs.get_mut("job:42").is_none());
         seqs.insert(seqs.hash("job:42"), "job:42", 1, false);
         assert_eq!(seqs.get_mut("job:42").map(|s| s.last), Some(1));
+    }
+
+    #[test]
+    fn a_bucket_reaches_only_the_counter_it_holds_however_the_table_grew() {
+        let mut seqs = Sequences::with_hasher(RandomState::new());
+        let bucket = seqs.insert(seqs.hash("job:0"), "job:0", 7, true);
+        assert_eq!(seqs.at(bucket, "job:0").map(|s| s.last), Some(7));
+        assert!(seqs.at(bucket, "job:1").is_none());
+        for n in 1..10_000u64 {
+            let topic = format!("job:{n}");
+            seqs.insert(seqs.hash(&topic), &topic, n, false);
+        }
+        // Growing moved the counters: the bucket holds one topic or none, and answers for
+        // that one only.
+        let holders: Vec<(String, u64)> = (0..10_000u64)
+            .filter_map(|n| {
+                let topic = format!("job:{n}");
+                let last = seqs.at(bucket, &topic)?.last;
+                Some((topic, last))
+            })
+            .collect();
+        assert!(holders.len() <= 1, "{holders:?}");
+        for (topic, last) in &holders {
+            assert_eq!(seqs.find(seqs.hash(topic), topic), Some(bucket));
+            assert_eq!(seqs.get_mut(topic).map(|s| s.last), Some(*last));
+        }
+        // Every counter is still found by name.
+        assert!((0..10_000u64).all(|n| seqs.get_mut(&format!("job:{n}")).is_some()));
     }
 }

@@ -12,8 +12,8 @@
 //! stream exact (see `Hub::subscribe`). The rings have a lock of their own, taken after the
 //! hub's and never held while a socket is written.
 
-use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasher as _, RandomState};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use hashbrown::hash_table::{Entry, HashTable};
 use prometheus_client::metrics::gauge::Gauge;
 use serde_json::Value;
 
@@ -95,6 +96,7 @@ impl Retained {
 /// One topic's frames.
 #[derive(Debug)]
 struct Ring {
+    topic: Box<str>,
     /// The route whose `history` applies (the last one that appended).
     route: Arc<str>,
     retention: Retention,
@@ -200,10 +202,22 @@ struct Slot {
     ring: Option<Ring>,
 }
 
+/// A topic's ring in the topic map: its slot, and the topic's hash, so that growing the map
+/// reads no ring.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    hash: u64,
+    index: u32,
+}
+
 #[derive(Debug, Default)]
 struct Rings {
-    /// Where each topic's ring is in `slots`.
-    topics: HashMap<Box<str>, u32>,
+    /// Where each topic's ring is in `slots`, by the topic's hash with `hasher`; the name is
+    /// the ring's.
+    topics: HashTable<Located>,
+    /// Shared with the dispatcher's sequence counters: a new topic is hashed once for its
+    /// counter and its ring.
+    hasher: RandomState,
     slots: Vec<Slot>,
     /// Slots without a ring, for the next new ones.
     vacant: Vec<u32>,
@@ -249,8 +263,20 @@ impl Rings {
             .flatten()
     }
 
+    /// Whether slot `index` holds `topic`'s ring.
+    fn holds(slots: &[Slot], index: u32, topic: &str) -> bool {
+        slots
+            .get(index as usize)
+            .and_then(|slot| slot.ring.as_ref())
+            .is_some_and(|ring| *ring.topic == *topic)
+    }
+
     fn id_of(&self, topic: &str) -> Option<RingId> {
-        Rings::id_at(&self.slots, *self.topics.get(topic)?)
+        let hash = self.hasher.hash_one(topic);
+        let found = self.topics.find(hash, |located| {
+            located.hash == hash && Rings::holds(&self.slots, located.index, topic)
+        })?;
+        Rings::id_at(&self.slots, found.index)
     }
 
     /// The ring in slot `index`, named so that it is told apart from any later one there.
@@ -275,37 +301,49 @@ impl Rings {
         self.slots.iter_mut().filter_map(|slot| slot.ring.as_mut())
     }
 
-    /// `topic`'s ring, made by `new` when it has none: one hash of the topic and one probe
-    /// of the map, as a ring is made for every new topic.
-    fn ring_of(&mut self, topic: &str, new: impl FnOnce() -> Ring) -> RingId {
-        let vacant = match self.topics.entry(topic.into()) {
+    /// The ring of `topic`, of `hash`, made by `new` when it has none: one probe of the map,
+    /// as a ring is made for every new topic.
+    fn ring_of(&mut self, hash: u64, topic: &str, new: impl FnOnce() -> Ring) -> RingId {
+        let Rings {
+            topics,
+            slots,
+            vacant,
+            next_generation,
+            ..
+        } = self;
+        let entry = topics.entry(
+            hash,
+            |located| located.hash == hash && Rings::holds(slots, located.index, topic),
+            |located| located.hash,
+        );
+        let free = match entry {
             Entry::Occupied(entry) => {
-                let index = *entry.get();
+                let index = entry.get().index;
                 // Every index in the map has its slot: the fallback names no ring.
-                return Rings::id_at(&self.slots, index).unwrap_or(RingId {
+                return Rings::id_at(slots, index).unwrap_or(RingId {
                     index,
                     generation: u64::MAX,
                 });
             }
-            Entry::Vacant(vacant) => vacant,
+            Entry::Vacant(free) => free,
         };
-        let generation = self.next_generation;
-        self.next_generation += 1;
+        let generation = *next_generation;
+        *next_generation += 1;
         let slot = Slot {
             generation,
             ring: Some(new()),
         };
-        let index = match self.vacant.pop() {
+        let index = match vacant.pop() {
             Some(index) => {
-                self.slots[index as usize] = slot;
+                slots[index as usize] = slot;
                 index
             }
             None => {
-                self.slots.push(slot);
-                u32::try_from(self.slots.len() - 1).unwrap_or(u32::MAX)
+                slots.push(slot);
+                u32::try_from(slots.len() - 1).unwrap_or(u32::MAX)
             }
         };
-        vacant.insert(index);
+        free.insert(Located { hash, index });
         RingId { index, generation }
     }
 
@@ -317,7 +355,7 @@ impl Rings {
             vacant,
             ..
         } = self;
-        topics.retain(|_, &mut index| {
+        topics.retain(|&mut Located { index, .. }| {
             let Some(slot) = slots.get_mut(index as usize) else {
                 return false;
             };
@@ -448,6 +486,11 @@ impl History {
             .set(i64::try_from(rings.bytes).unwrap_or(i64::MAX));
     }
 
+    /// The hasher of topics' names: [`History::append`] takes a topic's hash from it.
+    pub fn hasher(&self) -> RandomState {
+        self.lock().hasher.clone()
+    }
+
     /// The epoch positions are valid in, as the `connected` frame tells it.
     pub fn epoch(&self) -> Arc<String> {
         self.epoch.load_full()
@@ -463,6 +506,7 @@ impl History {
         *rings = Rings {
             max_bytes: rings.max_bytes,
             next_generation: rings.next_generation,
+            hasher: rings.hasher.clone(),
             ..Rings::default()
         };
         let n = self.restarts.fetch_add(1, Ordering::Relaxed) + 1;
@@ -483,12 +527,14 @@ impl History {
         rings.interrupted = true;
     }
 
-    /// Retains `frame` of `topic`, routed by `route` with `retention`, in the ring `ring` when
-    /// it is still that topic's; where the topic's ring is now.
+    /// Retains `frame` of `topic` (of `hash`, by [`History::hasher`]), routed by `route` with
+    /// `retention`, in the ring `ring` when it is still that topic's; where the topic's ring
+    /// is now.
     pub fn append(
         &self,
         ring: Option<RingId>,
         topic: &str,
+        hash: u64,
         route: &Arc<str>,
         retention: Retention,
         frame: Retained,
@@ -502,7 +548,8 @@ impl History {
         let now = frame.at;
         let id = match ring.filter(|&id| rings.at(id).is_some()) {
             Some(id) => id,
-            None => rings.ring_of(topic, || Ring {
+            None => rings.ring_of(hash, topic, || Ring {
+                topic: topic.into(),
                 route: route.clone(),
                 retention,
                 last_seq: seq.saturating_sub(1),
@@ -838,9 +885,23 @@ mod tests {
         true
     }
 
+    /// [`History::append`], hashing the topic.
+    fn keep(
+        history: &History,
+        ring: Option<RingId>,
+        topic: &str,
+        route: &Arc<str>,
+        retention: Retention,
+        frame: Retained,
+    ) -> RingId {
+        let hash = history.hasher().hash_one(topic);
+        history.append(ring, topic, hash, route, retention, frame)
+    }
+
     /// Retains frame `seq` of `topic` (message `dispatch`, audience `all`) with `size: 3`.
     fn append(history: &History, topic: &str, seq: u64, dispatch: u64) {
-        history.append(
+        keep(
+            history,
             None,
             topic,
             &route(),
@@ -1014,9 +1075,17 @@ mod tests {
     fn replays_merge_topics_in_routing_order_once_per_message_and_check_each_frame() {
         let history = history(1 << 20);
         let mine = || Resolved::User("alice".into());
-        history.append(None, "t:a", &route(), retention(3), frame(1, 1, mine()));
+        keep(
+            &history,
+            None,
+            "t:a",
+            &route(),
+            retention(3),
+            frame(1, 1, mine()),
+        );
         append(&history, "t:b", 1, 2);
-        history.append(
+        keep(
+            &history,
             None,
             "t:a",
             &route(),
@@ -1024,8 +1093,22 @@ mod tests {
             frame(2, 3, Resolved::User("bob".into())),
         );
         // One message routed to both topics.
-        history.append(None, "t:a", &route(), retention(3), frame(3, 4, mine()));
-        history.append(None, "t:b", &route(), retention(3), frame(2, 4, mine()));
+        keep(
+            &history,
+            None,
+            "t:a",
+            &route(),
+            retention(3),
+            frame(3, 4, mine()),
+        );
+        keep(
+            &history,
+            None,
+            "t:b",
+            &route(),
+            retention(3),
+            frame(2, 4, mine()),
+        );
         let alice = crate::auth::Identity {
             user: Some(Arc::from("alice")),
             roles: Vec::new(),
@@ -1066,7 +1149,8 @@ mod tests {
         drop(rings);
         // Many frames dropped by the size: the global order does not grow with them.
         for seq in 3..10_000 {
-            history.append(
+            keep(
+                &history,
                 None,
                 "t:a",
                 &route(),
@@ -1086,7 +1170,8 @@ mod tests {
         };
         for n in 0..=MAX_POSITIONS as u64 {
             let topic = format!("t:{n}");
-            history.append(
+            keep(
+                &history,
                 None,
                 &topic,
                 &route(),
@@ -1122,7 +1207,8 @@ mod tests {
         let next_expiry = || history.lock().next_expiry;
         append(&history, "t:none", 1, 1);
         assert_eq!(next_expiry(), None);
-        history.append(
+        keep(
+            &history,
             None,
             "t:long",
             &route(),
@@ -1130,7 +1216,8 @@ mod tests {
             at(0, frame(1, 2, Resolved::Everyone)),
         );
         assert_eq!(next_expiry(), Some(start + Duration::from_secs(10)));
-        history.append(
+        keep(
+            &history,
             None,
             "t:short",
             &route(),
@@ -1158,10 +1245,10 @@ mod tests {
         let long = wsframe::text(&[b'a'; 2000]);
         let mut retained = frame(1, 1, Resolved::Everyone);
         retained.frame = long.clone();
-        history.append(None, "t:a", &route(), retention(3), retained);
+        keep(&history, None, "t:a", &route(), retention(3), retained);
         let mut short = frame(2, 2, Resolved::Everyone);
         short.frame = wsframe::text(b"tiny");
-        history.append(None, "t:a", &route(), retention(3), short);
+        keep(&history, None, "t:a", &route(), retention(3), short);
         let before = history.lock().bytes;
         let recipient = |deflate| Recipient {
             admits: &anyone,
@@ -1200,7 +1287,14 @@ mod tests {
             size: 3,
             ttl: Some(Duration::from_millis(10)),
         };
-        history.append(None, "t:a", &route(), ttl, frame(1, 1, Resolved::Everyone));
+        keep(
+            &history,
+            None,
+            "t:a",
+            &route(),
+            ttl,
+            frame(1, 1, Resolved::Everyone),
+        );
         history.expire(Instant::now() + Duration::from_secs(1));
         assert_eq!(history.lock().frames, 0);
         assert_eq!(history.lock().bytes, 0);
@@ -1243,25 +1337,46 @@ mod tests {
     fn a_ring_id_finds_its_ring_while_it_lives_and_nothing_after() {
         let history = history(1 << 20);
         let everyone = |seq| frame(seq, seq, Resolved::Everyone);
-        let a = history.append(None, "t:a", &route(), retention(3), everyone(1));
+        let a = keep(&history, None, "t:a", &route(), retention(3), everyone(1));
         assert_eq!(
-            history.append(Some(a), "t:a", &route(), retention(3), everyone(2)),
+            keep(
+                &history,
+                Some(a),
+                "t:a",
+                &route(),
+                retention(3),
+                everyone(2)
+            ),
             a
         );
         // A reload without the route releases the ring; its slot goes to the next topic, and
         // the old id names neither.
         let without = config("routes:\n  - name: r\n    channel: c\n");
         history.configure(&without, &config(ROUTES));
-        let b = history.append(None, "t:b", &route(), retention(3), everyone(3));
+        let b = keep(&history, None, "t:b", &route(), retention(3), everyone(3));
         assert_eq!(b.index, a.index);
-        let a_again = history.append(Some(a), "t:a", &route(), retention(3), everyone(4));
+        let a_again = keep(
+            &history,
+            Some(a),
+            "t:a",
+            &route(),
+            retention(3),
+            everyone(4),
+        );
         assert!(a_again != a && a_again != b);
         assert_eq!(replay(&history, &[("t:b", Wanted::Last(9))], 100).0, ["3"]);
         assert_eq!(replay(&history, &[("t:a", Wanted::Last(9))], 100).0, ["4"]);
         // Nor does an id from before a restart, once the first slot is taken again.
         history.restart();
-        history.append(None, "t:z", &route(), retention(3), everyone(1));
-        history.append(Some(a), "t:a", &route(), retention(3), everyone(2));
+        keep(&history, None, "t:z", &route(), retention(3), everyone(1));
+        keep(
+            &history,
+            Some(a),
+            "t:a",
+            &route(),
+            retention(3),
+            everyone(2),
+        );
         assert_eq!(replay(&history, &[("t:z", Wanted::Last(9))], 100).0, ["1"]);
         assert_eq!(replay(&history, &[("t:a", Wanted::Last(9))], 100).0, ["2"]);
     }
