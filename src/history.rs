@@ -580,10 +580,13 @@ impl History {
         }
         ring.last_seq = seq;
         // Grown by hand up to `size`: doubling would leave a full ring of 10 in room for 16,
-        // and a topic with one frame in room for 4.
+        // and a topic with one frame in room for 4. A new ring starts with room for two
+        // frames, as most topics get a second one: on many new topics, the move from one to
+        // two was a third of what history added (on ÷ off 1.11 → 1.07, `bench/run.sh
+        // history`); a topic that never gets a second frame leaves one entry unused.
         if ring.frames.len() == ring.frames.capacity() {
             let len = ring.frames.len();
-            let room = (2 * len).clamp(1, retention.size.max(len + 1));
+            let room = (2 * len).clamp(2.min(retention.size.max(1)), retention.size.max(len + 1));
             ring.frames.reserve_exact(room - len);
         }
         ring.frames.push_back(frame);
@@ -967,6 +970,61 @@ mod tests {
             replay(&history, &[("t:a", Wanted::Last(3))], 2).0,
             ["4", "5"]
         );
+    }
+
+    #[test]
+    fn a_ring_takes_room_for_two_frames_then_doubles_up_to_its_size_and_releases_it_empty() {
+        let history = history(1 << 20);
+        let room = |topic: &str| history.lock().get(topic).map(|ring| ring.frames.capacity());
+        let mut rooms = Vec::new();
+        for seq in 1..=12 {
+            keep(
+                &history,
+                None,
+                "t:a",
+                &route(),
+                retention(10),
+                frame(seq, seq, Resolved::Everyone),
+            );
+            rooms.push(room("t:a").unwrap_or_default());
+        }
+        assert_eq!(rooms, [2, 2, 4, 4, 8, 8, 8, 8, 10, 10, 10, 10]);
+        keep(
+            &history,
+            None,
+            "t:b",
+            &route(),
+            retention(1),
+            frame(1, 13, Resolved::Everyone),
+        );
+        keep(
+            &history,
+            None,
+            "t:b",
+            &route(),
+            retention(1),
+            frame(2, 14, Resolved::Everyone),
+        );
+        assert_eq!(room("t:b"), Some(1));
+        // A ring whose frames all expire keeps its topic's position, not its room.
+        let ttl = Retention {
+            size: 10,
+            ttl: Some(Duration::from_secs(1)),
+        };
+        for seq in 1..=3 {
+            keep(
+                &history,
+                None,
+                "t:c",
+                &route(),
+                ttl,
+                frame(seq, 20 + seq, Resolved::Everyone),
+            );
+        }
+        assert_eq!(room("t:c"), Some(4));
+        history.expire(Instant::now() + Duration::from_secs(2));
+        assert_eq!(room("t:c"), Some(0));
+        assert_eq!(history.lock().get("t:c").map(|ring| ring.last_seq), Some(3));
     }
 
     #[test]
