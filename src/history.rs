@@ -14,7 +14,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
-use std::ops::Range;
+use std::ops::{AddAssign, Range};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -114,44 +114,69 @@ impl Ring {
         seq <= self.last_seq && seq + 1 >= self.complete_from
     }
 
-    /// Drops the oldest frame, keeping the room it took; what it cost.
-    fn pop_oldest(&mut self) -> Option<usize> {
+    /// Drops the oldest frame, keeping the room it took; what it freed.
+    fn pop_oldest(&mut self) -> Option<Freed> {
         let popped = self.frames.pop_front()?;
         self.complete_from = self
             .frames
             .front()
             .map_or(self.last_seq + 1, |front| front.seq)
             .max(self.complete_from);
-        Some(popped.cost())
+        Some(Freed {
+            frames: 1,
+            bytes: popped.cost(),
+        })
     }
 
-    /// Drops the oldest frame; what it cost.
-    fn pop_front(&mut self) -> Option<usize> {
-        let cost = self.pop_oldest()?;
-        if self.frames.is_empty() {
-            // A topic with nothing retained keeps only its position.
+    /// Drops the oldest frames while more than `keep` are held or the oldest is older than
+    /// `ttl` at `now`, keeping the room they took; what it freed.
+    fn drop_oldest(&mut self, keep: usize, now: Instant) -> Freed {
+        let mut freed = Freed::default();
+        while let Some(front) = self.frames.front() {
+            let expired = self
+                .retention
+                .ttl
+                .is_some_and(|ttl| now.saturating_duration_since(front.at) > ttl);
+            if self.frames.len() <= keep && !expired {
+                break;
+            }
+            let Some(popped) = self.pop_oldest() else {
+                break;
+            };
+            freed += popped;
+        }
+        freed
+    }
+
+    /// Releases the room of a ring with nothing retained: its topic keeps only its position.
+    /// Whether it was empty.
+    fn release_if_empty(&mut self) -> bool {
+        let empty = self.frames.is_empty();
+        if empty {
             self.frames = VecDeque::new();
         }
-        Some(cost)
+        empty
     }
 
-    /// Drops what is over `size` or older than `ttl`; what it freed, in frames and bytes.
-    fn trim(&mut self, now: Instant) -> (usize, usize) {
-        let mut freed = (0, 0);
-        loop {
-            let over = self.frames.len() > self.retention.size;
-            let expired = match (self.retention.ttl, self.frames.front()) {
-                (Some(ttl), Some(front)) => now.saturating_duration_since(front.at) > ttl,
-                _ => false,
-            };
-            if !(over || expired) {
-                return freed;
-            }
-            match self.pop_front() {
-                Some(cost) => freed = (freed.0 + 1, freed.1 + cost),
-                None => return freed,
-            }
-        }
+    /// Drops what is over `size` or older than `ttl`; what it freed.
+    fn trim(&mut self, now: Instant) -> Freed {
+        let freed = self.drop_oldest(self.retention.size, now);
+        self.release_if_empty();
+        freed
+    }
+}
+
+/// Frames dropped and what they cost: what the process's counts lose.
+#[derive(Debug, Default, Clone, Copy)]
+struct Freed {
+    frames: usize,
+    bytes: usize,
+}
+
+impl AddAssign for Freed {
+    fn add_assign(&mut self, other: Freed) {
+        self.frames += other.frames;
+        self.bytes += other.bytes;
     }
 }
 
@@ -377,13 +402,15 @@ impl Rings {
             let Some(ring) = Rings::at_mut(&mut self.slots, id) else {
                 continue;
             };
-            if ring.frames.front().is_some_and(|front| front.seq == seq)
-                && let Some(cost) = ring.pop_front()
-            {
-                self.frames -= 1;
-                self.bytes -= cost;
-                self.emptied |= ring.frames.is_empty();
+            // The entry of a frame its ring's own bounds dropped already.
+            if ring.frames.front().is_none_or(|front| front.seq != seq) {
+                continue;
             }
+            let Some(popped) = ring.pop_oldest() else {
+                continue;
+            };
+            self.emptied |= ring.release_if_empty();
+            self.freed(popped);
         }
     }
 
@@ -423,9 +450,9 @@ impl Rings {
         !self.forgot && !self.interrupted && !self.late.contains(route)
     }
 
-    fn freed(&mut self, (frames, bytes): (usize, usize)) {
-        self.frames -= frames;
-        self.bytes -= bytes;
+    fn freed(&mut self, freed: Freed) {
+        self.frames -= freed.frames;
+        self.bytes -= freed.bytes;
     }
 }
 
@@ -570,14 +597,9 @@ impl History {
         ring.retention = retention;
         // A full ring drops its oldest frame before it takes the new one, which then goes
         // where the oldest was: one cold entry touched instead of two (a profile of every
-        // ring full showed the second as a fifth of what retaining cost).
-        let mut freed = (0, 0);
-        while ring.frames.len() >= retention.size.max(1) {
-            let Some(cost) = ring.pop_oldest() else {
-                break;
-            };
-            freed = (freed.0 + 1, freed.1 + cost);
-        }
+        // ring full showed the second as a fifth of what retaining cost). Frames past their
+        // `ttl` go first too, the new one being of `now`.
+        let freed = ring.drop_oldest(retention.size.max(1) - 1, now);
         ring.last_seq = seq;
         // Grown by hand up to `size`: doubling would leave a full ring of 10 in room for 16,
         // and a topic with one frame in room for 4. A new ring starts with room for two
@@ -590,8 +612,6 @@ impl History {
             ring.frames.reserve_exact(room - len);
         }
         ring.frames.push_back(frame);
-        let trimmed = ring.trim(now);
-        let freed = (freed.0 + trimmed.0, freed.1 + trimmed.1);
         Rings::expires(&mut rings.next_expiry, ring);
         rings.frames += 1;
         rings.bytes += cost;
@@ -623,13 +643,12 @@ impl History {
         if !expiring && !forgetting {
             return;
         }
-        let mut freed = (0, 0);
+        let mut freed = Freed::default();
         let mut empty = 0;
         let mut next_expiry = None;
         for ring in rings.rings_mut() {
             if ring.retention.ttl.is_some() {
-                let (frames, bytes) = ring.trim(now);
-                freed = (freed.0 + frames, freed.1 + bytes);
+                freed += ring.trim(now);
                 Rings::expires(&mut next_expiry, ring);
             }
             empty += usize::from(ring.frames.is_empty());
@@ -666,21 +685,22 @@ impl History {
         }
         rings.max_bytes = config.history_max_bytes;
         let now = Instant::now();
-        let mut freed = (0, 0);
+        let mut freed = Freed::default();
         let mut next_expiry = None;
         let mut emptied = false;
         rings.retain(|ring| match retentions.get(&*ring.route) {
             Some(retention) => {
                 ring.retention = *retention;
-                let (frames, bytes) = ring.trim(now);
-                freed = (freed.0 + frames, freed.1 + bytes);
+                freed += ring.trim(now);
                 Rings::expires(&mut next_expiry, ring);
                 emptied |= ring.frames.is_empty();
                 true
             }
             None => {
-                freed.0 += ring.frames.len();
-                freed.1 += ring.frames.iter().map(Retained::cost).sum::<usize>();
+                freed += Freed {
+                    frames: ring.frames.len(),
+                    bytes: ring.frames.iter().map(Retained::cost).sum(),
+                };
                 false
             }
         });
@@ -745,7 +765,7 @@ impl History {
         let mut replay = Replay::default();
         let mut chosen: Vec<(u64, usize, &str, usize)> = Vec::new();
         let mut left = budget;
-        let mut freed = (0, 0);
+        let mut freed = Freed::default();
         let mut emptied = false;
         // `After` topics first: they are whole or nothing.
         for pass in [true, false] {
@@ -763,8 +783,7 @@ impl History {
                     }
                     continue;
                 };
-                let trimmed = ring.trim(now);
-                freed = (freed.0 + trimmed.0, freed.1 + trimmed.1);
+                freed += ring.trim(now);
                 emptied |= ring.frames.is_empty();
                 match *from {
                     Wanted::After(seq) => {
