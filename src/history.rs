@@ -275,17 +275,17 @@ struct Rings {
 impl Rings {
     fn at(&self, id: RingId) -> Option<&Ring> {
         let slot = self.slots.get(id.index as usize)?;
-        (slot.generation == id.generation)
-            .then_some(slot.ring.as_ref())
-            .flatten()
+        slot.ring
+            .as_ref()
+            .filter(|_| slot.generation == id.generation)
     }
 
     /// The ring `id` names, borrowing only the slots.
     fn at_mut(slots: &mut [Slot], id: RingId) -> Option<&mut Ring> {
         let slot = slots.get_mut(id.index as usize)?;
-        (slot.generation == id.generation)
-            .then_some(slot.ring.as_mut())
-            .flatten()
+        slot.ring
+            .as_mut()
+            .filter(|_| slot.generation == id.generation)
     }
 
     /// Whether slot `index` holds `topic`'s ring.
