@@ -1,24 +1,53 @@
 //! Redis glob patterns (`*`, `?`, `[...]`, `\` escapes) matched against channel names, keeping
 //! the text each `*` matched so that templates can use it as `{1}` … `{9}`.
+//!
+//! Matching follows Redis's own matcher (`stringmatchlen`, which PSUBSCRIBE applies) to the
+//! byte, edge cases included: a message Redis delivered for a pattern is one the bridge can
+//! route by it. Like Redis it reads bytes, not characters (`?` is one byte, and a class
+//! compares bytes as C `char`s), a `-` between two bytes of a class makes a range even when
+//! the second is a `]` (`[a-]x]` is the range `]`–`a` and `x`), and a class runs to the end
+//! of the pattern when no `]` closes it. One difference is kept: Redis matches the empty
+//! channel with no pattern but the empty one, so it never delivers it to a pattern route,
+//! while the other texts matched here (a payload field's value, a topic a client names) may
+//! be empty, and `*` matches them.
+
+use std::ffi::c_char;
 
 /// Matches `channel` against `pattern` the way Redis's PSUBSCRIBE does and returns the text
-/// matched by each `*`, in order; `None` when it does not match.
+/// matched by each `*`, in order; `None` when it does not match. A star whose text would
+/// split a UTF-8 character (a `?` or a class took part of it) has no text: the captures stop
+/// before it, and a template that places it or a later one has no value.
 ///
 /// Each `*` takes the shortest text that lets the rest match (`a:*:*` splits `a:b:c:d` as
-/// `b` / `c:d`). Only the latest `*` is ever widened: every element between two stars matches
-/// exactly one character, so when the rest fails with the latest star's segment at its
-/// earliest place, widening an earlier star cannot help. Matching is therefore
-/// O(pattern × channel) — no exponential backtracking on the channel names and payload
-/// fields that publishers control.
+/// `b` / `c:d`), as Redis tries them. Only the latest `*` is ever widened: every element
+/// between two stars matches exactly one byte, so when the rest fails with the latest star's
+/// segment at its earliest place, widening an earlier star cannot help (Redis stops there
+/// too). Matching is therefore O(pattern × channel) — no exponential backtracking on the
+/// channel names and payload fields that publishers control.
 pub fn captures<'a>(pattern: &str, channel: &'a str) -> Option<Vec<&'a str>> {
-    // Per star: where its text starts and ends in `channel`.
+    let spans = star_spans(pattern.as_bytes(), channel.as_bytes())?;
+    Some(
+        spans
+            .into_iter()
+            .map_while(|(start, end)| channel.get(start..end))
+            .collect(),
+    )
+}
+
+/// Whether `pattern` matches `text`, as Redis's PSUBSCRIBE would match it as a channel.
+pub fn matches(pattern: &str, text: &str) -> bool {
+    star_spans(pattern.as_bytes(), text.as_bytes()).is_some()
+}
+
+/// Where each star's text starts and ends in `text`, when `pattern` matches it.
+fn star_spans(pattern: &[u8], text: &[u8]) -> Option<Vec<(usize, usize)>> {
     let mut spans: Vec<(usize, usize)> = Vec::new();
     // The latest star: the pattern after it, its ordinal, and where its text ends now.
     let mut latest: Option<(usize, usize, usize)> = None;
     let (mut p, mut t) = (0, 0);
     loop {
-        let advanced = match pattern[p..].chars().next() {
-            Some('*') => {
+        let advanced = match pattern.get(p) {
+            Some(b'*') => {
                 // Every earlier star has its span: this star's ordinal is their count.
                 let ordinal = spans.len();
                 spans.push((t, t));
@@ -26,24 +55,30 @@ pub fn captures<'a>(pattern: &str, channel: &'a str) -> Option<Vec<&'a str>> {
                 latest = Some((p, ordinal, t));
                 continue;
             }
-            Some(_) => match_one(pattern, &mut p, channel, &mut t),
-            None => t == channel.len(),
+            Some(_) => match text.get(t) {
+                Some(&byte) => match match_one(pattern, p, byte) {
+                    Some(next) => {
+                        (p, t) = (next, t + 1);
+                        true
+                    }
+                    None => false,
+                },
+                None => false,
+            },
+            None => t == text.len(),
         };
         if advanced {
-            if p == pattern.len() && t == channel.len() {
-                return Some(
-                    spans
-                        .iter()
-                        .map(|&(start, end)| &channel[start..end])
-                        .collect(),
-                );
+            if p == pattern.len() && t == text.len() {
+                return Some(spans);
             }
             continue;
         }
-        // Widen the latest star by one character and try the rest again.
+        // Widen the latest star by one byte and try the rest again.
         let (after, ordinal, end) = latest?;
-        let next = channel[end..].chars().next()?;
-        let end = end + next.len_utf8();
+        if end >= text.len() {
+            return None;
+        }
+        let end = end + 1;
         spans.truncate(ordinal + 1);
         spans[ordinal].1 = end;
         latest = Some((after, ordinal, end));
@@ -51,84 +86,81 @@ pub fn captures<'a>(pattern: &str, channel: &'a str) -> Option<Vec<&'a str>> {
     }
 }
 
-/// Matches the one pattern element at `p` (not a `*`) against the character at `t`,
-/// advancing both on success.
-fn match_one(pattern: &str, p: &mut usize, text: &str, t: &mut usize) -> bool {
-    let mut elements = pattern[*p..].chars();
-    let Some(ch) = text[*t..].chars().next() else {
-        return false;
-    };
-    let hit = match elements.next() {
-        Some('?') => true,
-        Some('[') => class_matches(&mut elements, ch),
-        Some('\\') => elements.next().unwrap_or('\\') == ch,
-        Some(literal) => literal == ch,
-        None => false,
-    };
-    if hit {
-        *p = pattern.len() - elements.as_str().len();
-        *t += ch.len_utf8();
+/// Matches the pattern element at `p` (not a `*`) against `byte`: where the next element
+/// starts, or `None`.
+fn match_one(pattern: &[u8], p: usize, byte: u8) -> Option<usize> {
+    match pattern[p] {
+        b'?' => Some(p + 1),
+        b'[' => {
+            let (next, hit) = class(pattern, p + 1, byte);
+            hit.then_some(next)
+        }
+        // A `\` that ends the pattern is a literal one.
+        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == byte).then_some(p + 2),
+        literal => (literal == byte).then_some(p + 1),
     }
-    hit
 }
 
 /// How many `*` of a pattern capture text (escaped ones and those inside `[...]` do not).
 pub fn capture_count(pattern: &str) -> usize {
+    let pattern = pattern.as_bytes();
     let mut count = 0;
-    let mut chars = pattern.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                chars.next();
+    let mut p = 0;
+    while let Some(&element) = pattern.get(p) {
+        p = match element {
+            b'\\' => p + 2,
+            // Ends where matching ends it (a range's bound may be a bare `\` or a `]`).
+            b'[' => class(pattern, p + 1, 0).0,
+            b'*' => {
+                count += 1;
+                p + 1
             }
-            // Consumed by the very code that matches it: a class ends where matching says
-            // (a range's bound may be a bare `\`, after which `\]` is an escaped `]`).
-            '[' => {
-                class_matches(&mut chars, '\0');
-            }
-            '*' => count += 1,
-            _ => {}
-        }
+            _ => p + 1,
+        };
     }
     count
 }
 
-/// Consumes a `[...]` class from `p` (after the `[`) and tells whether `ch` is in it.
-fn class_matches(p: &mut std::str::Chars, ch: char) -> bool {
-    let negated = p.as_str().starts_with('^');
+/// Reads the `[...]` class whose body starts at `p` (after the `[`), as Redis does: where the
+/// element after it starts, and whether `byte` is in it.
+fn class(pattern: &[u8], mut p: usize, byte: u8) -> (usize, bool) {
+    let negated = pattern.get(p) == Some(&b'^');
     if negated {
-        p.next();
+        p += 1;
     }
     let mut hit = false;
-    while let Some(c) = p.next() {
-        match c {
-            ']' => break,
-            '\\' => {
-                if p.next() == Some(ch) {
-                    hit = true;
-                }
-            }
-            low => {
-                let rest = p.as_str();
-                let mut ahead = rest.chars();
-                if ahead.next() == Some('-')
-                    && let Some(high) = ahead.next().filter(|h| *h != ']')
-                {
-                    p.next();
-                    p.next();
-                    let (low, high) = if low <= high {
-                        (low, high)
-                    } else {
-                        (high, low)
-                    };
-                    hit |= (low..=high).contains(&ch);
-                    continue;
-                }
-                hit |= low == ch;
-            }
+    loop {
+        let left = pattern.len().saturating_sub(p);
+        if left == 0 {
+            break;
         }
+        match pattern[p] {
+            b'\\' if left >= 2 => {
+                p += 1;
+                hit |= pattern[p] == byte;
+            }
+            b']' => {
+                p += 1;
+                break;
+            }
+            low if left >= 3 && pattern[p + 1] == b'-' => {
+                let high = pattern[p + 2];
+                // Redis compares C `char`s: signed where they are (x86-64), so that bytes
+                // from 0x80 up sort below ASCII there.
+                let (low, high) = (low as c_char, high as c_char);
+                let (low, high) = if low <= high {
+                    (low, high)
+                } else {
+                    (high, low)
+                };
+                hit |= (low..=high).contains(&(byte as c_char));
+                p += 2;
+            }
+            literal => hit |= literal == byte,
+        }
+        p += 1;
     }
-    hit != negated
+    (p, hit != negated)
 }
 
 #[cfg(test)]
@@ -153,6 +185,38 @@ mod tests {
         assert_eq!(captures("a\\*b", "a*b"), Some(vec![]));
         assert_eq!(captures("a\\*b", "axb"), None);
         assert_eq!(captures("ü:*", "ü:é"), Some(vec!["é"]));
+    }
+
+    #[test]
+    fn bytes_ranges_and_open_classes_read_as_redis_reads_them() {
+        // `?` and a class take one byte: `é` is two.
+        assert_eq!(captures("?", "é"), None);
+        assert_eq!(captures("??", "é"), Some(vec![]));
+        assert_eq!(captures("?:*", "é:1"), None);
+        assert_eq!(captures("[^a][^a]:*", "é:1"), Some(vec!["1"]));
+        // A star whose text would split a character has no text, nor have the later ones.
+        assert!(matches("?*", "é"));
+        assert_eq!(captures("?*", "é"), Some(vec![]));
+        assert_eq!(captures("*:?*:*", "a:é:b"), Some(vec!["a"]));
+        // A `-` before a `]` makes a range up to it, and the class reads on.
+        for channel in ["]", "_", "a", "x"] {
+            assert_eq!(captures("[a-]x]", channel), Some(vec![]), "{channel}");
+        }
+        for channel in ["-", "b", "-x]", "a-"] {
+            assert_eq!(captures("[a-]x]", channel), None, "{channel}");
+        }
+        // With fewer than three bytes left there is no range, and an open class runs to the
+        // pattern's end; a `\\` that ends it is a literal one.
+        assert_eq!(captures("[a-", "-"), Some(vec![]));
+        assert_eq!(captures("[ab", "b"), Some(vec![]));
+        assert_eq!(captures("[ab", "["), None);
+        assert_eq!(captures("[a\\", "\\"), Some(vec![]));
+        assert_eq!(captures("a\\", "a\\"), Some(vec![]));
+        assert_eq!(capture_count("[ab*"), 0);
+        // A range compares C `char`s: signed ones put `é`'s second byte below every ASCII
+        // byte, so `[é-z]` holds `b` there.
+        let signed = c_char::MIN != 0;
+        assert_eq!(matches("[é-z]", "b"), signed);
     }
 
     #[test]

@@ -39,7 +39,7 @@ pub fn of_topic<'r>(routing: &'r Routing, topic: &str) -> Option<&'r Presence> {
                 .all(|(placeholder, text)| match placeholder {
                     Placeholder::Channel => match &route.source {
                         Source::Channel(channel) => channel == text,
-                        Source::Pattern(pattern) => glob::captures(pattern, text).is_some(),
+                        Source::Pattern(pattern) => glob::matches(pattern, text),
                     },
                     _ => true,
                 })

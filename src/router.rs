@@ -370,9 +370,7 @@ fn scalar_text(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
 }
 
 fn any_glob(patterns: &[String], text: &str) -> bool {
-    patterns
-        .iter()
-        .any(|pattern| glob::captures(pattern, text).is_some())
+    patterns.iter().any(|pattern| glob::matches(pattern, text))
 }
 
 /// Topics and audience of `route` for `message`; `None` when a placeholder has no value.

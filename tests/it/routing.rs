@@ -679,3 +679,97 @@ async fn a_large_fan_out_reaches_every_subscriber_once_and_in_order() {
     }
     other.assert_pong(2).await;
 }
+
+/// The bridge routes a pattern's messages by its own reading of the pattern: that reading
+/// must be Redis's. Every pattern of up to three elements over the bytes that make edge cases
+/// (classes, ranges, escapes, `?`, `*`, a two-byte character), and a few longer ones, is
+/// PSUBSCRIBEd on a real Redis; every channel of up to three such characters is PUBLISHed;
+/// a (pattern, channel) pair that Redis delivers is exactly one `glob::matches` accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_match_the_channels_redis_delivers_to_them_and_no_others() {
+    use futures_util::StreamExt;
+    use std::collections::HashSet;
+
+    fn words(alphabet: &[&str], longest: usize) -> Vec<String> {
+        let mut all = Vec::new();
+        let mut last = vec![String::new()];
+        for _ in 0..longest {
+            last = last
+                .iter()
+                .flat_map(|word| alphabet.iter().map(move |symbol| format!("{word}{symbol}")))
+                .collect();
+            all.extend(last.iter().cloned());
+        }
+        all
+    }
+    const END: &str = "end-of-the-channels";
+    let mut patterns = words(&["a", "-", "]", "[", "^", "\\", "?", "*", "é"], 3);
+    patterns.extend(
+        [
+            "[a-]x]", "[a-]", "[a-\\]]*", "[a-\\]*", "h[^e]llo", "[]a]", "[^]a]", "[z-a]", "*[a-]",
+            "[é-z]", "[^é]", "\\[*\\]", "a*?*", END,
+        ]
+        .map(String::from),
+    );
+    let mut channels = words(&["a", "b", "-", "]", "[", "^", "\\", "*", "?", "é"], 3);
+    channels.extend(["hello", "hallo", "x]", "_x", "ü", "ab]", "a-]"].map(String::from));
+
+    let redis = crate::support::RedisServer::start();
+    let client = redis::Client::open(redis.url()).expect("redis url");
+    // The messages wait in Redis until the test reads them, all of them.
+    let mut admin = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("client-output-buffer-limit")
+        .arg("pubsub 0 0 0")
+        .query_async::<()>(&mut admin)
+        .await
+        .expect("CONFIG SET");
+    let mut pubsub = tokio::time::timeout(WAIT, client.get_async_pubsub())
+        .await
+        .expect("connecting timed out")
+        .expect("connect");
+    pubsub
+        .psubscribe(&patterns)
+        .await
+        .expect("PSUBSCRIBE every pattern");
+    let mut messages = pubsub.into_on_message();
+    let mut publisher = Publisher::connect(&redis.url()).await;
+    for channel in channels.iter().chain([&END.to_owned()]) {
+        publisher.publish(channel, "").await;
+    }
+    // One connection gets the messages in the order Redis routed them: all the channels'
+    // come before any of the last one's.
+    let mut delivered = HashSet::new();
+    loop {
+        let message = tokio::time::timeout(WAIT, messages.next())
+            .await
+            .expect("Redis delivers every message in time")
+            .expect("the subscription stays open");
+        let channel = message.get_channel_name().to_owned();
+        if channel == END {
+            break;
+        }
+        let pattern: String = message.get_pattern().expect("a pattern message");
+        delivered.insert((pattern, channel));
+    }
+    assert!(delivered.len() > 10_000, "{} pairs", delivered.len());
+    let mut disagreements = Vec::new();
+    for pattern in &patterns {
+        for channel in &channels {
+            let by_redis = delivered.contains(&(pattern.clone(), channel.clone()));
+            if by_redis != redis_ws_bridge::glob::matches(pattern, channel) {
+                disagreements.push(format!("{pattern:?} ~ {channel:?}: Redis {by_redis}"));
+            }
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "{} disagreements, e.g. {:?}",
+        disagreements.len(),
+        &disagreements[..disagreements.len().min(20)]
+    );
+}
