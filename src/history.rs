@@ -995,35 +995,18 @@ mod tests {
     fn a_ring_takes_room_for_two_frames_then_doubles_up_to_its_size_and_releases_it_empty() {
         let history = history(1 << 20);
         let room = |topic: &str| history.lock().get(topic).map(|ring| ring.frames.capacity());
+        let add = |topic: &str, retention: Retention, seq: u64| {
+            let retained = frame(seq, seq, Resolved::Everyone);
+            keep(&history, None, topic, &route(), retention, retained);
+        };
         let mut rooms = Vec::new();
         for seq in 1..=12 {
-            keep(
-                &history,
-                None,
-                "t:a",
-                &route(),
-                retention(10),
-                frame(seq, seq, Resolved::Everyone),
-            );
+            add("t:a", retention(10), seq);
             rooms.push(room("t:a").unwrap_or_default());
         }
         assert_eq!(rooms, [2, 2, 4, 4, 8, 8, 8, 8, 10, 10, 10, 10]);
-        keep(
-            &history,
-            None,
-            "t:b",
-            &route(),
-            retention(1),
-            frame(1, 13, Resolved::Everyone),
-        );
-        keep(
-            &history,
-            None,
-            "t:b",
-            &route(),
-            retention(1),
-            frame(2, 14, Resolved::Everyone),
-        );
+        add("t:b", retention(1), 1);
+        add("t:b", retention(1), 2);
         assert_eq!(room("t:b"), Some(1));
         // A ring whose frames all expire keeps its topic's position, not its room.
         let ttl = Retention {
@@ -1031,14 +1014,7 @@ mod tests {
             ttl: Some(Duration::from_secs(1)),
         };
         for seq in 1..=3 {
-            keep(
-                &history,
-                None,
-                "t:c",
-                &route(),
-                ttl,
-                frame(seq, 20 + seq, Resolved::Everyone),
-            );
+            add("t:c", ttl, seq);
         }
         assert_eq!(room("t:c"), Some(4));
         history.expire(Instant::now() + Duration::from_secs(2));
