@@ -117,26 +117,25 @@ impl Ring {
     /// Drops the oldest frame, keeping the room it took; what it freed.
     fn pop_oldest(&mut self) -> Option<Freed> {
         let popped = self.frames.pop_front()?;
-        self.complete_from = self
-            .frames
-            .front()
-            .map_or(self.last_seq + 1, |front| front.seq)
-            .max(self.complete_from);
+        // The frame after it need not be read: were there a gap before it, `complete_from`
+        // would be past the gap already (a frame that did not follow the last one, or one
+        // not retained, moved it there).
+        self.complete_from = self.complete_from.max(popped.seq + 1);
         Some(Freed {
             frames: 1,
             bytes: popped.cost(),
         })
     }
 
-    /// Drops the oldest frames while more than `keep` are held or the oldest is older than
-    /// `ttl` at `now`, keeping the room they took; what it freed.
-    fn drop_oldest(&mut self, keep: usize, now: Instant) -> Freed {
+    /// Drops the oldest frames while more than `keep` are held or, given `now`, the oldest is
+    /// older than `ttl`, keeping the room they took; what it freed.
+    fn drop_oldest(&mut self, keep: usize, now: Option<Instant>) -> Freed {
         let mut freed = Freed::default();
         while let Some(front) = self.frames.front() {
-            let expired = self
-                .retention
-                .ttl
-                .is_some_and(|ttl| now.saturating_duration_since(front.at) > ttl);
+            let expired = match (self.retention.ttl, now) {
+                (Some(ttl), Some(now)) => now.saturating_duration_since(front.at) > ttl,
+                _ => false,
+            };
             if self.frames.len() <= keep && !expired {
                 break;
             }
@@ -160,7 +159,7 @@ impl Ring {
 
     /// Drops what is over `size` or older than `ttl`; what it freed.
     fn trim(&mut self, now: Instant) -> Freed {
-        let freed = self.drop_oldest(self.retention.size, now);
+        let freed = self.drop_oldest(self.retention.size, Some(now));
         self.release_if_empty();
         freed
     }
@@ -570,9 +569,6 @@ impl History {
         let rings = &mut *guard;
         let seq = frame.seq;
         let cost = frame.cost();
-        // The newest frame's arrival is now enough for the `ttl` of the older ones, without
-        // reading the clock.
-        let now = frame.at;
         let id = match ring.filter(|&id| rings.at(id).is_some()) {
             Some(id) => id,
             None => rings.ring_of(hash, topic, || Ring {
@@ -594,12 +590,16 @@ impl History {
         if !Arc::ptr_eq(&ring.route, route) {
             ring.route = route.clone();
         }
+        // The sweep's schedule already covers the ring's oldest frame unless the new one
+        // becomes it, or the `ttl` changes.
+        let schedule = ring.frames.is_empty() || ring.retention.ttl != retention.ttl;
         ring.retention = retention;
         // A full ring drops its oldest frame before it takes the new one, which then goes
         // where the oldest was: one cold entry touched instead of two (a profile of every
-        // ring full showed the second as a fifth of what retaining cost). Frames past their
-        // `ttl` go first too, the new one being of `now`.
-        let freed = ring.drop_oldest(retention.size.max(1) - 1, now);
+        // ring full showed the second as a fifth of what retaining cost). Only `size` is
+        // applied here, so that the frame after the oldest is not read either: frames past
+        // their `ttl` wait for the sweep, which `next_expiry` brings on time.
+        let freed = ring.drop_oldest(retention.size.max(1) - 1, None);
         ring.last_seq = seq;
         // Grown by hand up to `size`: doubling would leave a full ring of 10 in room for 16,
         // and a topic with one frame in room for 4. A new ring starts with room for two
@@ -612,7 +612,9 @@ impl History {
             ring.frames.reserve_exact(room - len);
         }
         ring.frames.push_back(frame);
-        Rings::expires(&mut rings.next_expiry, ring);
+        if schedule {
+            Rings::expires(&mut rings.next_expiry, ring);
+        }
         rings.frames += 1;
         rings.bytes += cost;
         rings.freed(freed);
@@ -1243,6 +1245,34 @@ mod tests {
             replay(&history, &[("t:new", Wanted::After(0))], 100).1,
             ["t:new"]
         );
+    }
+
+    #[test]
+    fn appending_applies_the_size_and_leaves_the_ttl_to_the_sweep() {
+        let history = history(1 << 20);
+        let start = Instant::now();
+        let add = |seq: u64, after: u64, ttl: u64| {
+            let mut retained = frame(seq, seq, Resolved::Everyone);
+            retained.at = start + Duration::from_secs(after);
+            let retention = Retention {
+                size: 3,
+                ttl: Some(Duration::from_secs(ttl)),
+            };
+            keep(&history, None, "t:a", &route(), retention, retained);
+        };
+        let next_expiry = || history.lock().next_expiry;
+        let after = |secs| Some(start + Duration::from_secs(secs));
+        add(1, 0, 10);
+        // Frame 1 is past its `ttl` when frame 2 comes: it stays until the sweep, which is due.
+        add(2, 20, 10);
+        assert_eq!(history.lock().frames, 2);
+        assert_eq!(next_expiry(), after(10));
+        history.expire(start + Duration::from_secs(20));
+        assert_eq!(history.lock().frames, 1);
+        assert_eq!(next_expiry(), after(30));
+        // A shorter `ttl` brings the sweep forward at once.
+        add(3, 21, 1);
+        assert_eq!(next_expiry(), after(21));
     }
 
     #[test]
