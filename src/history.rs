@@ -909,17 +909,16 @@ mod tests {
         true
     }
 
-    /// [`History::append`], hashing the topic.
+    /// [`History::append`] of route `r`, hashing the topic.
     fn keep(
         history: &History,
         ring: Option<RingId>,
         topic: &str,
-        route: &Arc<str>,
         retention: Retention,
         frame: Retained,
     ) -> RingId {
         let hash = history.hasher().hash_one(topic);
-        history.append(ring, topic, hash, route, retention, frame)
+        history.append(ring, topic, hash, &route(), retention, frame)
     }
 
     /// Retains frame `seq` of `topic` (message `dispatch`, audience `all`) with `size: 3`.
@@ -928,7 +927,6 @@ mod tests {
             history,
             None,
             topic,
-            &route(),
             retention(3),
             frame(seq, dispatch, Resolved::Everyone),
         );
@@ -999,7 +997,7 @@ mod tests {
         let room = |topic: &str| history.lock().get(topic).map(|ring| ring.frames.capacity());
         let add = |topic: &str, retention: Retention, seq: u64| {
             let retained = frame(seq, seq, Resolved::Everyone);
-            keep(&history, None, topic, &route(), retention, retained);
+            keep(&history, None, topic, retention, retained);
         };
         let mut rooms = Vec::new();
         for seq in 1..=12 {
@@ -1130,40 +1128,18 @@ mod tests {
     fn replays_merge_topics_in_routing_order_once_per_message_and_check_each_frame() {
         let history = history(1 << 20);
         let mine = || Resolved::User("alice".into());
-        keep(
-            &history,
-            None,
-            "t:a",
-            &route(),
-            retention(3),
-            frame(1, 1, mine()),
-        );
+        keep(&history, None, "t:a", retention(3), frame(1, 1, mine()));
         append(&history, "t:b", 1, 2);
         keep(
             &history,
             None,
             "t:a",
-            &route(),
             retention(3),
             frame(2, 3, Resolved::User("bob".into())),
         );
         // One message routed to both topics.
-        keep(
-            &history,
-            None,
-            "t:a",
-            &route(),
-            retention(3),
-            frame(3, 4, mine()),
-        );
-        keep(
-            &history,
-            None,
-            "t:b",
-            &route(),
-            retention(3),
-            frame(2, 4, mine()),
-        );
+        keep(&history, None, "t:a", retention(3), frame(3, 4, mine()));
+        keep(&history, None, "t:b", retention(3), frame(2, 4, mine()));
         let alice = crate::auth::Identity {
             user: Some(Arc::from("alice")),
             roles: Vec::new(),
@@ -1208,7 +1184,6 @@ mod tests {
                 &history,
                 None,
                 "t:a",
-                &route(),
                 retention(1),
                 frame(seq, seq, Resolved::Everyone),
             );
@@ -1229,7 +1204,6 @@ mod tests {
                 &history,
                 None,
                 &topic,
-                &route(),
                 ttl,
                 frame(1, n + 1, Resolved::Everyone),
             );
@@ -1258,7 +1232,7 @@ mod tests {
                 size: 3,
                 ttl: Some(Duration::from_secs(ttl)),
             };
-            keep(&history, None, "t:a", &route(), retention, retained);
+            keep(&history, None, "t:a", retention, retained);
         };
         let next_expiry = || history.lock().next_expiry;
         let after = |secs| Some(start + Duration::from_secs(secs));
@@ -1294,7 +1268,6 @@ mod tests {
             &history,
             None,
             "t:long",
-            &route(),
             ttl(10),
             at(0, frame(1, 2, Resolved::Everyone)),
         );
@@ -1303,7 +1276,6 @@ mod tests {
             &history,
             None,
             "t:short",
-            &route(),
             ttl(2),
             at(3, frame(1, 3, Resolved::Everyone)),
         );
@@ -1328,10 +1300,10 @@ mod tests {
         let long = wsframe::text(&[b'a'; 2000]);
         let mut retained = frame(1, 1, Resolved::Everyone);
         retained.frame = long.clone();
-        keep(&history, None, "t:a", &route(), retention(3), retained);
+        keep(&history, None, "t:a", retention(3), retained);
         let mut short = frame(2, 2, Resolved::Everyone);
         short.frame = wsframe::text(b"tiny");
-        keep(&history, None, "t:a", &route(), retention(3), short);
+        keep(&history, None, "t:a", retention(3), short);
         let before = history.lock().bytes;
         let recipient = |deflate| Recipient {
             admits: &anyone,
@@ -1370,14 +1342,7 @@ mod tests {
             size: 3,
             ttl: Some(Duration::from_millis(10)),
         };
-        keep(
-            &history,
-            None,
-            "t:a",
-            &route(),
-            ttl,
-            frame(1, 1, Resolved::Everyone),
-        );
+        keep(&history, None, "t:a", ttl, frame(1, 1, Resolved::Everyone));
         history.expire(Instant::now() + Duration::from_secs(1));
         assert_eq!(history.lock().frames, 0);
         assert_eq!(history.lock().bytes, 0);
@@ -1420,46 +1385,22 @@ mod tests {
     fn a_ring_id_finds_its_ring_while_it_lives_and_nothing_after() {
         let history = history(1 << 20);
         let everyone = |seq| frame(seq, seq, Resolved::Everyone);
-        let a = keep(&history, None, "t:a", &route(), retention(3), everyone(1));
-        assert_eq!(
-            keep(
-                &history,
-                Some(a),
-                "t:a",
-                &route(),
-                retention(3),
-                everyone(2)
-            ),
-            a
-        );
+        let a = keep(&history, None, "t:a", retention(3), everyone(1));
+        assert_eq!(keep(&history, Some(a), "t:a", retention(3), everyone(2)), a);
         // A reload without the route releases the ring; its slot goes to the next topic, and
         // the old id names neither.
         let without = config("routes:\n  - name: r\n    channel: c\n");
         history.configure(&without, &config(ROUTES));
-        let b = keep(&history, None, "t:b", &route(), retention(3), everyone(3));
+        let b = keep(&history, None, "t:b", retention(3), everyone(3));
         assert_eq!(b.index, a.index);
-        let a_again = keep(
-            &history,
-            Some(a),
-            "t:a",
-            &route(),
-            retention(3),
-            everyone(4),
-        );
+        let a_again = keep(&history, Some(a), "t:a", retention(3), everyone(4));
         assert!(a_again != a && a_again != b);
         assert_eq!(replay(&history, &[("t:b", Wanted::Last(9))], 100).0, ["3"]);
         assert_eq!(replay(&history, &[("t:a", Wanted::Last(9))], 100).0, ["4"]);
         // Nor does an id from before a restart, once the first slot is taken again.
         history.restart();
-        keep(&history, None, "t:z", &route(), retention(3), everyone(1));
-        keep(
-            &history,
-            Some(a),
-            "t:a",
-            &route(),
-            retention(3),
-            everyone(2),
-        );
+        keep(&history, None, "t:z", retention(3), everyone(1));
+        keep(&history, Some(a), "t:a", retention(3), everyone(2));
         assert_eq!(replay(&history, &[("t:z", Wanted::Last(9))], 100).0, ["1"]);
         assert_eq!(replay(&history, &[("t:a", Wanted::Last(9))], 100).0, ["2"]);
     }
