@@ -455,7 +455,8 @@ impl FanOut<'_, '_> {
         // for both the read and the update, and one hash of it even when it is new.
         let hash = seqs.hash(topic);
         let found = seqs.find(hash, topic);
-        let sequence = found.and_then(|bucket| seqs.at(bucket, topic));
+        // `find` compared the name already: the bucket is read without comparing it again.
+        let sequence = found.and_then(|bucket| seqs.table.get_bucket_mut(bucket));
         let seq = sequence.as_ref().map_or(1, |sequence| sequence.last + 1);
         let rendered = router::render_frame(route, self.message, self.plan, topic, seq);
         let Some((frame, payload_at)) = rendered else {
