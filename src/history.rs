@@ -1,7 +1,7 @@
 //! Topics with memory: the recent frames of the routes that have `history`, per topic, for
 //! replays (`last` and `since` on `subscribe`, `since` on the upgrade URL).
 //!
-//! A retained frame is the very `Bytes` its live delivery queued (so a replay is the same
+//! A retained frame is a copy of the bytes its live delivery queued (so a replay is the same
 //! bytes, `seq` and `ts`), kept once per topic whatever the number of recipients, with what
 //! a replay needs to check it again for one connection: the audience the message resolved
 //! to, and where its payload is (for subscription filters). Memory is bounded per topic
@@ -34,8 +34,8 @@ use crate::wsframe;
 /// What one retained frame costs beyond its bytes: its entry in the ring and in the global
 /// order, the allocations around its bytes, and its share of its topic's ring. Measured:
 /// `bench/run.sh history-memory` (100,000 topics × 10 frames of 188 bytes) grows the RSS by
-/// 402 bytes per retained frame, 214 more than the frame.
-const ENTRY_OVERHEAD: usize = 214;
+/// 367 bytes per retained frame (median of three), 179 more than the frame.
+const ENTRY_OVERHEAD: usize = 179;
 
 /// The most topics kept with nothing retained (only their position, so that a client that
 /// saw their last frame resumes without a gap); past it they are all forgotten, and resuming
