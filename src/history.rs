@@ -14,6 +14,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher as _, RandomState};
+use std::num::NonZeroU64;
 use std::ops::{AddAssign, Range};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -214,15 +215,20 @@ pub struct Gauges {
 /// retaining a frame needs no lookup of the topic: a profile of many cold topics showed the
 /// second lookup (hashing the topic, comparing its bytes) as a sixth of what retaining cost.
 /// A ring removed since is told by its generation, which no other ring ever has.
+///
+/// Packed to 12 bytes, so that the dispatcher's counter holding it fits in 32: every frame
+/// reads its topic's counter, which the retained frames push out of the cache, and a counter
+/// that straddles two cache lines is two misses instead of one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C, packed(4))]
 pub struct RingId {
+    generation: NonZeroU64,
     index: u32,
-    generation: u64,
 }
 
 #[derive(Debug)]
 struct Slot {
-    generation: u64,
+    generation: NonZeroU64,
     ring: Option<Ring>,
 }
 
@@ -273,18 +279,16 @@ struct Rings {
 
 impl Rings {
     fn at(&self, id: RingId) -> Option<&Ring> {
-        let slot = self.slots.get(id.index as usize)?;
-        slot.ring
-            .as_ref()
-            .filter(|_| slot.generation == id.generation)
+        let RingId { generation, index } = id;
+        let slot = self.slots.get(index as usize)?;
+        slot.ring.as_ref().filter(|_| slot.generation == generation)
     }
 
     /// The ring `id` names, borrowing only the slots.
     fn at_mut(slots: &mut [Slot], id: RingId) -> Option<&mut Ring> {
-        let slot = slots.get_mut(id.index as usize)?;
-        slot.ring
-            .as_mut()
-            .filter(|_| slot.generation == id.generation)
+        let RingId { generation, index } = id;
+        let slot = slots.get_mut(index as usize)?;
+        slot.ring.as_mut().filter(|_| slot.generation == generation)
     }
 
     /// Whether slot `index` holds `topic`'s ring.
@@ -346,12 +350,12 @@ impl Rings {
                 // Every index in the map has its slot: the fallback names no ring.
                 return Rings::id_at(slots, index).unwrap_or(RingId {
                     index,
-                    generation: u64::MAX,
+                    generation: NonZeroU64::MAX,
                 });
             }
             Entry::Vacant(free) => free,
         };
-        let generation = *next_generation;
+        let generation = NonZeroU64::MIN.saturating_add(*next_generation);
         *next_generation += 1;
         let slot = Slot {
             generation,
