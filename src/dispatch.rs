@@ -169,6 +169,8 @@ pub struct Dispatcher {
     /// than allocated for each message.
     everyone: Arc<Resolved>,
     authenticated: Arc<Resolved>,
+    /// The buffer of the frame the history last dropped, for the next retained copy.
+    spare: Option<Vec<u8>>,
 }
 
 impl Dispatcher {
@@ -183,6 +185,7 @@ impl Dispatcher {
             workers: tokio::runtime::Handle::current().metrics().num_workers(),
             everyone: Arc::new(Resolved::Everyone),
             authenticated: Arc::new(Resolved::Authenticated),
+            spare: None,
         }
     }
 
@@ -272,6 +275,7 @@ impl Dispatcher {
                     received_at,
                     shared: &self.shared,
                     unflushed: &mut self.unflushed,
+                    spare: &mut self.spare,
                 };
                 let outcome = if route.history.is_some()
                     && fan_out.render(&mut self.seqs, route, topic).is_none()
@@ -336,6 +340,7 @@ struct FanOut<'a, 'm> {
     received_at: Instant,
     shared: &'a Shared,
     unflushed: &'a mut Vec<Arc<Connection>>,
+    spare: &'a mut Option<Vec<u8>>,
 }
 
 impl FanOut<'_, '_> {
@@ -544,10 +549,10 @@ impl FanOut<'_, '_> {
             at: self.received_at,
             // A copy, not the live frame's `Bytes`: shared with the queues, that one has a
             // reference count of its own in a separate allocation, which dropping the frame
-            // when its ring is full would touch, cold, on every frame. On every ring full, that
-            // drop was 1.6 % of the bridge's CPU (`bench/run.sh history`, `PERF_OUT`); an
-            // unshared copy is freed without it, and the live frame is freed while still hot.
-            frame: Bytes::copy_from_slice(&frame),
+            // when its ring is full would touch, cold, on every frame (1.6 % of the bridge's
+            // CPU with every ring full, `bench/run.sh history` with `PERF_OUT`). The live frame
+            // is freed while still hot, and the copy goes into the buffer of a frame dropped.
+            frame: Retained::copy(&frame, self.spare.take()),
             compressed: self.compressed.take().map(Box::new),
             audience: audience.clone(),
             payload,
@@ -555,10 +560,12 @@ impl FanOut<'_, '_> {
         let Some((hash, bucket)) = self.counted else {
             return;
         };
-        let ring =
+        let appended =
             self.shared
                 .history
                 .append(self.ring, topic, hash, &route.name, retention, retained);
+        *self.spare = appended.spare;
+        let ring = appended.ring;
         if self.ring != Some(ring)
             && let Some(sequence) = seqs.at(bucket, topic)
         {

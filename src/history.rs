@@ -32,11 +32,14 @@ use crate::deflate;
 use crate::protocol::Position;
 use crate::wsframe;
 
-/// What one retained frame costs beyond its bytes: its entry in the ring and in the global
-/// order, the allocations around its bytes, and its share of its topic's ring. Measured:
-/// `bench/run.sh history-memory` (100,000 topics × 10 frames of 188 bytes) grows the RSS by
-/// 367 bytes per retained frame (median of three), 179 more than the frame.
-const ENTRY_OVERHEAD: usize = 179;
+/// What one retained frame costs beyond its buffer: its entry in the ring and in the global
+/// order, the allocator's own, and its share of its topic's ring. Measured: `bench/run.sh
+/// history-memory` (100,000 topics × 10 frames of 188 bytes, in buffers of 192) grows the
+/// RSS by 360 bytes per retained frame once the rings are full, and by 390 once they have
+/// replaced their frames twice, as in a bridge that has run for a while (the global order
+/// then also holds the entries of frames dropped since it was last compacted; medians of
+/// three): 198 more than the buffer.
+const ENTRY_OVERHEAD: usize = 198;
 
 /// The most topics kept with nothing retained (only their position, so that a client that
 /// saw their last frame resumes without a gap); past it they are all forgotten, and resuming
@@ -63,7 +66,9 @@ pub struct Retained {
     /// The dispatch it came from: one message reaches a connection once, replays included.
     pub dispatch: u64,
     pub at: Instant,
-    pub frame: Bytes,
+    /// A copy of the live frame's bytes, in a buffer of its own: appending to a full ring
+    /// hands the buffer of the frame it drops back for the next copy ([`Appended::spare`]).
+    pub frame: Vec<u8>,
     /// The compressed form, once made (by the live fan-out or a first replay); boxed, as most
     /// frames never have one and every entry would pay for its room otherwise.
     pub compressed: Option<Box<Bytes>>,
@@ -73,12 +78,27 @@ pub struct Retained {
 }
 
 impl Retained {
+    /// `bytes` copied into `spare` when it fits them without wasting much of it, else into a
+    /// buffer of their own.
+    pub fn copy(bytes: &[u8], spare: Option<Vec<u8>>) -> Vec<u8> {
+        let mut buffer = match spare {
+            Some(mut spare) if (bytes.len()..=2 * bytes.len() + 64).contains(&spare.capacity()) => {
+                spare.clear();
+                spare
+            }
+            // Rounded as the allocator rounds anyway: a later frame a few bytes longer fits.
+            _ => Vec::with_capacity(bytes.len().next_multiple_of(16)),
+        };
+        buffer.extend_from_slice(bytes);
+        buffer
+    }
+
     fn cost(&self) -> usize {
         let payload = match &self.payload {
             Payload::Copy(bytes) => bytes.len(),
             _ => 0,
         };
-        self.frame.len()
+        self.frame.capacity()
             + self.compressed.as_ref().map_or(0, |bytes| bytes.len())
             + payload
             + ENTRY_OVERHEAD
@@ -115,23 +135,22 @@ impl Ring {
         seq <= self.last_seq && seq + 1 >= self.complete_from
     }
 
-    /// Drops the oldest frame, keeping the room it took; what it freed.
-    fn pop_oldest(&mut self) -> Option<Freed> {
+    /// Takes the oldest frame out, keeping the room it took.
+    fn pop_oldest(&mut self) -> Option<Retained> {
         let popped = self.frames.pop_front()?;
         // The frame after it need not be read: were there a gap before it, `complete_from`
         // would be past the gap already (a frame that did not follow the last one, or one
         // not retained, moved it there).
         self.complete_from = self.complete_from.max(popped.seq + 1);
-        Some(Freed {
-            frames: 1,
-            bytes: popped.cost(),
-        })
+        Some(popped)
     }
 
     /// Drops the oldest frames while more than `keep` are held or, given `now`, the oldest is
-    /// older than `ttl`, keeping the room they took; what it freed.
-    fn drop_oldest(&mut self, keep: usize, now: Option<Instant>) -> Freed {
+    /// older than `ttl`, keeping the room they took; what it freed, and the buffer of the
+    /// last frame dropped.
+    fn drop_oldest(&mut self, keep: usize, now: Option<Instant>) -> (Freed, Option<Vec<u8>>) {
         let mut freed = Freed::default();
+        let mut spare = None;
         while let Some(front) = self.frames.front() {
             let expired = match (self.retention.ttl, now) {
                 (Some(ttl), Some(now)) => now.saturating_duration_since(front.at) > ttl,
@@ -143,9 +162,10 @@ impl Ring {
             let Some(popped) = self.pop_oldest() else {
                 break;
             };
-            freed += popped;
+            freed += Freed::of(&popped);
+            spare = Some(popped.frame);
         }
-        freed
+        (freed, spare)
     }
 
     /// Releases the room of a ring with nothing retained: its topic keeps only its position.
@@ -160,10 +180,22 @@ impl Ring {
 
     /// Drops what is over `size` or older than `ttl`; what it freed.
     fn trim(&mut self, now: Instant) -> Freed {
-        let freed = self.drop_oldest(self.retention.size, Some(now));
+        let (freed, _) = self.drop_oldest(self.retention.size, Some(now));
         self.release_if_empty();
         freed
     }
+}
+
+/// What appending a frame did.
+#[derive(Debug)]
+pub struct Appended {
+    /// Where the topic's ring is now.
+    pub ring: RingId,
+    /// The buffer of the frame a full ring dropped for the new one, for the copy of the next
+    /// frame retained ([`Retained::copy`]): with every ring full, a frame then costs no
+    /// allocation, and no free of a buffer that has gone cold since the frame was written
+    /// (that free read a cold line: 2 % of the bridge's CPU on the many-topics load).
+    pub spare: Option<Vec<u8>>,
 }
 
 /// Frames dropped and what they cost: what the process's counts lose.
@@ -171,6 +203,15 @@ impl Ring {
 struct Freed {
     frames: usize,
     bytes: usize,
+}
+
+impl Freed {
+    fn of(frame: &Retained) -> Freed {
+        Freed {
+            frames: 1,
+            bytes: frame.cost(),
+        }
+    }
 }
 
 impl AddAssign for Freed {
@@ -413,7 +454,7 @@ impl Rings {
                 continue;
             };
             self.emptied |= ring.release_if_empty();
-            self.freed(popped);
+            self.freed(Freed::of(&popped));
         }
     }
 
@@ -558,8 +599,7 @@ impl History {
     }
 
     /// Retains `frame` of `topic` (of `hash`, by [`History::hasher`]), routed by `route` with
-    /// `retention`, in the ring `ring` when it is still that topic's; where the topic's ring
-    /// is now.
+    /// `retention`, in the ring `ring` when it is still that topic's.
     pub fn append(
         &self,
         ring: Option<RingId>,
@@ -568,7 +608,7 @@ impl History {
         route: &Arc<str>,
         retention: Retention,
         frame: Retained,
-    ) -> RingId {
+    ) -> Appended {
         let mut guard = self.lock();
         let rings = &mut *guard;
         let seq = frame.seq;
@@ -586,7 +626,10 @@ impl History {
             }),
         };
         let Some(ring) = Rings::at_mut(&mut rings.slots, id) else {
-            return id;
+            return Appended {
+                ring: id,
+                spare: None,
+            };
         };
         if seq != ring.last_seq + 1 {
             ring.complete_from = seq;
@@ -603,7 +646,7 @@ impl History {
         // ring full showed the second as a fifth of what retaining cost). Only `size` is
         // applied here, so that the frame after the oldest is not read either: frames past
         // their `ttl` wait for the sweep, which `next_expiry` brings on time.
-        let freed = ring.drop_oldest(retention.size.max(1) - 1, None);
+        let (freed, spare) = ring.drop_oldest(retention.size.max(1) - 1, None);
         ring.last_seq = seq;
         // Grown by hand up to `size`: doubling would leave a full ring of 10 in room for 16,
         // and a topic with one frame in room for 4. A new ring starts with room for two
@@ -626,7 +669,7 @@ impl History {
         rings.evict();
         rings.compact();
         self.publish_gauges(rings);
-        id
+        Appended { ring: id, spare }
     }
 
     /// A frame of `topic` that its route does not retain took `seq`: a position before it
@@ -853,12 +896,12 @@ impl History {
 /// the frame is long enough and fits its window (compressed once, then kept with the frame),
 /// else plain. Also what keeping the compressed form added.
 fn for_recipient(frame: &mut Retained, recipient: &Recipient) -> (Bytes, usize) {
-    let Some(window_bits) = recipient.deflate else {
-        return (frame.frame.clone(), 0);
-    };
     let len = wsframe::payload(&frame.frame).len();
-    if len < recipient.compression.min_bytes || !deflate::fits(window_bits, len) {
-        return (frame.frame.clone(), 0);
+    let compresses = recipient.deflate.is_some_and(|window_bits| {
+        len >= recipient.compression.min_bytes && deflate::fits(window_bits, len)
+    });
+    if !compresses {
+        return (Bytes::copy_from_slice(&frame.frame), 0);
     }
     if let Some(compressed) = &frame.compressed {
         return (Bytes::clone(compressed), 0);
@@ -902,7 +945,7 @@ mod tests {
             seq,
             dispatch,
             at: Instant::now(),
-            frame: Bytes::from(format!("{seq}")),
+            frame: format!("{seq}").into_bytes(),
             compressed: None,
             audience: Arc::new(audience),
             payload: Payload::Auto,
@@ -922,7 +965,9 @@ mod tests {
         frame: Retained,
     ) -> RingId {
         let hash = history.hasher().hash_one(topic);
-        history.append(ring, topic, hash, &route(), retention, frame)
+        history
+            .append(ring, topic, hash, &route(), retention, frame)
+            .ring
     }
 
     /// Retains frame `seq` of `topic` (message `dispatch`, audience `all`) with `size: 3`.
@@ -1226,6 +1271,67 @@ mod tests {
     }
 
     #[test]
+    fn a_full_ring_hands_back_the_buffer_of_the_frame_it_drops_for_the_next_copy() {
+        let history = history(1 << 20);
+        let hash = history.hasher().hash_one("t:a");
+        let retain = |seq: u64, spare: Option<Vec<u8>>| {
+            let mut retained = frame(seq, seq, Resolved::Everyone);
+            retained.frame = Retained::copy(format!("frame {seq:03}").as_bytes(), spare);
+            let at = retained.frame.as_ptr();
+            (
+                history.append(None, "t:a", hash, &route(), retention(2), retained),
+                at,
+            )
+        };
+        let (first, first_at) = retain(1, None);
+        assert!(first.spare.is_none());
+        assert!(
+            retain(2, None).0.spare.is_none(),
+            "room for two: nothing dropped"
+        );
+        // The third drops the first: its buffer comes back, and the next copy is made in it.
+        let (third, _) = retain(3, None);
+        let spare = third.spare.expect("the first frame's buffer");
+        assert_eq!(spare.as_ptr(), first_at);
+        let (_, fourth_at) = retain(4, Some(spare));
+        assert_eq!(fourth_at, first_at, "no allocation");
+        let rings = history.lock();
+        let kept: Vec<&[u8]> = rings
+            .get("t:a")
+            .map(|ring| ring.frames.iter().map(|f| f.frame.as_slice()).collect())
+            .unwrap_or_default();
+        assert_eq!(kept, [b"frame 003".as_slice(), b"frame 004"]);
+        // The count holds what the buffers take.
+        let held: usize = rings
+            .get("t:a")
+            .map(|ring| ring.frames.iter().map(Retained::cost).sum())
+            .unwrap_or_default();
+        assert_eq!(rings.bytes, held);
+    }
+
+    #[test]
+    fn a_copy_reuses_a_spare_buffer_only_when_it_fits_without_waste() {
+        let reused = |capacity: usize, len: usize| {
+            let spare = Vec::with_capacity(capacity);
+            let at = spare.as_ptr();
+            let copy = Retained::copy(&vec![7; len], Some(spare));
+            assert_eq!(copy, vec![7; len]);
+            copy.as_ptr() == at
+        };
+        assert!(reused(208, 200));
+        assert!(!reused(100, 200), "too small");
+        assert!(
+            !reused(64 * 1024, 200),
+            "a large frame's buffer is not kept for a small one"
+        );
+        assert_eq!(
+            Retained::copy(&[1; 20], None).capacity(),
+            32,
+            "rounded as malloc does"
+        );
+    }
+
+    #[test]
     fn appending_applies_the_size_and_leaves_the_ttl_to_the_sweep() {
         let history = history(1 << 20);
         let start = Instant::now();
@@ -1303,10 +1409,10 @@ mod tests {
         let history = history(1 << 20);
         let long = wsframe::text(&[b'a'; 2000]);
         let mut retained = frame(1, 1, Resolved::Everyone);
-        retained.frame = long.clone();
+        retained.frame = long.to_vec();
         keep(&history, None, "t:a", retention(3), retained);
         let mut short = frame(2, 2, Resolved::Everyone);
-        short.frame = wsframe::text(b"tiny");
+        short.frame = wsframe::text(b"tiny").to_vec();
         keep(&history, None, "t:a", retention(3), short);
         let before = history.lock().bytes;
         let recipient = |deflate| Recipient {
