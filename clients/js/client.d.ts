@@ -33,8 +33,14 @@ declare class RedisWsBridge {
   /** For good: no reconnect, no timer, no socket handler, every pending request rejected. */
   close(): void;
 
-  /** Resolves with the topics subscribed; rejects with a {@link RedisWsBridge.BridgeError}. */
-  subscribe(topics: string | string[], filter?: RedisWsBridge.Filter): Promise<string[]>;
+  /** Resolves with the topics subscribed; rejects with a {@link RedisWsBridge.BridgeError}.
+   * `last`: up to that many of each topic's retained frames first, as `message` events (the
+   * latest state of a page that just loaded). */
+  subscribe(
+    topics: string | string[],
+    filter?: RedisWsBridge.Filter | null,
+    options?: RedisWsBridge.SubscribeOptions,
+  ): Promise<string[]>;
   unsubscribe(topics: string | string[]): Promise<string[]>;
   ping(): Promise<void>;
   /** Resolves with the new expiry (Unix seconds), null for a credential without one. */
@@ -196,6 +202,11 @@ declare namespace RedisWsBridge {
     | null
     | ArrayBuffer;
   type Frame = ProtocolFrame | RouteFrame;
+
+  interface SubscribeOptions {
+    /** Up to this many retained frames of each topic first (0 to 10000). */
+    last?: number;
+  }
 
   // Client → server commands.
 

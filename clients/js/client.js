@@ -35,10 +35,14 @@
 // a `gap` event instead. A topic on which no frame came yet resumes from where its
 // subscription started (the `position` of the `subscribed` answer), or, `auto`, from where
 // the connection did (the `position` of the `connected` frame). Positions live in memory: a
-// page reload starts afresh (use the `last` of a subscribe in your own code for that).
+// page that (re)loads starts afresh, and gets the latest state of its topics with `last`:
+// subscribe(['job:42'], null, { last: 1 }) replays the newest retained frame of each topic
+// (oldest first when more), as `message` events before the live ones; a reconnect then
+// resumes from the frames received, and replays none of them again (a topic that got none of
+// them before a cut resumes from its oldest retained frame: more than `last`, nothing lost).
 //
 // Methods: connect() (returns the client); close() for good: no reconnect, and no timer,
-// socket handler or pending request left behind; subscribe(topics, filter?),
+// socket handler or pending request left behind; subscribe(topics, filter?, { last }?),
 // unsubscribe(topics), ping() and refresh(token?) return promises of their answers; `state`
 // (idle, connecting, open, reconnecting, closed), `welcome` (the connection's first frame),
 // `subscriptions` and lastSeq(topic) tell where the client is.
@@ -178,10 +182,12 @@
 
     // Resolves with the topics subscribed; rejects with the first `error` answer (topics of
     // the same command that were admitted are subscribed all the same). Made while
-    // disconnected, it is sent once connected.
-    subscribe(topics, filter) {
+    // disconnected, it is sent once connected. `last`: also replay up to that many of each
+    // topic's retained frames (routes with `history`).
+    subscribe(topics, filter, { last } = {}) {
       const command = { type: 'subscribe', topics: [].concat(topics) };
       if (filter) command.filter = filter;
+      if (last !== undefined) command.last = last;
       return this.#request(command, true).then((frame) => frame.topics);
     }
 
@@ -480,12 +486,12 @@
       switch (frame.type) {
         case 'subscribed': {
           if (!entry) break;
-          const { filter = null, topics, since } = entry.command;
+          const { filter = null, topics, since, last } = entry.command;
           for (const topic of frame.topics) this.#topics.set(topic, filter);
-          // Where the live stream starts. Not for a resuming subscribe: its replayed frames
-          // follow this answer and move the positions, and a cut before they arrive must not
-          // skip them.
-          if (!since) this.#startAt(frame.position, new Set());
+          // Where the live stream starts. Not for a subscribe that replays (`since`, `last`):
+          // its replayed frames follow this answer and move the positions, and a cut before
+          // they arrive must not skip them.
+          if (!since && !(last > 0)) this.#startAt(frame.position, new Set());
           // Refused on restore (listed in `refused`): not ours any more.
           if (entry.restore) {
             for (const topic of topics) {

@@ -4,8 +4,10 @@
 //! administrator, a phone-width screen, nothing refused by its CSP), and the client library
 //! loaded from `/client.js` through the real nginx wss site (permessage-deflate negotiated
 //! through it), across a token expiry, a request without an answer, a network cut and a
-//! bridge restart, then closed with nothing left behind. Also the package of `clients/js/`: what `npm pack` puts in it, the ES module
-//! generated from the served file, and the declarations type-checked by `tsc`.
+//! bridge restart, then closed with nothing left behind, and a page reloaded in the middle of
+//! a job that shows the job's latest state at once (`last`). Also the package of
+//! `clients/js/`: what `npm pack` puts in it, the ES module generated from the served file,
+//! and the declarations type-checked by `tsc`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -599,6 +601,85 @@ async fn the_client_in_chromium_through_nginx_survives_expiry_cuts_and_restarts(
         &driver,
         &[&format!("WebSocket connection to '{url}?token=")],
     );
+    driver.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_reloaded_in_the_middle_of_a_job_shows_its_latest_state_at_once() {
+    let redis = RedisServer::start();
+    let yaml = config_with("", &auth_section("required", "", ""), ROUTES);
+    let bridge = Bridge::start(&redis, &yaml);
+    bridge.wait_ready().await;
+    let origin = format!("http://{}", bridge.addr());
+    let url = bridge.ws_url("/ws");
+    let mint = json!({"secret": SECRET, "user": "ada", "ttls": [600]});
+    let mut driver = browser(None, 800).await;
+    let progress = |n: u64| json!({"kind": "a", "n": n}).to_string();
+    let retained = |frames: u64| {
+        let bridge = &bridge;
+        async move {
+            wait_until_async(WAIT, "the job's frames retained", || async {
+                bridge.metric("bridge_history_frames").await == Some(frames)
+            })
+            .await;
+        }
+    };
+    // The job made progress before the page opened.
+    for n in 1..=3 {
+        publish(&redis.url(), "news", progress(n)).await;
+    }
+    retained(3).await;
+
+    // The page subscribes asking for the last frame: the job's state at once, then live.
+    run(&mut driver, json!({"op": "harness", "origin": origin})).await;
+    run(
+        &mut driver,
+        json!({"op": "connect", "url": url, "mint": mint}),
+    )
+    .await;
+    driver.event("open", |_| true).await;
+    // The replayed frames follow the answer; the promise it resolves may be reported after
+    // them, so the answer is awaited as a frame.
+    let latest =
+        json!({"op": "subscribe", "topics": ["news"], "filter": null, "options": {"last": 1}});
+    driver.send(latest.clone());
+    let subscribed = driver.event("frame", |f| f["type"] == "subscribed").await["value"].clone();
+    assert_eq!(subscribed["topics"], json!(["news"]), "{subscribed}");
+    assert_eq!(expect_message(&mut driver, 3).await["seq"], 3);
+    publish(&redis.url(), "news", progress(4)).await;
+    expect_message(&mut driver, 4).await;
+    let shown = |driver: &Driver, from: usize| -> Vec<Value> {
+        driver.seen("message")[from..]
+            .iter()
+            .map(|m| m["data"]["n"].clone())
+            .collect()
+    };
+    assert_eq!(
+        shown(&driver, 0),
+        [json!(3), json!(4)],
+        "nothing older than the state"
+    );
+
+    // Reloaded while the job goes on: the new page gets the state it missed, not the frames
+    // the first page showed, and the live frames after it.
+    let before = driver.seen("message").len();
+    run(&mut driver, json!({"op": "harness", "origin": origin})).await;
+    publish(&redis.url(), "news", progress(5)).await;
+    retained(5).await;
+    run(
+        &mut driver,
+        json!({"op": "connect", "url": url, "mint": mint}),
+    )
+    .await;
+    driver.event("open", |_| true).await;
+    driver.send(latest);
+    driver.event("frame", |f| f["type"] == "subscribed").await;
+    assert_eq!(expect_message(&mut driver, 5).await["seq"], 5);
+    publish(&redis.url(), "news", progress(6)).await;
+    expect_message(&mut driver, 6).await;
+    assert_eq!(shown(&driver, before), [json!(5), json!(6)]);
+    assert!(driver.seen("gap").is_empty(), "{}", driver.transcript());
+    assert_no_page_errors(&driver, &[]);
     driver.finish().await;
 }
 

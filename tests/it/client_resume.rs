@@ -2,14 +2,17 @@
 //! after its socket is cut while a publisher keeps publishing, the client gets exactly the
 //! frames it missed, subscribed and `auto`, in order and once each; a history too short for
 //! what was missed, and a restarted bridge (a new epoch), reach the application as `gap`
-//! events, and no jump in `seq` is reported on top of them. A configured welcome resumes
+//! events, and no jump in `seq` is reported on top of them. A subscribe with `last` gets the
+//! newest retained frames, and a reconnect resumes after them. A configured welcome resumes
 //! when it names the epoch (`{epoch}`), and is reported as a `reconnected` gap when not.
 
 use serde_json::{Value, json};
 
 use crate::support::driver::Driver;
 use crate::support::tokens::auth_section;
-use crate::support::{Bridge, Publisher, RedisServer, WAIT, config_with, pick_port};
+use crate::support::{
+    Bridge, Publisher, RedisServer, WAIT, config_with, pick_port, wait_until_async,
+};
 
 /// `news` by subscription and `alerts` for every connection, both retaining far more than
 /// a test publishes; `brief` by subscription, retaining 3 frames.
@@ -165,6 +168,53 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_frames() {
     assert_eq!(node.seen("gap").len(), 1, "{}", node.transcript());
     // The other topics resumed without a loss: no gap for them.
     assert_eq!(numbers(&node, "news").len() as u64, total);
+
+    node.send(json!({"op": "close"}));
+    node.event("close", |v| v["reconnect"] == false).await;
+    node.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_with_last_gets_the_latest_frames_then_resumes_after_them() {
+    let redis = RedisServer::start();
+    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
+    bridge.wait_ready().await;
+    // A job that has been running before the page subscribes.
+    let mut publisher = Publisher::connect(&redis.url()).await;
+    for n in 1..=5 {
+        publisher.publish("news", json!({"n": n}).to_string()).await;
+    }
+    wait_until_async(WAIT, "the job's five frames retained", || async {
+        bridge.metric("bridge_history_frames").await == Some(5)
+    })
+    .await;
+    let (mut node, _) = connected(&bridge, 400).await;
+    node.send(json!({"op": "subscribe", "topics": ["news"], "options": {"last": 2}}));
+    // The replayed frames follow the answer; the promise it resolves may be reported after
+    // them, so the answer is awaited as a frame.
+    let subscribed = node.event("frame", |f| f["type"] == "subscribed").await["value"].clone();
+    assert_eq!(subscribed["topics"], json!(["news"]), "{subscribed}");
+    node.event("message", |m| m["data"]["n"] == 5).await;
+    assert_eq!(
+        numbers(&node, "news"),
+        [4, 5],
+        "the newest two, oldest first"
+    );
+
+    // Cut while the job goes on: the reconnect resumes after the frames received, and
+    // `last` is not asked again (4 and 5 would come twice).
+    node.send(json!({"op": "drop"}));
+    node.event("reconnecting", |_| true).await;
+    for n in 6..=7 {
+        publisher.publish("news", json!({"n": n}).to_string()).await;
+    }
+    node.event("open", |_| true).await;
+    node.event("message", |m| m["data"]["n"] == 7).await;
+    publisher.publish("news", r#"{"n":8}"#).await;
+    node.event("message", |m| m["data"]["n"] == 8).await;
+    assert_eq!(numbers(&node, "news"), [4, 5, 6, 7, 8]);
+    assert_seq_is_n(&node, "news");
+    assert!(node.seen("gap").is_empty(), "{}", node.transcript());
 
     node.send(json!({"op": "close"}));
     node.event("close", |v| v["reconnect"] == false).await;

@@ -22,8 +22,9 @@
 //       here from clients/js/), connects a client with it and closes it; resolves with its
 //       welcome
 //   {"op": "connect", "url", "options", "mint": {"secret", "user", "ttls"}}
-//   {"op": "subscribe", "topics", "filter"}, {"op": "unsubscribe", "topics"}, {"op": "ping"},
-//   {"op": "refresh"}, {"op": "close"}          the harness's client, as in the Node driver
+//   {"op": "subscribe", "topics", "filter", "options"}, {"op": "unsubscribe", "topics"},
+//   {"op": "ping"}, {"op": "refresh"}, {"op": "close"}
+//                                               the harness's client, as in the Node driver
 //   {"op": "extensions"}                        the extensions each of the harness's sockets
 //       negotiated (WebSocket.extensions)
 //   {"op": "leftovers"}                         after close(): {timers, sockets: [{readyState,
@@ -242,7 +243,7 @@ async function run(command) {
 }
 
 const ARGS = {
-  subscribe: (c) => [c.topics, c.filter],
+  subscribe: (c) => [c.topics, c.filter, c.options],
   unsubscribe: (c) => [c.topics],
   ping: () => [],
   refresh: (c) => (c.token === undefined ? [] : [c.token]),

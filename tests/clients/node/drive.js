@@ -9,7 +9,8 @@
 //       In both, the last entry is repeated once they run out, and each call is reported as
 //       {"event": "token", "value": {"call": N, "exp": …, "token": …}} ("tokens" report the
 //       call only).
-//   {"op": "subscribe", "topics": […], "filter": {…}}, {"op": "unsubscribe", "topics": […]},
+//   {"op": "subscribe", "topics": […], "filter": {…}, "options": {"last": N}},
+//   {"op": "unsubscribe", "topics": […]},
 //   {"op": "refresh"}, {"op": "ping"}, {"op": "close"},
 //   {"op": "drop"}: the client's socket is destroyed under it, as a network loss would (the
 //     client sees 1006; the server, a connection reset)
@@ -89,7 +90,7 @@ input.on('line', (line) => {
       connect(command);
       break;
     case 'subscribe':
-      reply('subscribe', client.subscribe(command.topics, command.filter));
+      reply('subscribe', client.subscribe(command.topics, command.filter, command.options));
       break;
     case 'unsubscribe':
       reply('unsubscribe', client.unsubscribe(command.topics));

@@ -113,6 +113,8 @@ const same: RedisWsBridge = bridge.connect();
 const filter: RedisWsBridge.Filter = { status: ['running', 'failed'], 'data.kind': 'x', n: 1 };
 const topics: string[] = await same.subscribe(['job:42', 'job:43'], filter);
 await bridge.subscribe('jobs');
+const latest: RedisWsBridge.SubscribeOptions = { last: 1 };
+await bridge.subscribe('job:44', null, latest);
 const dropped: string[] = await bridge.unsubscribe('job:43');
 const pong: void = await bridge.ping();
 const expiresAt: number | null = await bridge.refresh();
@@ -143,3 +145,5 @@ bridge.on('close', (frame: RedisWsBridge.Envelope) => frame);
 bridge.subscribe('jobs', { status: { nested: true } });
 // @ts-expect-error: no such option
 new RedisWsBridge('/ws', { reconnectDelay: 5 });
+// @ts-expect-error: `last` is a number
+bridge.subscribe('jobs', null, { last: '1' });
