@@ -44,6 +44,21 @@ fn config_with_welcome(redis: &RedisServer, port: u16, websocket: &str) -> Strin
         .replace("{redis_url}", &redis.url())
 }
 
+/// Redis and a bridge of `resume_config`, ready.
+async fn started() -> (RedisServer, Bridge) {
+    let redis = RedisServer::start();
+    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
+    bridge.wait_ready().await;
+    (redis, bridge)
+}
+
+/// Closes the client for good and waits for its driver to end.
+async fn closed(mut node: Driver) {
+    node.send(json!({"op": "close"}));
+    node.event("close", |v| v["reconnect"] == false).await;
+    node.finish().await;
+}
+
 /// A client under Node connected as `ada`, reconnecting after `delay` ms (jittered to half
 /// of it at least), once its welcome has arrived.
 async fn connected(bridge: &Bridge, delay: u64) -> (Driver, Value) {
@@ -72,9 +87,7 @@ fn assert_seq_is_n(node: &Driver, topic: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_connection_resumes_with_exactly_the_missed_frames() {
-    let redis = RedisServer::start();
-    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
-    bridge.wait_ready().await;
+    let (redis, bridge) = started().await;
     let (mut node, welcome) = connected(&bridge, 400).await;
     assert_eq!(welcome["topics"], json!(["alerts"]));
     node.send(json!({"op": "subscribe", "topics": ["news"]}));
@@ -169,16 +182,12 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_frames() {
     // The other topics resumed without a loss: no gap for them.
     assert_eq!(numbers(&node, "news").len() as u64, total);
 
-    node.send(json!({"op": "close"}));
-    node.event("close", |v| v["reconnect"] == false).await;
-    node.finish().await;
+    closed(node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_with_last_gets_the_latest_frames_then_resumes_after_them() {
-    let redis = RedisServer::start();
-    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
-    bridge.wait_ready().await;
+    let (redis, bridge) = started().await;
     // A job that has been running before the page subscribes.
     let mut publisher = Publisher::connect(&redis.url()).await;
     for n in 1..=5 {
@@ -216,16 +225,12 @@ async fn a_subscription_with_last_gets_the_latest_frames_then_resumes_after_them
     assert_seq_is_n(&node, "news");
     assert!(node.seen("gap").is_empty(), "{}", node.transcript());
 
-    node.send(json!({"op": "close"}));
-    node.event("close", |v| v["reconnect"] == false).await;
-    node.finish().await;
+    closed(node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_without_a_frame_yet_resumes_from_where_it_started_not_from_older_frames() {
-    let redis = RedisServer::start();
-    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
-    bridge.wait_ready().await;
+    let (redis, bridge) = started().await;
     let mut publisher = Publisher::connect(&redis.url()).await;
     for n in 1..=3 {
         for topic in ["news", "alerts"] {
@@ -269,9 +274,7 @@ async fn a_topic_without_a_frame_yet_resumes_from_where_it_started_not_from_olde
     assert!(node.seen("gap").is_empty(), "{}", node.transcript());
     assert_eq!(node.seen("open").len(), 2);
 
-    node.send(json!({"op": "close"}));
-    node.event("close", |v| v["reconnect"] == false).await;
-    node.finish().await;
+    closed(node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -336,16 +339,12 @@ async fn a_restarted_bridge_reaches_the_application_as_an_epoch_gap() {
     assert_eq!(numbers(&node, "alerts"), [1, 2, 3]);
     assert_eq!(node.seen("gap").len(), 2, "{}", node.transcript());
 
-    node.send(json!({"op": "close"}));
-    node.event("close", |v| v["reconnect"] == false).await;
-    node.finish().await;
+    closed(node).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_away_during_a_redis_outage_is_told_of_it_when_it_resumes() {
-    let mut redis = RedisServer::start();
-    let bridge = Bridge::start_with(&resume_config(&redis, pick_port()), &[]);
-    bridge.wait_ready().await;
+    let (mut redis, bridge) = started().await;
     // Away long enough for the outage below to begin and end.
     let (mut node, _) = connected(&bridge, 8000).await;
     node.send(json!({"op": "subscribe", "topics": ["news"]}));
@@ -402,9 +401,7 @@ async fn a_client_away_during_a_redis_outage_is_told_of_it_when_it_resumes() {
     assert_eq!(numbers(&node, "news"), [1, 4]);
     assert_eq!(node.seen("gap").len(), 2, "{}", node.transcript());
 
-    node.send(json!({"op": "close"}));
-    node.event("close", |v| v["reconnect"] == false).await;
-    node.finish().await;
+    closed(node).await;
 }
 
 /// A configured welcome with `epoch: "{epoch}"` resumes the subscriptions as the `connected`
