@@ -382,30 +382,19 @@ async fn an_expired_server_certificate_is_named_retried_with_backoff_and_recover
 
     // The server is given a valid certificate (Redis reloads it on CONFIG SET): the next
     // attempt succeeds, without a restart of the bridge.
-    let admin = redis::Client::open(redis.url()).expect("redis url");
-    let mut connection = admin
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect on the plain port");
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("tls-cert-file")
-        .arg(
-            certificates
-                .path("server.pem")
-                .to_str()
-                .expect("a UTF-8 path"),
-        )
-        .arg("tls-key-file")
-        .arg(
-            certificates
-                .path("server.key")
-                .to_str()
-                .expect("a UTF-8 path"),
-        )
-        .query_async::<()>(&mut connection)
-        .await
-        .expect("CONFIG SET tls-cert-file");
+    let path = |name| {
+        certificates
+            .path(name)
+            .to_str()
+            .expect("a UTF-8 path")
+            .to_owned()
+    };
+    redis
+        .config_set(&[
+            ("tls-cert-file", &path("server.pem")),
+            ("tls-key-file", &path("server.key")),
+        ])
+        .await;
     bridge.wait_readyz(200, WAIT).await;
     assert_delivers(&redis, &bridge).await;
     assert_eq!(unavailable_lines(&bridge).len(), 1, "{}", bridge.logs());

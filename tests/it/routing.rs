@@ -717,17 +717,9 @@ async fn patterns_match_the_channels_redis_delivers_to_them_and_no_others() {
     let redis = crate::support::RedisServer::start();
     let client = redis::Client::open(redis.url()).expect("redis url");
     // The messages wait in Redis until the test reads them, all of them.
-    let mut admin = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("connect");
-    redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("client-output-buffer-limit")
-        .arg("pubsub 0 0 0")
-        .query_async::<()>(&mut admin)
-        .await
-        .expect("CONFIG SET");
+    redis
+        .config_set(&[("client-output-buffer-limit", "pubsub 0 0 0")])
+        .await;
     let mut pubsub = tokio::time::timeout(WAIT, client.get_async_pubsub())
         .await
         .expect("connecting timed out")

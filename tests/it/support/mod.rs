@@ -250,6 +250,24 @@ impl RedisServer {
         self.port
     }
 
+    /// `CONFIG SET` of every (name, value) of `settings` in one command, on the plain port.
+    pub async fn config_set(&self, settings: &[(&str, &str)]) {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect on the plain port");
+        let mut command = redis::cmd("CONFIG");
+        command.arg("SET");
+        for (name, value) in settings {
+            command.arg(*name).arg(*value);
+        }
+        command
+            .query_async::<()>(&mut connection)
+            .await
+            .expect("CONFIG SET");
+    }
+
     /// The TLS port of a server started with [`RedisServer::start_with_tls`].
     pub fn tls_port(&self) -> u16 {
         self.tls.as_ref().expect("a server started with TLS").port
