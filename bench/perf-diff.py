@@ -2,10 +2,11 @@
 """Where two perf profiles of the bridge differ: samples per binary, then per function, the
 functions that gained the most first.
 
-    python3 bench/perf-diff.py BEFORE.data AFTER.data [--top N]
+    python3 bench/perf-diff.py BEFORE.data[,BEFORE2.data...] AFTER.data[,AFTER2.data...] [--top N]
 
 Both profiles sample at the same rate over the same time (`PERF_OUT` of bench/run.sh), so a
-difference in samples is a difference in CPU time. Runs `perf report`.
+difference in samples is a difference in CPU time. One pair is as noisy as the load it
+sampled: profiles listed with commas are summed, as many on each side. Runs `perf report`.
 """
 
 import argparse
@@ -29,13 +30,20 @@ def samples(path: str) -> Counter:
     return counts
 
 
+def summed(paths: str) -> Counter:
+    total: Counter = Counter()
+    for path in paths.split(","):
+        total.update(samples(path))
+    return total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before")
     parser.add_argument("after")
     parser.add_argument("--top", type=int, default=30)
     args = parser.parse_args()
-    before, after = samples(args.before), samples(args.after)
+    before, after = summed(args.before), summed(args.after)
     total_before, total_after = sum(before.values()), sum(after.values())
     print(f"samples: {total_before} → {total_after} ({total_after / max(total_before, 1):.3f}×)")
     for name, counts in (("before", before), ("after", after)):

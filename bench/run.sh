@@ -20,12 +20,14 @@
 # NO_BUILD=1 (do not run cargo build --release first), SERVER_CPU / TOOL_CPU (taskset CPU lists
 # of the server and of the tool + Redis; default 0 and 1). PERF_OUT=DIR (history only): a
 # perf profile of 10 s of each run's bridge, kernel included, into DIR (bench/perf-diff.py
-# compares two).
+# compares two, or two sums). HISTORY_VARIANTS / HISTORY_MODES (history and
+# history-instructions): the loads and the modes (`off on`) to run; `HISTORY_MODES=on` with
+# two BRIDGE_BINs compares two builds.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-usage() { sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 scenario="$1"; shift
 targets="bridge"
@@ -400,9 +402,11 @@ run_one() {
       local variant mode dir
       # Off first in odd rounds, on first in even ones: a machine that drifts during the run
       # (other tenants, its memory) weighs on both sides alike.
+      # HISTORY_MODES=on runs history on only: two builds (BRIDGE_BIN) compared run by run
+      # (also for `history-instructions`).
       history_round=$((history_round + 1))
-      local modes="off on"
-      [ $((history_round % 2)) = 0 ] && modes="on off"
+      local modes="${HISTORY_MODES:-off on}"
+      [ $((history_round % 2)) = 0 ] && modes="$(echo "$modes" | awk '{for (i = NF; i > 0; i--) printf "%s%s", $i, (i > 1 ? " " : "")}')"
       for variant in ${HISTORY_VARIANTS:-fanout-1000 fanout-10000 topics}; do
         [ "$target" = nchan ] && [ "$variant" = topics-full ] && continue
         for mode in $modes; do
@@ -523,7 +527,7 @@ run_one() {
       local variant mode dir window="${WINDOW:-30}" delivered='bridge_messages_delivered_total{route="bench"}'
       local first last
       for variant in ${HISTORY_VARIANTS:-topics topics-full}; do
-        for mode in off on; do
+        for mode in ${HISTORY_MODES:-off on}; do
           dir="$(mktemp -d /tmp/bench-instructions.XXXXXX)"
           history_config "$dir/bridge.yaml" "$([ "$mode" = on ] && echo 10 || echo 0)"
           sed -i 's/^\(  ping_interval:\).*/\1 1h/; s/^\(  idle_timeout:\).*/\1 2h/' "$dir/bridge.yaml"
