@@ -18,7 +18,7 @@ use hashbrown::HashTable;
 use crate::audience::Resolved;
 use crate::config::{Compression, Delivery, Retention, Route};
 use crate::deflate;
-use crate::history::{Payload, Retained, RingId};
+use crate::history::{Payload, RingId, Routed};
 use crate::hub::{Connection, Indexes};
 use crate::metrics::DropReason;
 use crate::outbox::Pushed;
@@ -169,8 +169,6 @@ pub struct Dispatcher {
     /// than allocated for each message.
     everyone: Arc<Resolved>,
     authenticated: Arc<Resolved>,
-    /// The buffer of the frame the history last dropped, for the next retained copy.
-    spare: Option<Vec<u8>>,
 }
 
 impl Dispatcher {
@@ -185,7 +183,6 @@ impl Dispatcher {
             workers: tokio::runtime::Handle::current().metrics().num_workers(),
             everyone: Arc::new(Resolved::Everyone),
             authenticated: Arc::new(Resolved::Authenticated),
-            spare: None,
         }
     }
 
@@ -275,7 +272,6 @@ impl Dispatcher {
                     received_at,
                     shared: &self.shared,
                     unflushed: &mut self.unflushed,
-                    spare: &mut self.spare,
                 };
                 let outcome = if route.history.is_some()
                     && fan_out.render(&mut self.seqs, route, topic).is_none()
@@ -340,7 +336,6 @@ struct FanOut<'a, 'm> {
     received_at: Instant,
     shared: &'a Shared,
     unflushed: &'a mut Vec<Arc<Connection>>,
-    spare: &'a mut Option<Vec<u8>>,
 }
 
 impl FanOut<'_, '_> {
@@ -543,29 +538,22 @@ impl FanOut<'_, '_> {
                 None => Payload::NotJson,
             },
         };
-        let retained = Retained {
-            seq: self.seq,
-            dispatch: self.dispatch,
-            at: self.received_at,
-            // A copy, not the live frame's `Bytes`: shared with the queues, that one has a
-            // reference count of its own in a separate allocation, which dropping the frame
-            // when its ring is full would touch, cold, on every frame (1.6 % of the bridge's
-            // CPU with every ring full, `bench/run.sh history` with `PERF_OUT`). The live frame
-            // is freed while still hot, and the copy goes into the buffer of a frame dropped.
-            frame: Retained::copy(&frame, self.spare.take()),
-            compressed: self.compressed.take().map(Box::new),
-            audience: audience.clone(),
-            payload,
-        };
         let Some((hash, bucket)) = self.counted else {
             return;
         };
-        let appended =
+        let routed = Routed {
+            seq: self.seq,
+            dispatch: self.dispatch,
+            received_at: self.received_at,
+            frame: &frame,
+            compressed: self.compressed.take(),
+            audience,
+            payload,
+        };
+        let ring =
             self.shared
                 .history
-                .append(self.ring, topic, hash, &route.name, retention, retained);
-        *self.spare = appended.spare;
-        let ring = appended.ring;
+                .append(self.ring, topic, hash, &route.name, retention, routed);
         if self.ring != Some(ring)
             && let Some(sequence) = seqs.at(bucket, topic)
         {

@@ -18,7 +18,7 @@ use std::num::NonZeroU64;
 use std::ops::{AddAssign, Range};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -34,12 +34,12 @@ use crate::wsframe;
 
 /// What one retained frame costs beyond its buffer: its entry in the ring and in the global
 /// order, the allocator's own, and its share of its topic's ring. Measured: `bench/run.sh
-/// history-memory` (100,000 topics × 10 frames of 188 bytes, in buffers of 192) grows the
-/// RSS by 360 bytes per retained frame once the rings are full, and by 390 once they have
-/// replaced their frames twice, as in a bridge that has run for a while (the global order
-/// then also holds the entries of frames dropped since it was last compacted; medians of
-/// three): 198 more than the buffer.
-const ENTRY_OVERHEAD: usize = 198;
+/// history-memory` (100,000 topics × 10 frames of 188 bytes, in buffers of 200 with where
+/// the payload is) grows the RSS by 350 bytes per retained frame once the rings are full,
+/// and by 384 once they have replaced their frames twice, as in a bridge that has run for a
+/// while (the global order then also holds the entries of frames dropped since it was last
+/// compacted; medians of three): 184 more than the buffer.
+const ENTRY_OVERHEAD: usize = 184;
 
 /// The most topics kept with nothing retained (only their position, so that a client that
 /// saw their last frame resumes without a gap); past it they are all forgotten, and resuming
@@ -59,74 +59,185 @@ pub enum Payload {
     Auto,
 }
 
-/// One frame as it was routed live.
-#[derive(Debug)]
-pub struct Retained {
+/// A frame as the dispatcher routed it live, for [`History::append`] to retain.
+pub struct Routed<'a> {
     pub seq: u64,
     /// The dispatch it came from: one message reaches a connection once, replays included.
     pub dispatch: u64,
-    pub at: Instant,
-    /// A copy of the live frame's bytes, in a buffer of its own: appending to a full ring
-    /// hands the buffer of the frame it drops back for the next copy ([`Appended::spare`]).
-    pub frame: Vec<u8>,
-    /// The compressed form, once made (by the live fan-out or a first replay); boxed, as most
-    /// frames never have one and every entry would pay for its room otherwise.
-    pub compressed: Option<Box<Bytes>>,
+    pub received_at: Instant,
+    pub frame: &'a [u8],
+    /// The compressed form, if the live fan-out made one.
+    pub compressed: Option<Bytes>,
     /// Shared by the topics of one message.
-    pub audience: Arc<Resolved>,
+    pub audience: &'a Arc<Resolved>,
     pub payload: Payload,
 }
 
+/// After a retained frame's bytes in its buffer: where its payload is, as two little-endian
+/// `u32`s, the payload's start and end in the frame, or [`NOT_IN_FRAME`] and one of the kinds
+/// below. Kept there rather than in the entry, which then fits one cache line; a replay that
+/// filters reads the buffer anyway.
+const TRAILER: usize = 8;
+const NOT_IN_FRAME: u32 = u32::MAX;
+const NOT_JSON: u32 = 0;
+const AUTO: u32 = 1;
+const COPIED: u32 = 2;
+
+/// One retained frame: 64 bytes, one cache line (see the layout test). Appending to a full
+/// ring reads its oldest entry and writes the new one in its place, both cold, on every
+/// frame; an entry of 96 bytes lay across two or three lines.
+#[derive(Debug)]
+#[repr(align(64))]
+pub struct Retained {
+    seq: u64,
+    dispatch: u64,
+    /// When its message was received, in nanoseconds since the history's origin.
+    received: u64,
+    /// A copy of the live frame's bytes, then the [`TRAILER`], in a buffer of its own (a
+    /// full ring's new frame takes over the buffer of the frame it drops).
+    buffer: Vec<u8>,
+    audience: Arc<Resolved>,
+    /// What few frames have, out of line.
+    extra: Option<Box<Extra>>,
+}
+
+#[derive(Debug, Default)]
+struct Extra {
+    /// The compressed form, once made (by the live fan-out or a first replay).
+    compressed: Option<Bytes>,
+    /// The payload's copy ([`Payload::Copy`]).
+    payload: Option<Box<[u8]>>,
+}
+
 impl Retained {
-    /// `bytes` copied into `spare` when it fits them without wasting much of it, else into a
-    /// buffer of their own.
-    pub fn copy(bytes: &[u8], spare: Option<Vec<u8>>) -> Vec<u8> {
+    /// `routed`, received `received` nanoseconds after the history's origin, copied into
+    /// `spare` when it fits them without wasting much of it, else into a buffer of its own.
+    fn new(routed: Routed<'_>, received: u64, spare: Option<Vec<u8>>) -> Retained {
+        let len = routed.frame.len() + TRAILER;
         let mut buffer = match spare {
-            Some(mut spare) if (bytes.len()..=2 * bytes.len() + 64).contains(&spare.capacity()) => {
+            Some(mut spare) if (len..=2 * len + 64).contains(&spare.capacity()) => {
                 spare.clear();
                 spare
             }
-            // Rounded as the allocator rounds anyway: a later frame a few bytes longer fits.
-            _ => Vec::with_capacity(bytes.len().next_multiple_of(16)),
+            // As much as the allocator's chunk holds anyway (glibc's chunks are multiples of
+            // 16 bytes, 8 of them its own): a later frame a few bytes longer fits.
+            _ => Vec::with_capacity((len + 8).next_multiple_of(16) - 8),
         };
-        buffer.extend_from_slice(bytes);
-        buffer
+        buffer.extend_from_slice(routed.frame);
+        let span = |at: usize| u32::try_from(at).ok().filter(|&at| at != NOT_IN_FRAME);
+        let mut extra = Extra {
+            compressed: routed.compressed,
+            payload: None,
+        };
+        let (start, end) = match routed.payload {
+            Payload::InFrame(range) => match (span(range.start), span(range.end)) {
+                (Some(start), Some(end)) => (start, end),
+                // Past 4 GiB, which no frame reaches: a copy serves as well.
+                _ => {
+                    extra.payload = routed.frame.get(range).map(Box::from);
+                    (NOT_IN_FRAME, COPIED)
+                }
+            },
+            Payload::Copy(bytes) => {
+                extra.payload = Some(bytes);
+                (NOT_IN_FRAME, COPIED)
+            }
+            Payload::NotJson => (NOT_IN_FRAME, NOT_JSON),
+            Payload::Auto => (NOT_IN_FRAME, AUTO),
+        };
+        buffer.extend_from_slice(&start.to_le_bytes());
+        buffer.extend_from_slice(&end.to_le_bytes());
+        let has_extra = extra.compressed.is_some() || extra.payload.is_some();
+        Retained {
+            seq: routed.seq,
+            dispatch: routed.dispatch,
+            received,
+            buffer,
+            audience: routed.audience.clone(),
+            extra: has_extra.then(|| Box::new(extra)),
+        }
+    }
+
+    /// The frame's bytes, as its live delivery queued them.
+    pub fn frame(&self) -> &[u8] {
+        let len = self.buffer.len().saturating_sub(TRAILER);
+        self.buffer.get(..len).unwrap_or_default()
+    }
+
+    /// Who the message was for.
+    pub fn audience(&self) -> &Resolved {
+        &self.audience
+    }
+
+    /// The payload's start and end in the frame, or [`NOT_IN_FRAME`] and its kind.
+    fn trailer(&self) -> (u32, u32) {
+        let at = self.buffer.len().saturating_sub(TRAILER);
+        let word = |from: usize| {
+            self.buffer
+                .get(from..from + 4)
+                .and_then(|bytes| bytes.try_into().ok())
+                .map_or(NOT_IN_FRAME, u32::from_le_bytes)
+        };
+        (word(at), word(at + 4))
+    }
+
+    /// A frame of a `delivery: auto` route.
+    pub fn is_auto(&self) -> bool {
+        self.trailer() == (NOT_IN_FRAME, AUTO)
+    }
+
+    fn compressed(&self) -> Option<&Bytes> {
+        self.extra.as_ref()?.compressed.as_ref()
     }
 
     fn cost(&self) -> usize {
-        let payload = match &self.payload {
-            Payload::Copy(bytes) => bytes.len(),
-            _ => 0,
-        };
-        self.frame.capacity()
-            + self.compressed.as_ref().map_or(0, |bytes| bytes.len())
-            + payload
-            + ENTRY_OVERHEAD
+        let extra = self.extra.as_ref().map_or(0, |extra| {
+            extra.compressed.as_ref().map_or(0, Bytes::len)
+                + extra.payload.as_ref().map_or(0, |payload| payload.len())
+        });
+        self.buffer.capacity() + extra + ENTRY_OVERHEAD
     }
 
     /// The payload as JSON, for a filter; `None` when it is not JSON.
     pub fn json(&self) -> Option<Value> {
-        match &self.payload {
-            Payload::InFrame(range) => serde_json::from_slice(self.frame.get(range.clone())?).ok(),
-            Payload::Copy(bytes) => serde_json::from_slice(bytes).ok(),
-            Payload::NotJson | Payload::Auto => None,
-        }
+        let payload = match self.trailer() {
+            (NOT_IN_FRAME, COPIED) => self.extra.as_ref()?.payload.as_deref()?,
+            (NOT_IN_FRAME, _) => return None,
+            (start, end) => self.frame().get(start as usize..end as usize)?,
+        };
+        serde_json::from_slice(payload).ok()
     }
 }
 
-/// One topic's frames.
+/// One topic's frames. What appending to a full ring reads and writes comes first, so that
+/// with the slot's generation it fills the slot's first cache line (see the layout test);
+/// the rest is read when the route changes, by sweeps, reloads and replays.
 #[derive(Debug)]
+#[repr(C)]
 struct Ring {
-    topic: Box<str>,
-    /// The route whose `history` applies (the last one that appended).
-    route: Arc<str>,
-    retention: Retention,
+    frames: VecDeque<Retained>,
     /// The `seq` of the topic's last frame, retained or not.
     last_seq: u64,
     /// Every frame from this `seq` to `last_seq` is in `frames`: a position at or after
     /// `complete_from - 1` can be resumed.
     complete_from: u64,
-    frames: VecDeque<Retained>,
+    /// The address of `route`'s name, to tell without reading `route` that the same route
+    /// appends again (its `history` then reaches the ring through reloads).
+    route_at: usize,
+    topic: Box<str>,
+    /// The route whose `history` applies (the last one that appended).
+    route: Arc<str>,
+    retention: Retention,
+}
+
+/// Where a route's name is, for [`Ring::route_at`].
+fn address(route: &Arc<str>) -> usize {
+    Arc::as_ptr(route).cast::<u8>().addr()
+}
+
+/// Nanoseconds from `origin` to `at` (0 for an instant before it).
+fn ticks(origin: Instant, at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(origin).as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Ring {
@@ -145,17 +256,19 @@ impl Ring {
         Some(popped)
     }
 
-    /// Drops the oldest frames while more than `keep` are held or, given `now`, the oldest is
-    /// older than `ttl`, keeping the room they took; what it freed, and the buffer of the
-    /// last frame dropped.
-    fn drop_oldest(&mut self, keep: usize, now: Option<Instant>) -> (Freed, Option<Vec<u8>>) {
+    /// Drops the oldest frames while more than `keep` are held or, given `now` (in the
+    /// history's ticks), the oldest is older than `ttl`, keeping the room they took; what it
+    /// freed, and the buffer of the last frame dropped.
+    fn drop_oldest(&mut self, keep: usize, now: Option<u64>) -> (Freed, Option<Vec<u8>>) {
         let mut freed = Freed::default();
         let mut spare = None;
         while let Some(front) = self.frames.front() {
-            let expired = match (self.retention.ttl, now) {
-                (Some(ttl), Some(now)) => now.saturating_duration_since(front.at) > ttl,
-                _ => false,
-            };
+            // `now` first: appending passes none, and reads no `ttl` off the second line.
+            let expired = now.is_some_and(|now| {
+                self.retention.ttl.is_some_and(|ttl| {
+                    u128::from(now.saturating_sub(front.received)) > ttl.as_nanos()
+                })
+            });
             if self.frames.len() <= keep && !expired {
                 break;
             }
@@ -163,7 +276,7 @@ impl Ring {
                 break;
             };
             freed += Freed::of(&popped);
-            spare = Some(popped.frame);
+            spare = Some(popped.buffer);
         }
         (freed, spare)
     }
@@ -178,24 +291,13 @@ impl Ring {
         empty
     }
 
-    /// Drops what is over `size` or older than `ttl`; what it freed.
-    fn trim(&mut self, now: Instant) -> Freed {
+    /// Drops what is over `size` or older than `ttl` at `now` (in the history's ticks); what
+    /// it freed.
+    fn trim(&mut self, now: u64) -> Freed {
         let (freed, _) = self.drop_oldest(self.retention.size, Some(now));
         self.release_if_empty();
         freed
     }
-}
-
-/// What appending a frame did.
-#[derive(Debug)]
-pub struct Appended {
-    /// Where the topic's ring is now.
-    pub ring: RingId,
-    /// The buffer of the frame a full ring dropped for the new one, for the copy of the next
-    /// frame retained ([`Retained::copy`]): with every ring full, a frame then costs no
-    /// allocation, and no free of a buffer that has gone cold since the frame was written
-    /// (that free read a cold line: 2 % of the bridge's CPU on the many-topics load).
-    pub spare: Option<Vec<u8>>,
 }
 
 /// Frames dropped and what they cost: what the process's counts lose.
@@ -267,7 +369,10 @@ pub struct RingId {
     index: u32,
 }
 
+/// Two cache lines, aligned: appending to a full ring reads and writes only the first
+/// (see [`Ring`]), where a slot of 112 bytes anywhere lay across two or three.
 #[derive(Debug)]
+#[repr(C, align(64))]
 struct Slot {
     generation: NonZeroU64,
     ring: Option<Ring>,
@@ -459,15 +564,16 @@ impl Rings {
     }
 
     /// `ring`'s oldest frame may expire at its `ttl`: the sweep must not wait past that.
-    fn expires(next_expiry: &mut Option<Instant>, ring: &Ring) {
+    /// `origin` is the history's.
+    fn expires(next_expiry: &mut Option<Instant>, ring: &Ring, origin: Instant) {
         let Some(ttl) = ring.retention.ttl else {
             return;
         };
-        let Some(at) = ring
-            .frames
-            .front()
-            .and_then(|front| front.at.checked_add(ttl))
-        else {
+        let Some(at) = ring.frames.front().and_then(|front| {
+            origin
+                .checked_add(Duration::from_nanos(front.received))?
+                .checked_add(ttl)
+        }) else {
             return;
         };
         if next_expiry.is_none_or(|next| at < next) {
@@ -526,11 +632,15 @@ pub struct History {
     base_epoch: String,
     restarts: AtomicU64,
     gauges: Gauges,
+    /// Frames keep when they were received as nanoseconds since this (8 bytes, where an
+    /// `Instant` takes 16).
+    origin: Instant,
 }
 
 impl History {
     pub fn new(epoch: &str, config: &Config, gauges: Gauges) -> History {
         History {
+            origin: Instant::now(),
             rings: Mutex::new(Rings {
                 max_bytes: config.history_max_bytes,
                 ..Rings::default()
@@ -598,8 +708,9 @@ impl History {
         rings.interrupted = true;
     }
 
-    /// Retains `frame` of `topic` (of `hash`, by [`History::hasher`]), routed by `route` with
-    /// `retention`, in the ring `ring` when it is still that topic's.
+    /// Retains `routed`, a frame of `topic` (of `hash`, by [`History::hasher`]) routed by
+    /// `route` with `retention`, in the ring `ring` when it is still that topic's. Where the
+    /// topic's ring is now.
     pub fn append(
         &self,
         ring: Option<RingId>,
@@ -607,46 +718,47 @@ impl History {
         hash: u64,
         route: &Arc<str>,
         retention: Retention,
-        frame: Retained,
-    ) -> Appended {
+        routed: Routed<'_>,
+    ) -> RingId {
         let mut guard = self.lock();
         let rings = &mut *guard;
-        let seq = frame.seq;
-        let cost = frame.cost();
+        let seq = routed.seq;
+        let route_at = address(route);
         let id = match ring.filter(|&id| rings.at(id).is_some()) {
             Some(id) => id,
             None => rings.ring_of(hash, topic, || Ring {
-                topic: topic.into(),
-                route: route.clone(),
-                retention,
+                frames: VecDeque::new(),
                 last_seq: seq.saturating_sub(1),
                 // Frames before this one were not retained, unless it is the first.
                 complete_from: seq,
-                frames: VecDeque::new(),
+                route_at,
+                topic: topic.into(),
+                route: route.clone(),
+                retention,
             }),
         };
         let Some(ring) = Rings::at_mut(&mut rings.slots, id) else {
-            return Appended {
-                ring: id,
-                spare: None,
-            };
+            return id;
         };
         if seq != ring.last_seq + 1 {
             ring.complete_from = seq;
         }
-        if !Arc::ptr_eq(&ring.route, route) {
-            ring.route = route.clone();
-        }
         // The sweep's schedule already covers the ring's oldest frame unless the new one
-        // becomes it, or the `ttl` changes.
-        let schedule = ring.frames.is_empty() || ring.retention.ttl != retention.ttl;
-        ring.retention = retention;
+        // becomes it, or the `ttl` changes. The same route's `history` is the ring's already
+        // (reloads apply it), and not read: it lies on the slot's second line.
+        let mut schedule = ring.frames.is_empty();
+        if ring.route_at != route_at {
+            schedule |= ring.retention.ttl != retention.ttl;
+            ring.route = route.clone();
+            ring.route_at = route_at;
+            ring.retention = retention;
+        }
         // A full ring drops its oldest frame before it takes the new one, which then goes
         // where the oldest was: one cold entry touched instead of two (a profile of every
         // ring full showed the second as a fifth of what retaining cost). Only `size` is
         // applied here, so that the frame after the oldest is not read either: frames past
         // their `ttl` wait for the sweep, which `next_expiry` brings on time.
-        let (freed, spare) = ring.drop_oldest(retention.size.max(1) - 1, None);
+        let (freed, dropped) = ring.drop_oldest(retention.size.max(1) - 1, None);
         ring.last_seq = seq;
         // Grown by hand up to `size`: doubling would leave a full ring of 10 in room for 16,
         // and a topic with one frame in room for 4. A new ring starts with room for two
@@ -658,9 +770,20 @@ impl History {
             let room = (2 * len).clamp(2.min(retention.size.max(1)), retention.size.max(len + 1));
             ring.frames.reserve_exact(room - len);
         }
+        let received = ticks(self.origin, routed.received_at);
+        // A copy, not the live frame's `Bytes`: shared with the queues, that one has a
+        // reference count of its own in a separate allocation, which dropping the frame when
+        // its ring is full would touch, cold, on every frame (1.6 % of the bridge's CPU with
+        // every ring full, `bench/run.sh history` with `PERF_OUT`). The live frame is freed
+        // while still hot. The copy goes into the buffer of the frame the ring dropped for it:
+        // with every ring full, a frame then costs no allocation, and no free of a buffer gone
+        // cold since its frame was written (that free read a cold line: 2 % of the bridge's
+        // CPU on the many-topics load).
+        let frame = Retained::new(routed, received, dropped);
+        let cost = frame.cost();
         ring.frames.push_back(frame);
         if schedule {
-            Rings::expires(&mut rings.next_expiry, ring);
+            Rings::expires(&mut rings.next_expiry, ring, self.origin);
         }
         rings.frames += 1;
         rings.bytes += cost;
@@ -669,7 +792,7 @@ impl History {
         rings.evict();
         rings.compact();
         self.publish_gauges(rings);
-        Appended { ring: id, spare }
+        id
     }
 
     /// A frame of `topic` that its route does not retain took `seq`: a position before it
@@ -695,10 +818,11 @@ impl History {
         let mut freed = Freed::default();
         let mut empty = 0;
         let mut next_expiry = None;
+        let ticks_now = ticks(self.origin, now);
         for ring in rings.rings_mut() {
             if ring.retention.ttl.is_some() {
-                freed += ring.trim(now);
-                Rings::expires(&mut next_expiry, ring);
+                freed += ring.trim(ticks_now);
+                Rings::expires(&mut next_expiry, ring, self.origin);
             }
             empty += usize::from(ring.frames.is_empty());
         }
@@ -733,7 +857,7 @@ impl History {
             }
         }
         rings.max_bytes = config.history_max_bytes;
-        let now = Instant::now();
+        let now = ticks(self.origin, Instant::now());
         let mut freed = Freed::default();
         let mut next_expiry = None;
         let mut emptied = false;
@@ -741,7 +865,7 @@ impl History {
             Some(retention) => {
                 ring.retention = *retention;
                 freed += ring.trim(now);
-                Rings::expires(&mut next_expiry, ring);
+                Rings::expires(&mut next_expiry, ring, self.origin);
                 emptied |= ring.frames.is_empty();
                 true
             }
@@ -810,7 +934,7 @@ impl History {
         retains: &dyn Fn(&str) -> Option<Arc<str>>,
     ) -> Replay {
         let mut rings = self.lock();
-        let now = Instant::now();
+        let now = ticks(self.origin, Instant::now());
         let mut replay = Replay::default();
         let mut chosen: Vec<(u64, usize, &str, usize)> = Vec::new();
         let mut left = budget;
@@ -896,19 +1020,19 @@ impl History {
 /// the frame is long enough and fits its window (compressed once, then kept with the frame),
 /// else plain. Also what keeping the compressed form added.
 fn for_recipient(frame: &mut Retained, recipient: &Recipient) -> (Bytes, usize) {
-    let len = wsframe::payload(&frame.frame).len();
+    let len = wsframe::payload(frame.frame()).len();
     let compresses = recipient.deflate.is_some_and(|window_bits| {
         len >= recipient.compression.min_bytes && deflate::fits(window_bits, len)
     });
     if !compresses {
-        return (Bytes::copy_from_slice(&frame.frame), 0);
+        return (Bytes::copy_from_slice(frame.frame()), 0);
     }
-    if let Some(compressed) = &frame.compressed {
+    if let Some(compressed) = frame.compressed() {
         return (Bytes::clone(compressed), 0);
     }
-    let compressed = wsframe::deflated(&frame.frame, recipient.compression.level);
+    let compressed = wsframe::deflated(frame.frame(), recipient.compression.level);
     let grown = compressed.len();
-    frame.compressed = Some(Box::new(compressed.clone()));
+    frame.extra.get_or_insert_default().compressed = Some(compressed.clone());
     (compressed, grown)
 }
 
@@ -940,13 +1064,43 @@ mod tests {
         Retention { size, ttl: None }
     }
 
-    fn frame(seq: u64, dispatch: u64, audience: Resolved) -> Retained {
-        Retained {
+    /// A frame as the dispatcher routes it, owning what [`Routed`] borrows.
+    struct Frame {
+        seq: u64,
+        dispatch: u64,
+        received_at: Instant,
+        bytes: Vec<u8>,
+        audience: Arc<Resolved>,
+        payload: Payload,
+    }
+
+    impl Frame {
+        fn routed(&self) -> Routed<'_> {
+            Routed {
+                seq: self.seq,
+                dispatch: self.dispatch,
+                received_at: self.received_at,
+                frame: &self.bytes,
+                compressed: None,
+                audience: &self.audience,
+                payload: self.payload.clone(),
+            }
+        }
+
+        /// What it costs retained.
+        fn cost(&self) -> usize {
+            Retained::new(self.routed(), 0, None).cost()
+        }
+    }
+
+    /// Frame `seq` of message `dispatch` for `audience`, received now: its bytes are its
+    /// `seq`.
+    fn frame(seq: u64, dispatch: u64, audience: Resolved) -> Frame {
+        Frame {
             seq,
             dispatch,
-            at: Instant::now(),
-            frame: format!("{seq}").into_bytes(),
-            compressed: None,
+            received_at: Instant::now(),
+            bytes: format!("{seq}").into_bytes(),
             audience: Arc::new(audience),
             payload: Payload::Auto,
         }
@@ -962,12 +1116,10 @@ mod tests {
         ring: Option<RingId>,
         topic: &str,
         retention: Retention,
-        frame: Retained,
+        frame: Frame,
     ) -> RingId {
         let hash = history.hasher().hash_one(topic);
-        history
-            .append(ring, topic, hash, &route(), retention, frame)
-            .ring
+        history.append(ring, topic, hash, &route(), retention, frame.routed())
     }
 
     /// Retains frame `seq` of `topic` (message `dispatch`, audience `all`) with `size: 3`.
@@ -1196,7 +1348,7 @@ mod tests {
             authenticated: true,
             expires_at: None,
         };
-        let admits = |frame: &Retained| frame.audience.admits(&alice);
+        let admits = |frame: &Retained| frame.audience().admits(&alice);
         let recipient = Recipient {
             admits: &admits,
             deflate: None,
@@ -1271,41 +1423,33 @@ mod tests {
     }
 
     #[test]
-    fn a_full_ring_hands_back_the_buffer_of_the_frame_it_drops_for_the_next_copy() {
+    fn a_full_ring_copies_the_new_frame_into_the_buffer_of_the_frame_it_drops() {
         let history = history(1 << 20);
-        let hash = history.hasher().hash_one("t:a");
-        let retain = |seq: u64, spare: Option<Vec<u8>>| {
+        let retain = |seq: u64| {
             let mut retained = frame(seq, seq, Resolved::Everyone);
-            retained.frame = Retained::copy(format!("frame {seq:03}").as_bytes(), spare);
-            let at = retained.frame.as_ptr();
-            (
-                history.append(None, "t:a", hash, &route(), retention(2), retained),
-                at,
-            )
+            retained.bytes = format!("frame {seq:03}").into_bytes();
+            keep(&history, None, "t:a", retention(2), retained);
         };
-        let (first, first_at) = retain(1, None);
-        assert!(first.spare.is_none());
-        assert!(
-            retain(2, None).0.spare.is_none(),
-            "room for two: nothing dropped"
-        );
-        // The third drops the first: its buffer comes back, and the next copy is made in it.
-        let (third, _) = retain(3, None);
-        let spare = third.spare.expect("the first frame's buffer");
-        assert_eq!(spare.as_ptr(), first_at);
-        let (_, fourth_at) = retain(4, Some(spare));
-        assert_eq!(fourth_at, first_at, "no allocation");
+        let buffers = || {
+            let rings = history.lock();
+            let ring = rings.get("t:a").expect("a ring");
+            let frames = ring.frames.iter();
+            frames.map(|f| f.frame().as_ptr()).collect::<Vec<_>>()
+        };
+        retain(1);
+        retain(2);
+        let [first, second] = buffers()[..] else {
+            panic!("two frames");
+        };
+        // The third drops the first, and is copied where the first was: no allocation.
+        retain(3);
+        assert_eq!(buffers(), [second, first]);
         let rings = history.lock();
-        let kept: Vec<&[u8]> = rings
-            .get("t:a")
-            .map(|ring| ring.frames.iter().map(|f| f.frame.as_slice()).collect())
-            .unwrap_or_default();
-        assert_eq!(kept, [b"frame 003".as_slice(), b"frame 004"]);
+        let ring = rings.get("t:a").expect("a ring");
+        let kept: Vec<&[u8]> = ring.frames.iter().map(Retained::frame).collect();
+        assert_eq!(kept, [b"frame 002".as_slice(), b"frame 003"]);
         // The count holds what the buffers take.
-        let held: usize = rings
-            .get("t:a")
-            .map(|ring| ring.frames.iter().map(Retained::cost).sum())
-            .unwrap_or_default();
+        let held: usize = ring.frames.iter().map(Retained::cost).sum();
         assert_eq!(rings.bytes, held);
     }
 
@@ -1314,9 +1458,11 @@ mod tests {
         let reused = |capacity: usize, len: usize| {
             let spare = Vec::with_capacity(capacity);
             let at = spare.as_ptr();
-            let copy = Retained::copy(&vec![7; len], Some(spare));
-            assert_eq!(copy, vec![7; len]);
-            copy.as_ptr() == at
+            let mut routed = frame(1, 1, Resolved::Everyone);
+            routed.bytes = vec![7; len];
+            let copy = Retained::new(routed.routed(), 0, Some(spare));
+            assert_eq!(copy.frame(), vec![7; len]);
+            copy.frame().as_ptr() == at
         };
         assert!(reused(208, 200));
         assert!(!reused(100, 200), "too small");
@@ -1324,11 +1470,58 @@ mod tests {
             !reused(64 * 1024, 200),
             "a large frame's buffer is not kept for a small one"
         );
+        let mut short = frame(1, 1, Resolved::Everyone);
+        short.bytes = vec![1; 20];
         assert_eq!(
-            Retained::copy(&[1; 20], None).capacity(),
-            32,
-            "rounded as malloc does"
+            Retained::new(short.routed(), 0, None).buffer.capacity(),
+            40,
+            "the frame and where its payload is, in what a chunk of 48 bytes holds"
         );
+    }
+
+    #[test]
+    fn a_retained_frame_tells_where_its_payload_is() {
+        let bytes = br#"{"data":{"n":1},"x":"{"}"#;
+        let retained = |payload: Payload| {
+            let mut routed = frame(1, 1, Resolved::Everyone);
+            routed.bytes = bytes.to_vec();
+            routed.payload = payload;
+            Retained::new(routed.routed(), 0, None)
+        };
+        let in_frame = retained(Payload::InFrame(8..15));
+        assert_eq!(in_frame.frame(), bytes);
+        assert_eq!(in_frame.json(), Some(serde_json::json!({"n": 1})));
+        assert!(!in_frame.is_auto());
+        let copied = retained(Payload::Copy(Box::from(&b"[2]"[..])));
+        assert_eq!(copied.json(), Some(serde_json::json!([2])));
+        assert_eq!(copied.cost(), in_frame.cost() + 3, "the copy is counted");
+        assert_eq!(retained(Payload::NotJson).json(), None);
+        assert_eq!(
+            retained(Payload::InFrame(17..20)).json(),
+            None,
+            "not JSON there"
+        );
+        assert_eq!(
+            retained(Payload::InFrame(8..99)).json(),
+            None,
+            "past the frame"
+        );
+        let auto = retained(Payload::Auto);
+        assert!(auto.is_auto());
+        assert_eq!(auto.json(), None);
+        assert_eq!(auto.frame(), bytes);
+    }
+
+    #[test]
+    fn an_entry_takes_one_cache_line_and_appending_reads_one_line_of_its_slot() {
+        assert_eq!(std::mem::size_of::<Retained>(), 64);
+        assert_eq!(std::mem::align_of::<Retained>(), 64);
+        assert_eq!(std::mem::size_of::<Slot>(), 128);
+        assert_eq!(std::mem::align_of::<Slot>(), 64);
+        let hot_end = std::mem::offset_of!(Slot, ring)
+            + std::mem::offset_of!(Ring, route_at)
+            + std::mem::size_of::<usize>();
+        assert_eq!(hot_end, 64);
     }
 
     #[test]
@@ -1337,7 +1530,7 @@ mod tests {
         let start = Instant::now();
         let add = |seq: u64, after: u64, ttl: u64| {
             let mut retained = frame(seq, seq, Resolved::Everyone);
-            retained.at = start + Duration::from_secs(after);
+            retained.received_at = start + Duration::from_secs(after);
             let retention = Retention {
                 size: 3,
                 ttl: Some(Duration::from_secs(ttl)),
@@ -1363,8 +1556,8 @@ mod tests {
     fn the_sweep_waits_for_the_first_frame_that_can_expire() {
         let history = history(1 << 20);
         let start = Instant::now();
-        let at = |after: u64, mut retained: Retained| {
-            retained.at = start + Duration::from_secs(after);
+        let at = |after: u64, mut retained: Frame| {
+            retained.received_at = start + Duration::from_secs(after);
             retained
         };
         let ttl = |secs| Retention {
@@ -1409,10 +1602,10 @@ mod tests {
         let history = history(1 << 20);
         let long = wsframe::text(&[b'a'; 2000]);
         let mut retained = frame(1, 1, Resolved::Everyone);
-        retained.frame = long.to_vec();
+        retained.bytes = long.to_vec();
         keep(&history, None, "t:a", retention(3), retained);
         let mut short = frame(2, 2, Resolved::Everyone);
-        short.frame = wsframe::text(b"tiny").to_vec();
+        short.bytes = wsframe::text(b"tiny").to_vec();
         keep(&history, None, "t:a", retention(3), short);
         let before = history.lock().bytes;
         let recipient = |deflate| Recipient {

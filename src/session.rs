@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::audience::Resolved;
 use crate::auth::{Authenticator, Credential, Identity, Rejection};
 use crate::config::{AuthMode, Rate, Welcome};
-use crate::history::{Payload, Recipient, Retained, Wanted};
+use crate::history::{Recipient, Retained, Wanted};
 use crate::hub::Connection;
 use crate::inbound::{self, Budgets, Taken};
 use crate::metrics::GapReason;
@@ -919,8 +919,9 @@ fn queue_replay(
     }
     let identity = connection.identity.load();
     let admits = |frame: &Retained| {
-        (delivered == Delivered::Any || matches!(frame.payload, Payload::Auto))
-            && (matches!(*frame.audience, Resolved::Everyone) || frame.audience.admits(&identity))
+        (delivered == Delivered::Any || frame.is_auto())
+            && (matches!(frame.audience(), Resolved::Everyone)
+                || frame.audience().admits(&identity))
             && filter.is_none_or(|filter| filter.admits(frame.json().as_ref()))
     };
     let routing = shared.routing.load();
