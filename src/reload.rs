@@ -9,7 +9,8 @@
 //! configured path; an edit through a symlink happens in the target's directory). Events are
 //! debounced, then the files are compared with the digests the configuration in force
 //! recorded when it was loaded: a reload happens only when some file holds other bytes, so one
-//! save is one reload, and the bytes compared are the bytes loaded.
+//! save is one reload, and the bytes compared are the bytes loaded. A save in place caught
+//! between its truncation and its write is waited for, not rejected.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::ffi::OsString;
@@ -120,7 +121,10 @@ async fn respond(
     }
     // Read once: the bytes compared are the bytes loaded, so a change made in between is
     // either in this load or seen by the next comparison.
-    let read = std::fs::read(path);
+    let read = match trigger {
+        Trigger::Hangup => std::fs::read(path),
+        Trigger::Change => read_past_truncation(path).await,
+    };
     if trigger == Trigger::Change {
         match &read {
             // Mid-replacement by a tool that deletes first: the new file's creation is an
@@ -150,6 +154,23 @@ async fn respond(
     }
     reload(shared, subscriber, path, attempt).await;
     *rejected = failure;
+}
+
+/// Reads the routing file after a file event. An empty file there is most often a save in
+/// place caught between its truncation and its write (a writer descheduled for longer than
+/// DEBOUNCE): no valid routing file is empty, so it is read again until it holds bytes, for
+/// at most MAX_SETTLE, before it is taken for what the operator meant.
+async fn read_past_truncation(path: &Path) -> io::Result<Vec<u8>> {
+    let settled = tokio::time::Instant::now() + MAX_SETTLE;
+    loop {
+        let read = std::fs::read(path);
+        match &read {
+            Ok(bytes) if bytes.is_empty() && tokio::time::Instant::now() < settled => {
+                tokio::time::sleep(DEBOUNCE).await;
+            }
+            _ => return read,
+        }
+    }
 }
 
 /// Whether every file `config` was built from still holds the bytes it was built from;

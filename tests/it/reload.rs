@@ -423,6 +423,65 @@ async fn an_invalid_save_keeps_the_old_configuration_and_a_later_valid_one_recov
     assert_eq!(metric(&bridge, RELOADS_ERROR).await, 2);
 }
 
+/// A save in place is a truncation, then a write; a writer descheduled in between leaves an
+/// empty file for longer than the debounce. That is a save in progress, not an invalid
+/// routing file: one reload, no error. A file left empty is rejected once it has settled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_in_place_held_between_truncation_and_write_is_one_reload_not_an_error() {
+    let route_a = r#"
+        - name: a
+          channel: trunc:a
+          topic: a
+          delivery: auto
+        "#;
+    let (redis, bridge) = start("", route_a).await;
+    let path = bridge.config_path().to_path_buf();
+    let mut client = bridge.client().await;
+    let mut p = Publisher::connect(&redis.url()).await;
+    let with_b = routing_file(
+        &redis.url(),
+        "",
+        r#"
+        - name: a
+          channel: trunc:a
+          topic: a
+          delivery: auto
+        - name: b
+          channel: trunc:b
+          topic: b
+          delivery: auto
+        "#,
+    );
+
+    let mut file = std::fs::File::create(&path).expect("truncate the routing file");
+    // Three debounces with the file empty: long enough for the bridge to read it, well within
+    // the time it gives a save in progress.
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    std::io::Write::write_all(&mut file, with_b.as_bytes()).expect("write the routing file");
+    drop(file);
+    wait_metric(&bridge, RELOADS_OK, 1).await;
+    assert_eq!(
+        metric(&bridge, RELOADS_ERROR).await,
+        0,
+        "{:?}",
+        bridge.stats().await
+    );
+    p.publish("trunc:b", r#"{"n":1}"#).await;
+    assert_envelope(&client.next_json().await, "b", "b", 1, &json!({"n": 1}));
+
+    // Emptied for good: rejected with the reason, the configuration in force kept.
+    std::fs::File::create(&path).expect("truncate the routing file");
+    wait_metric(&bridge, RELOADS_ERROR, 1).await;
+    let error = bridge.stats().await["config"]["last_reload_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(error.contains("routes"), "last_reload_error: {error:?}");
+    p.publish("trunc:b", r#"{"n":2}"#).await;
+    assert_envelope(&client.next_json().await, "b", "b", 2, &json!({"n": 2}));
+    assert_eq!(metric(&bridge, RELOADS_OK).await, 1);
+}
+
 // ---------------------------------------------------------------------------------------
 // Routes added and removed
 // ---------------------------------------------------------------------------------------
