@@ -247,7 +247,8 @@ declare namespace RedisWsBridge {
     /** A reconnect after which the bridge no longer held every frame missed. */
     | { reason: 'history_exhausted'; topics: string[] }
     /** A reconnect to a bridge whose welcome names no epoch (a configured welcome without
-     * `{epoch}`): nothing was resumed. */
+     * `{epoch}`): nothing was resumed. Or, after any reconnect, the `auto` topics the welcome
+     * did not name beyond the 100 most recently active: they were not asked for. */
     | { reason: 'reconnected'; topics: string[] }
     | { reason: 'seq'; topics: [string]; missing: [number, number] };
   interface UnsubscribedInfo {

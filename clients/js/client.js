@@ -29,8 +29,10 @@
 // Resume: the client keeps the `epoch` of the welcome (the `connected` frame's, or the `epoch`
 // member of a configured welcome that has one: `epoch: "{epoch}"`) and the last `seq` of every
 // topic (subscribed and `auto`). After any reconnect it asks the bridge for what it missed:
-// `since` on the upgrade URL for the `auto` topics of the previous connection, `since` on the
-// subscribe that restores the subscriptions. The missed frames then arrive as `message`
+// `since` on the upgrade URL for the `auto` topics of the previous connection (those its
+// welcome named, and those of a route that makes its topics from the message, `user:{1}`,
+// on which a frame arrived: the 100 most recently active of them, the older ones reported as
+// a `reconnected` gap), `since` on the subscribe that restores the subscriptions. The missed frames then arrive as `message`
 // events, oldest first, before the live ones, none twice; what cannot be replayed arrives as
 // a `gap` event instead. A topic on which no frame came yet resumes from where its
 // subscription started (the `position` of the `subscribed` answer), or, `auto`, from where
@@ -64,7 +66,8 @@
 //                 {reason: 'reconnected', topics}  this client was disconnected from a
 //                   bridge whose welcome frame names no epoch (a configured welcome without
 //                   `{epoch}`), so nothing could be resumed: `topics` are the subscriptions
-//                   held before.
+//                   held before; or, after any reconnect, the `auto` topics its welcome did
+//                   not name beyond the 100 most recently active, which were not asked for.
 //                 {reason: 'seq', topics: [topic], missing: [from, to]}  a jump in an
 //                   envelope's `seq` on an unfiltered subscription or an auto route. `seq`
 //                   counts every frame of the topic, including those the route's audience
@@ -91,6 +94,9 @@
   ]);
   // setTimeout's limit: a longer delay fires at once.
   const MAX_TIMER = 2 ** 31 - 1;
+  // The most `auto` topics not named by the welcome that a reconnect resumes: their
+  // positions go on the upgrade URL, which proxies cap (nginx: 8 KiB for the request line).
+  const MAX_UNNAMED_AUTO = 100;
 
   class RedisWsBridge {
     #url;
@@ -119,6 +125,11 @@
     #epoch;
     // Topics whose jump in `seq` a gap notice already reported: the next frame is not one.
     #gapped = new Set();
+    // `auto` topics the welcome does not name (made from the message) on which frames
+    // arrived, the most recently active last.
+    #unnamedAuto = new Set();
+    // Those of them the current connection's upgrade did not resume: told as a gap once open.
+    #unresumed = [];
     #listeners = new Map();
 
     constructor(url, options = {}) {
@@ -258,7 +269,14 @@
       if (token) address.searchParams.set('token', token);
       // `auto` frames flow from the first moment: their missed frames are asked for at the
       // upgrade, so that the bridge sends them before any live one.
-      const auto = this.#everOpened && this.#epoch !== undefined ? autoTopics(this.#welcome) : [];
+      let auto = [];
+      this.#unresumed = [];
+      if (this.#everOpened && this.#epoch !== undefined) {
+        const unnamed = [...this.#unnamedAuto];
+        const cut = Math.max(0, unnamed.length - MAX_UNNAMED_AUTO);
+        this.#unresumed = unnamed.slice(0, cut);
+        auto = [...new Set([...autoTopics(this.#welcome), ...unnamed.slice(cut)])];
+      }
       if (auto.length > 0) {
         address.searchParams.set('since', JSON.stringify(this.#since(auto)));
       }
@@ -368,6 +386,7 @@
       if (epoch !== this.#epoch) {
         this.#lastSeq.clear();
         this.#gapped.clear();
+        this.#unnamedAuto.clear();
       }
       this.#epoch = epoch;
       // Where the retained `auto` topics start for this connection.
@@ -379,9 +398,12 @@
       this.#scheduleRefresh();
       this.#emit('open', frame);
       if (reconnected && !resumable) {
-        const topics = [...new Set([...held, ...autoTopics(frame)])];
+        const topics = [...new Set([...held, ...autoTopics(frame), ...this.#unnamedAuto])];
         this.#reportGap({ reason: 'reconnected', topics });
+      } else if (this.#unresumed.length > 0) {
+        this.#reportGap({ reason: 'reconnected', topics: this.#unresumed });
       }
+      this.#unresumed = [];
     }
 
     // Tells the application of a gap; the jump in `seq` that the next frames of its topics
@@ -569,6 +591,10 @@
           this.#emit('gap', { reason: 'seq', topics: [frame.topic], missing });
         }
         this.#lastSeq.set(frame.topic, frame.seq);
+        if (!this.#topics.has(frame.topic) && !autoTopics(this.#welcome).includes(frame.topic)) {
+          this.#unnamedAuto.delete(frame.topic);
+          this.#unnamedAuto.add(frame.topic);
+        }
       }
       this.#emit('message', frame);
     }

@@ -15,7 +15,9 @@ use crate::support::{
 };
 
 /// `news` by subscription and `alerts` for every connection, both retaining far more than
-/// a test publishes; `brief` by subscription, retaining 3 frames.
+/// a test publishes; `brief` by subscription, retaining 3 frames; `auto` topics made from the
+/// channel, which no welcome can name: `personal:<user>` for that user only, `board:<n>` for
+/// everyone.
 const ROUTES: &str = r#"
     - name: news
       channel: news
@@ -30,6 +32,17 @@ const ROUTES: &str = r#"
       channel: brief
       topic: brief
       history: { size: 3 }
+    - name: personal
+      pattern: "personal:*"
+      topic: "personal:{1}"
+      delivery: auto
+      audience: { user: "{1}" }
+      history: { size: 1000 }
+    - name: board
+      pattern: "board:*"
+      topic: "board:{1}"
+      delivery: auto
+      history: { size: 10 }
     "#;
 
 /// On a fixed port, so that a restarted bridge is found where it was.
@@ -181,6 +194,116 @@ async fn a_cut_connection_resumes_with_exactly_the_missed_frames() {
     assert_eq!(node.seen("gap").len(), 1, "{}", node.transcript());
     // The other topics resumed without a loss: no gap for them.
     assert_eq!(numbers(&node, "news").len() as u64, total);
+
+    closed(node).await;
+}
+
+/// An `auto` topic the welcome cannot name (made from the channel) resumes from the last
+/// frame the client got of it, and only with frames its audience admits for this user.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_auto_topic_made_from_the_message_resumes_with_exactly_the_missed_frames() {
+    let (redis, bridge) = started().await;
+    let (mut node, welcome) = connected(&bridge, 400).await;
+    assert_eq!(
+        welcome["topics"],
+        json!(["alerts"]),
+        "nothing to name for `personal`"
+    );
+
+    // Ada's topic and Bob's at full speed, cut in the middle by the drop.
+    let url = redis.url();
+    let total = 200u64;
+    let publisher = tokio::spawn(async move {
+        let mut publisher = Publisher::connect(&url).await;
+        for n in 1..=total {
+            for user in ["ada", "bob"] {
+                let payload = json!({"n": n}).to_string();
+                publisher
+                    .publish(&format!("personal:{user}"), &payload)
+                    .await;
+            }
+            if n % 2 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    });
+    node.event("message", |m| {
+        m["topic"] == "personal:ada" && m["data"]["n"] == 20
+    })
+    .await;
+    node.send(json!({"op": "drop"}));
+    node.event("close", |_| true).await;
+    let reopened = node.event("open", |_| true).await["value"].clone();
+    assert_eq!(reopened["epoch"], welcome["epoch"], "the same bridge");
+    publisher.await.expect("the publisher");
+    node.event("message", |m| {
+        m["topic"] == "personal:ada" && m["data"]["n"] == total
+    })
+    .await;
+    node.send(json!({"op": "ping"}));
+    node.reply("ping").await;
+
+    assert_eq!(
+        numbers(&node, "personal:ada"),
+        (1..=total).collect::<Vec<_>>(),
+        "{}",
+        node.transcript()
+    );
+    assert_seq_is_n(&node, "personal:ada");
+    assert!(
+        numbers(&node, "personal:bob").is_empty(),
+        "Bob's frames, live or replayed"
+    );
+    assert!(node.seen("gap").is_empty(), "{}", node.transcript());
+    let replayed = bridge
+        .metric("bridge_history_replayed_frames_total")
+        .await
+        .expect("the replay counter");
+    assert!(replayed > 0, "nothing replayed: {}", node.transcript());
+
+    closed(node).await;
+}
+
+/// The positions of unnamed `auto` topics go on the upgrade URL, so a reconnect resumes the
+/// 100 most recently active of them; the older ones are reported as a gap, not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_a_hundred_unnamed_auto_topics_the_least_active_are_reported_as_a_gap() {
+    let (redis, bridge) = started().await;
+    let (mut node, _) = connected(&bridge, 2000).await;
+    let mut publisher = Publisher::connect(&redis.url()).await;
+    let topics = 105;
+    for b in 0..topics {
+        publisher.publish(&format!("board:{b}"), r#"{"n":1}"#).await;
+    }
+    let last = format!("board:{}", topics - 1);
+    node.event("message", |m| m["topic"] == last.as_str()).await;
+
+    node.send(json!({"op": "drop"}));
+    node.event("reconnecting", |_| true).await;
+    for b in 0..topics {
+        publisher.publish(&format!("board:{b}"), r#"{"n":2}"#).await;
+    }
+    let gap = node.event("gap", |_| true).await["value"].clone();
+    let oldest: Vec<String> = (0..5).map(|b| format!("board:{b}")).collect();
+    assert_eq!(gap, json!({"reason": "reconnected", "topics": oldest}));
+    node.event("message", |m| {
+        m["topic"] == last.as_str() && m["data"]["n"] == 2
+    })
+    .await;
+    node.send(json!({"op": "ping"}));
+    node.reply("ping").await;
+
+    for b in 0..topics {
+        let topic = format!("board:{b}");
+        let expected: &[u64] = if b < 5 { &[1] } else { &[1, 2] };
+        assert_eq!(
+            numbers(&node, &topic),
+            expected,
+            "{topic}: {}",
+            node.transcript()
+        );
+    }
+    assert_eq!(node.seen("gap").len(), 1, "{}", node.transcript());
 
     closed(node).await;
 }
