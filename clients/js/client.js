@@ -32,16 +32,17 @@
 // `since` on the upgrade URL for the `auto` topics of the previous connection (those its
 // welcome named, and those of a route that makes its topics from the message, `user:{1}`,
 // on which a frame arrived: the 100 most recently active of them, the older ones reported as
-// a `reconnected` gap), `since` on the subscribe that restores the subscriptions. The missed frames then arrive as `message`
-// events, oldest first, before the live ones, none twice; what cannot be replayed arrives as
-// a `gap` event instead. A topic on which no frame came yet resumes from where its
-// subscription started (the `position` of the `subscribed` answer), or, `auto`, from where
-// the connection did (the `position` of the `connected` frame). Positions live in memory: a
-// page that (re)loads starts afresh, and gets the latest state of its topics with `last`:
-// subscribe(['job:42'], null, { last: 1 }) replays the newest retained frame of each topic
-// (oldest first when more), as `message` events before the live ones; a reconnect then
-// resumes from the frames received, and replays none of them again (a topic that got none of
-// them before a cut resumes from its oldest retained frame: more than `last`, nothing lost).
+// a `reconnected` gap), `since` on the subscribe that restores the subscriptions. The missed
+// frames then arrive as `message` events, oldest first, before the live ones, none twice;
+// what cannot be replayed arrives as a `gap` event instead. A topic on which no frame came
+// yet resumes from where its subscription started (the `position` of the `subscribed`
+// answer), or, `auto`, from where the connection did (the `position` of the `connected`
+// frame). Positions live in memory: a page that (re)loads starts afresh, and gets the latest
+// state of its topics with `last`: subscribe(['job:42'], null, { last: 1 }) replays the
+// newest retained frame of each topic (oldest first when more), as `message` events before
+// the live ones; a reconnect then resumes from the frames received, and replays none of them
+// again (a topic that got none of them before a cut resumes from its oldest retained frame:
+// more than `last`, nothing lost).
 //
 // Methods: connect() (returns the client); close() for good: no reconnect, and no timer,
 // socket handler or pending request left behind; subscribe(topics, filter?, { last }?),
