@@ -528,7 +528,8 @@ async fn a_client_away_during_a_redis_outage_is_told_of_it_when_it_resumes() {
 }
 
 /// A configured welcome with `epoch: "{epoch}"` resumes the subscriptions as the `connected`
-/// frame does; one without it cannot, and the application is told so.
+/// frame does, and the `auto` topics the client got frames of; one without it cannot, and
+/// the application is told so, for both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configured_welcome_resumes_when_it_names_the_epoch() {
     for names_epoch in [true, false] {
@@ -547,37 +548,62 @@ async fn a_configured_welcome_resumes_when_it_names_the_epoch() {
         assert_eq!(welcome["epoch"].is_string(), names_epoch, "{welcome}");
         node.send(json!({"op": "subscribe", "topics": ["news"]}));
         assert_eq!(node.reply("subscribe").await, json!(["news"]));
+        // `news` by subscription, `alerts` (`auto`, which a configured welcome does not
+        // name: the client knows it from its frames).
         let mut publisher = Publisher::connect(&redis.url()).await;
         for n in 1..=3 {
-            publisher.publish("news", json!({"n": n}).to_string()).await;
+            for topic in ["news", "alerts"] {
+                publisher.publish(topic, json!({"n": n}).to_string()).await;
+            }
         }
-        node.event("message", |m| m["data"]["n"] == 3).await;
+        for topic in ["news", "alerts"] {
+            node.event("message", |m| m["topic"] == topic && m["data"]["n"] == 3)
+                .await;
+        }
         node.send(json!({"op": "drop"}));
         node.event("reconnecting", |_| true).await;
         for n in 4..=6 {
-            publisher.publish("news", json!({"n": n}).to_string()).await;
+            for topic in ["news", "alerts"] {
+                publisher.publish(topic, json!({"n": n}).to_string()).await;
+            }
         }
         let reopened = node.event("open", |_| true).await["value"].clone();
         assert_eq!(reopened["epoch"], welcome["epoch"]);
         // The subscription is back either way; what it missed follows when it resumed.
         node.event("frame", |f| f["type"] == "subscribed").await;
+        // The `auto` topic's replay comes first, right after the welcome.
         if names_epoch {
-            node.event("message", |m| m["data"]["n"] == 6).await;
+            for topic in ["news", "alerts"] {
+                if !numbers(&node, topic).contains(&6) {
+                    node.event("message", |m| m["topic"] == topic && m["data"]["n"] == 6)
+                        .await;
+                }
+            }
         }
-        publisher.publish("news", r#"{"n":7}"#).await;
-        node.event("message", |m| m["data"]["n"] == 7).await;
+        for topic in ["news", "alerts"] {
+            publisher.publish(topic, r#"{"n":7}"#).await;
+            node.event("message", |m| m["topic"] == topic && m["data"]["n"] == 7)
+                .await;
+        }
         let expected: Vec<u64> = if names_epoch {
             (1..=7).collect()
         } else {
             vec![1, 2, 3, 7]
         };
-        assert_eq!(numbers(&node, "news"), expected, "{}", node.transcript());
-        assert_seq_is_n(&node, "news");
+        for topic in ["news", "alerts"] {
+            assert_eq!(
+                numbers(&node, topic),
+                expected,
+                "{topic}: {}",
+                node.transcript()
+            );
+            assert_seq_is_n(&node, topic);
+        }
         let gaps: Vec<&Value> = node.seen("gap");
         let told: Vec<Value> = if names_epoch {
             vec![]
         } else {
-            vec![json!({"reason": "reconnected", "topics": ["news"]})]
+            vec![json!({"reason": "reconnected", "topics": ["news", "alerts"]})]
         };
         assert_eq!(
             gaps,
