@@ -129,8 +129,6 @@
     // `auto` topics the welcome does not name (made from the message) on which frames
     // arrived, the most recently active last.
     #unnamedAuto = new Set();
-    // Those of them the current connection's upgrade did not resume: told as a gap once open.
-    #unresumed = [];
     #listeners = new Map();
 
     constructor(url, options = {}) {
@@ -270,14 +268,9 @@
       if (token) address.searchParams.set('token', token);
       // `auto` frames flow from the first moment: their missed frames are asked for at the
       // upgrade, so that the bridge sends them before any live one.
-      let auto = [];
-      this.#unresumed = [];
-      if (this.#everOpened && this.#epoch !== undefined) {
-        const unnamed = [...this.#unnamedAuto];
-        const cut = Math.max(0, unnamed.length - MAX_UNNAMED_AUTO);
-        this.#unresumed = unnamed.slice(0, cut);
-        auto = [...new Set([...autoTopics(this.#welcome), ...unnamed.slice(cut)])];
-      }
+      const auto = this.#everOpened && this.#epoch !== undefined
+        ? [...new Set([...autoTopics(this.#welcome), ...this.#unnamedSplit().resumed])]
+        : [];
       if (auto.length > 0) {
         address.searchParams.set('since', JSON.stringify(this.#since(auto)));
       }
@@ -373,6 +366,8 @@
       const resumable = reconnected && this.#epoch !== undefined;
       const held = [...this.#topics.keys()];
       const since = resumable && held.length > 0 ? this.#since(held) : undefined;
+      // Those the upgrade URL (`#address`) left out: told as a gap.
+      const unresumed = resumable ? this.#unnamedSplit().left : [];
       const previous = this.#welcome;
       this.#welcome = frame;
       this.#welcomed = true;
@@ -401,10 +396,17 @@
       if (reconnected && !resumable) {
         const topics = [...new Set([...held, ...autoTopics(frame), ...this.#unnamedAuto])];
         this.#reportGap({ reason: 'reconnected', topics });
-      } else if (this.#unresumed.length > 0) {
-        this.#reportGap({ reason: 'reconnected', topics: this.#unresumed });
+      } else if (unresumed.length > 0) {
+        this.#reportGap({ reason: 'reconnected', topics: unresumed });
       }
-      this.#unresumed = [];
+    }
+
+    // The unnamed `auto` topics a reconnect resumes on its upgrade URL (the most recently
+    // active MAX_UNNAMED_AUTO), and those it leaves out.
+    #unnamedSplit() {
+      const unnamed = [...this.#unnamedAuto];
+      const cut = Math.max(0, unnamed.length - MAX_UNNAMED_AUTO);
+      return { resumed: unnamed.slice(cut), left: unnamed.slice(0, cut) };
     }
 
     // Tells the application of a gap; the jump in `seq` that the next frames of its topics
