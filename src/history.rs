@@ -34,7 +34,7 @@ use crate::wsframe;
 
 mod order;
 
-use order::Order;
+use order::{Order, Reach};
 
 /// What one retained frame costs beyond its buffer: its entry in the ring and in the global
 /// order, the allocator's own, and its share of its topic's ring. Measured: `bench/run.sh
@@ -586,28 +586,18 @@ impl Rings {
         }
     }
 
-    /// After an append: moves the compaction of the global order on by a few entries.
-    fn compact_step(&mut self) {
+    /// Moves the compaction of the global order on as far as `reach`: a few entries after an
+    /// append, to the end after a reload or a sweep, which walk every ring anyway.
+    fn compact(&mut self, reach: Reach) {
         let Rings {
             order,
             slots,
             frames,
             ..
         } = self;
-        order.compact_step(*frames, |(id, seq)| Rings::still_retains(slots, id, seq));
-    }
-
-    /// Forgets every entry of the global order of a frame already gone, once they
-    /// outnumber the others: after the work of a reload or a sweep, which walks every ring
-    /// anyway.
-    fn compact_all(&mut self) {
-        let Rings {
-            order,
-            slots,
-            frames,
-            ..
-        } = self;
-        order.compact_all(*frames, |(id, seq)| Rings::still_retains(slots, id, seq));
+        order.compact(*frames, reach, |(id, seq)| {
+            Rings::still_retains(slots, id, seq)
+        });
     }
 
     /// Whether ring `id` still holds its frame `seq` (rings drop frames oldest first).
@@ -812,7 +802,7 @@ impl History {
         rings.freed(freed);
         rings.order.push((id, seq));
         rings.evict();
-        rings.compact_step();
+        rings.compact(Reach::Step);
         self.publish_gauges(rings);
         id
     }
@@ -855,7 +845,7 @@ impl History {
             rings.forgot = true;
         }
         rings.freed(freed);
-        rings.compact_all();
+        rings.compact(Reach::Whole);
         self.publish_gauges(rings);
     }
 
@@ -903,7 +893,7 @@ impl History {
         rings.emptied |= emptied;
         rings.freed(freed);
         rings.evict();
-        rings.compact_all();
+        rings.compact(Reach::Whole);
         self.publish_gauges(&rings);
     }
 

@@ -17,6 +17,16 @@ use std::collections::VecDeque;
 /// pass ends; few, so that an append stays short.
 const STEP: usize = 8;
 
+/// How far a call to [`Order::compact`] takes a pass.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Reach {
+    /// [`STEP`] entries: after an append.
+    Step,
+    /// To the end: where the work is of the size of the history anyway (a reload's new
+    /// bounds, the sweep), and no append may come to move a pass on.
+    Whole,
+}
+
 /// Entries of frames gone tolerated beyond twice the frames retained (and a floor for small
 /// histories) before a pass starts.
 const SLACK: usize = 1024;
@@ -64,19 +74,18 @@ impl<T: Copy> Order<T> {
         self.entries.len()
     }
 
-    /// After an append: starts a pass once entries outnumber twice the `frames` retained,
-    /// and moves the pass on by [`STEP`] entries, keeping those `retained` says still are.
-    pub(super) fn compact_step(&mut self, frames: usize, retained: impl FnMut(T) -> bool) {
-        self.compact(frames, STEP, retained);
-    }
-
-    /// Compacts at once, to the end: where the work is of the size of the history anyway (a
-    /// reload's new bounds, the sweep), and no append may come to move a pass on.
-    pub(super) fn compact_all(&mut self, frames: usize, retained: impl FnMut(T) -> bool) {
-        self.compact(frames, usize::MAX, retained);
-    }
-
-    fn compact(&mut self, frames: usize, step: usize, mut retained: impl FnMut(T) -> bool) {
+    /// Starts a pass once entries outnumber twice the `frames` retained, and moves the pass
+    /// on as far as `reach`, keeping the entries `retained` says still are.
+    pub(super) fn compact(
+        &mut self,
+        frames: usize,
+        reach: Reach,
+        mut retained: impl FnMut(T) -> bool,
+    ) {
+        let step = match reach {
+            Reach::Step => STEP,
+            Reach::Whole => usize::MAX,
+        };
         if self.pass.is_none() && self.entries.len() > 2 * frames + SLACK {
             self.pass = Some(Pass { kept: 0, read: 0 });
         }
@@ -149,7 +158,7 @@ mod tests {
     fn an_append_looks_at_a_few_entries_and_a_pass_ends() {
         let frames = Frames::default();
         let (mut order, mut expected) = numbered(10 * SLACK as u64);
-        order.compact_step(1, |entry| frames.retained(entry));
+        order.compact(1, Reach::Step, |entry| frames.retained(entry));
         assert_eq!(order.len(), 10 * SLACK, "one step forgets nothing yet");
         let mut next = 10 * SLACK as u64;
         let mut appends = 0;
@@ -157,7 +166,7 @@ mod tests {
             order.push(next);
             expected.push(next);
             next += 2;
-            order.compact_step(1, |entry| frames.retained(entry));
+            order.compact(1, Reach::Step, |entry| frames.retained(entry));
             appends += 1;
             assert!(appends < 10 * SLACK, "the pass never ended");
         }
@@ -186,7 +195,7 @@ mod tests {
                 expected.push(next);
                 next += 2;
                 let before = order.pass.is_some();
-                order.compact_step(1, |entry| frames.retained(entry));
+                order.compact(1, Reach::Step, |entry| frames.retained(entry));
                 passes += usize::from(before && order.pass.is_none());
                 if round % evicted_every == 0 {
                     evicted.extend(frames.evict(&mut order));
@@ -202,7 +211,7 @@ mod tests {
     fn compacting_all_leaves_only_entries_of_frames_retained() {
         let frames = Frames::default();
         let (mut order, expected) = numbered(3 * SLACK as u64);
-        order.compact_all(1, |entry| frames.retained(entry));
+        order.compact(1, Reach::Whole, |entry| frames.retained(entry));
         assert!(order.pass.is_none());
         assert_eq!(order.len(), expected.len());
         assert_eq!(frames.evict_all(&mut order), expected);
@@ -212,7 +221,7 @@ mod tests {
     fn within_the_slack_nothing_is_compacted() {
         let frames = Frames::default();
         let (mut order, _) = numbered(SLACK as u64);
-        order.compact_all(0, |entry| frames.retained(entry));
+        order.compact(0, Reach::Whole, |entry| frames.retained(entry));
         assert_eq!(order.len(), SLACK);
     }
 }
