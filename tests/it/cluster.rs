@@ -119,6 +119,11 @@ async fn subscribes_on_one_node_and_moves_when_it_dies(certificates: Option<&Cer
     );
     let bridge = Bridge::start_with(&yaml, &[]);
     bridge.wait_ready().await;
+    // Ready comes before the log line that names the server.
+    wait_until(WAIT, "the `redis subscribed` line", || {
+        !subscribed_to(&bridge).is_empty()
+    })
+    .await;
     assert_eq!(
         subscribed_to(&bridge),
         [json!(format!("{scheme}://{}/0", addresses[0]))]

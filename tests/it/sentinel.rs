@@ -548,6 +548,11 @@ async fn tls_to_the_sentinels_and_the_master_follows_a_failover() {
     );
     let bridge = Bridge::start_with(&sentinel_config("rediss://unused:1/0", &nodes, &ca), &[]);
     bridge.wait_ready().await;
+    // Ready comes before the log line that names the server.
+    wait_until(WAIT, "the `redis subscribed` line", || {
+        !subscribed_to(&bridge).is_empty()
+    })
+    .await;
     assert_eq!(
         subscribed_to(&bridge),
         [format!("rediss://127.0.0.1:{}/0", master.tls_port())]
@@ -588,6 +593,11 @@ async fn one_sentinel_of_three_down_the_bridge_still_finds_and_follows_the_maste
         &[],
     );
     bridge.wait_ready().await;
+    // Ready comes before the log line that names the server.
+    wait_until(WAIT, "the `redis subscribed` line", || {
+        !subscribed_to(&bridge).is_empty()
+    })
+    .await;
     assert_eq!(
         subscribed_to(&bridge),
         [format!("redis://127.0.0.1:{}/0", master.port())]
