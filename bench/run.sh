@@ -63,6 +63,7 @@ BENCH_BIN="${BENCH_BIN:-$root/target/release/bridge-bench}"
 SERVER_CPU="${SERVER_CPU:-0}"
 TOOL_CPU="${TOOL_CPU:-1}"
 
+command -v redis-server >/dev/null || { echo "bench/run.sh needs redis-server (apt-get install -y redis-server)" >&2; exit 1; }
 if [ "${NO_BUILD:-0}" != 1 ]; then
   cargo build --release --quiet -p redis-ws-bridge -p bridge-bench
 fi

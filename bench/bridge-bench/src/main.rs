@@ -480,6 +480,8 @@ impl Workers {
 #[derive(Clone, Copy, Default)]
 struct Cpu {
     server: Option<f64>,
+    /// The same, split into user and system time, with the page faults.
+    server_times: Option<stats::ProcessTimes>,
     core: Option<stats::CoreTimes>,
     redis: Option<f64>,
     tool: f64,
@@ -497,6 +499,11 @@ fn cpu_now(measure: &MeasureArgs, workers: &[u32]) -> Cpu {
             None
         } else {
             sum_over(&measure.server_pid, cpu_seconds)
+        },
+        server_times: if measure.server_pid.is_empty() {
+            None
+        } else {
+            sum_over(&measure.server_pid, stats::process_times)
         },
         redis: measure.redis_pid.and_then(cpu_seconds),
         core: measure.server_core.and_then(stats::core_times),
@@ -1163,6 +1170,28 @@ fn step_result(
             "rss_per_conn_kib": rss_open.zip(rss_before).map(|(a, b)| round((a as f64 - b as f64) / n, 2)),
         }),
     );
+    if let (Some(end), Some(start), Some(server)) = (
+        cpu_end.server_times,
+        cpu_start.server_times,
+        line.get_mut("server").and_then(Value::as_object_mut),
+    ) {
+        // Where a cost lies: a heap that grows is paid in system time, a page fault each.
+        server.insert(
+            "user_us_per_frame".into(),
+            json!(per_frame(end.user - start.user)),
+        );
+        server.insert(
+            "system_us_per_frame".into(),
+            json!(per_frame(end.system - start.system)),
+        );
+        server.insert(
+            "minor_faults_per_frame".into(),
+            json!(round(
+                (end.minor_faults - start.minor_faults) / delivered.max(1) as f64,
+                4
+            )),
+        );
+    }
     if let (Some(end), Some(start)) = (cpu_end.core, cpu_start.core) {
         let busy = end.busy - start.busy;
         line.insert(

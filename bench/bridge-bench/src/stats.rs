@@ -148,17 +148,53 @@ fn clock_ticks() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-/// CPU seconds (user + system, all threads) a process has used so far, from
-/// `/proc/PID/stat`; None when it is gone.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+/// What a process has used so far (all threads), from `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessTimes {
+    pub user: f64,
+    pub system: f64,
+    /// Page faults served without I/O: mostly first touches of new heap pages, which the
+    /// kernel zeroes (and a guest's host may back only then).
+    pub minor_faults: f64,
+}
+
+impl std::ops::Add for ProcessTimes {
+    type Output = ProcessTimes;
+    fn add(self, other: ProcessTimes) -> ProcessTimes {
+        ProcessTimes {
+            user: self.user + other.user,
+            system: self.system + other.system,
+            minor_faults: self.minor_faults + other.minor_faults,
+        }
+    }
+}
+
+impl std::iter::Sum for ProcessTimes {
+    fn sum<I: Iterator<Item = ProcessTimes>>(iter: I) -> ProcessTimes {
+        iter.fold(ProcessTimes::default(), |a, b| a + b)
+    }
+}
+
+/// `/proc/PID/stat`'s times and faults; None when the process is gone.
+pub fn process_times(pid: u32) -> Option<ProcessTimes> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
+    // minflt, utime and stime are fields 10, 14 and 15 of the line: 8, 12 and 13 after the
+    // name.
+    let field = |at: usize| fields.get(at)?.parse::<f64>().ok();
+    Some(ProcessTimes {
+        user: field(11)? / clock_ticks(),
+        system: field(12)? / clock_ticks(),
+        minor_faults: field(7)?,
+    })
+}
+
+/// CPU seconds (user + system, all threads) a process has used so far; None when it is
+/// gone.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    process_times(pid).map(|times| times.user + times.system)
 }
 
 /// Time a CPU core spent busy and stolen by the hypervisor, in seconds, from `/proc/stat`:
