@@ -129,6 +129,9 @@
     // `auto` topics the welcome does not name (made from the message) on which frames
     // arrived, the most recently active last.
     #unnamedAuto = new Set();
+    // topic -> unsubscribes sent and not yet answered: frames of these topics already on
+    // their way arrive meanwhile, and are neither an unnamed `auto` topic's nor resumed.
+    #leaving = new Map();
     #listeners = new Map();
 
     constructor(url, options = {}) {
@@ -207,8 +210,25 @@
         this.#topics.delete(topic);
         // Frames published after an unsubscribe are none of ours: nothing to resume.
         this.#lastSeq.delete(topic);
+        this.#leaving.set(topic, (this.#leaving.get(topic) || 0) + 1);
       }
-      return this.#request({ type: 'unsubscribe', topics }, true).then((frame) => frame.topics);
+      const answered = () => {
+        for (const topic of topics) {
+          const pending = this.#leaving.get(topic) - 1;
+          if (pending > 0) this.#leaving.set(topic, pending);
+          else this.#leaving.delete(topic);
+        }
+      };
+      return this.#request({ type: 'unsubscribe', topics }, true).then(
+        (frame) => {
+          answered();
+          return frame.topics;
+        },
+        (err) => {
+          answered();
+          throw err;
+        },
+      );
     }
 
     ping() {
@@ -585,7 +605,8 @@
     }
 
     #message(frame) {
-      if (frame && typeof frame.topic === 'string' && Number.isInteger(frame.seq)) {
+      const tracked = frame && typeof frame.topic === 'string' && Number.isInteger(frame.seq);
+      if (tracked && !this.#stillArriving(frame.topic)) {
         const last = this.#lastSeq.get(frame.topic);
         const reported = this.#gapped.delete(frame.topic);
         const unfiltered = !this.#topics.get(frame.topic);
@@ -600,6 +621,13 @@
         }
       }
       this.#emit('message', frame);
+    }
+
+    // A topic being unsubscribed whose frames, sent before the unsubscribe took effect,
+    // still arrive, and which no other way delivers.
+    #stillArriving(topic) {
+      return this.#leaving.has(topic) && !this.#topics.has(topic)
+        && !autoTopics(this.#welcome).includes(topic);
     }
 
     #scheduleRefresh() {

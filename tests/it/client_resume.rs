@@ -5,6 +5,7 @@
 //! events, and no jump in `seq` is reported on top of them. A subscribe with `last` gets the
 //! newest retained frames, and a reconnect resumes after them. A configured welcome resumes
 //! when it names the epoch (`{epoch}`), and is reported as a `reconnected` gap when not.
+//! Frames still arriving after `unsubscribe()` are not resumed.
 
 use serde_json::{Value, json};
 
@@ -304,6 +305,48 @@ async fn past_a_hundred_unnamed_auto_topics_the_least_active_are_reported_as_a_g
         );
     }
     assert_eq!(node.seen("gap").len(), 1, "{}", node.transcript());
+
+    closed(node).await;
+}
+
+/// Frames of a topic sent before its unsubscribe took effect still arrive after
+/// `unsubscribe()`: they are not taken for an unnamed `auto` topic's, so a reconnect asks for
+/// nothing of that topic, and gets nothing of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_still_arriving_after_unsubscribe_are_not_resumed_as_an_auto_topic() {
+    let (redis, bridge) = started().await;
+    let (mut node, _) = connected(&bridge, 400).await;
+    node.send(json!({"op": "subscribe", "topics": ["news"]}));
+    node.reply("subscribe").await;
+    node.send(json!({"op": "unsubscribe", "topics": ["news"], "when": {"topic": "news", "n": 1}}));
+    // One pipeline: the frames after the first are queued to the client before its
+    // unsubscribe, sent from within the first's `message` event, reaches the bridge.
+    let mut publisher = Publisher::connect(&redis.url()).await;
+    let burst: Vec<Vec<u8>> = (1..=500)
+        .map(|n| json!({"n": n}).to_string().into_bytes())
+        .collect();
+    publisher.publish_many("news", &burst).await;
+    assert_eq!(node.reply("unsubscribe").await, json!(["news"]));
+    let after = numbers(&node, "news");
+    assert!(
+        after.len() > 1,
+        "no frame arrived after unsubscribe(): {after:?}"
+    );
+
+    node.send(json!({"op": "drop"}));
+    let reconnect = node.event("socket", |_| true).await["value"].clone();
+    let reconnect = reconnect.as_str().expect("the upgrade URL");
+    assert!(reconnect.contains("since="), "alerts resumes: {reconnect}");
+    assert!(
+        !reconnect.contains("news"),
+        "news is asked for: {reconnect}"
+    );
+    node.event("open", |_| true).await;
+    publisher.publish("news", r#"{"n":9999}"#).await;
+    publisher.publish("alerts", r#"{"n":1}"#).await;
+    node.event("message", |m| m["topic"] == "alerts").await;
+    assert_eq!(numbers(&node, "news"), after, "{}", node.transcript());
+    assert!(node.seen("gap").is_empty(), "{}", node.transcript());
 
     closed(node).await;
 }

@@ -10,11 +10,14 @@
 //       {"event": "token", "value": {"call": N, "exp": …, "token": …}} ("tokens" report the
 //       call only).
 //   {"op": "subscribe", "topics": […], "filter": {…}, "options": {"last": N}},
-//   {"op": "unsubscribe", "topics": […]},
+//   {"op": "unsubscribe", "topics": […], "when": {"topic", "n"}}: with `when`, the client
+//     unsubscribes from within its `message` event of that topic's frame whose `data.n` is
+//     `n`, while the frames after it are on their way,
 //   {"op": "refresh"}, {"op": "ping"}, {"op": "close"},
 //   {"op": "drop"}: the client's socket is destroyed under it, as a network loss would (the
 //     client sees 1006; the server, a connection reset)
-// Every event of the client is one stdout line {"event": NAME, "value": …, "t": ms}; every
+// Every event of the client is one stdout line {"event": NAME, "value": …, "t": ms}, and so
+// is every socket it opens ({"event": "socket", "value": URL}); every
 // command's outcome is {"reply": OP, "ok": true, "value": …} or {"reply": OP, "ok": false,
 // "code": …, "message": …}. The process exits by itself once stdin is closed and the client
 // has nothing left to do (no socket, no timer): a pending reconnect keeps it running.
@@ -36,6 +39,7 @@ class TrackedWebSocket extends WebSocket {
   constructor(...args) {
     super(...args);
     sockets.push(this);
+    event('socket', args[0]);
   }
 }
 
@@ -92,9 +96,20 @@ input.on('line', (line) => {
     case 'subscribe':
       reply('subscribe', client.subscribe(command.topics, command.filter, command.options));
       break;
-    case 'unsubscribe':
-      reply('unsubscribe', client.unsubscribe(command.topics));
+    case 'unsubscribe': {
+      const { when } = command;
+      if (!when) {
+        reply('unsubscribe', client.unsubscribe(command.topics));
+        break;
+      }
+      const at = (frame) => {
+        if (frame.topic !== when.topic || !frame.data || frame.data.n !== when.n) return;
+        client.off('message', at);
+        reply('unsubscribe', client.unsubscribe(command.topics));
+      };
+      client.on('message', at);
       break;
+    }
     case 'refresh':
       reply('refresh', client.refresh(command.token));
       break;
