@@ -219,16 +219,9 @@
           else this.#leaving.delete(topic);
         }
       };
-      return this.#request({ type: 'unsubscribe', topics }, true).then(
-        (frame) => {
-          answered();
-          return frame.topics;
-        },
-        (err) => {
-          answered();
-          throw err;
-        },
-      );
+      return this.#request({ type: 'unsubscribe', topics }, true)
+        .finally(answered)
+        .then((frame) => frame.topics);
     }
 
     ping() {

@@ -214,16 +214,9 @@ class RedisWsBridge {
         else this.#leaving.delete(topic);
       }
     };
-    return this.#request({ type: 'unsubscribe', topics }, true).then(
-      (frame) => {
-        answered();
-        return frame.topics;
-      },
-      (err) => {
-        answered();
-        throw err;
-      },
-    );
+    return this.#request({ type: 'unsubscribe', topics }, true)
+      .finally(answered)
+      .then((frame) => frame.topics);
   }
 
   ping() {

@@ -494,17 +494,14 @@ fn cpu_now(measure: &MeasureArgs, workers: &[u32]) -> Cpu {
             .iter()
             .filter_map(|pid| cpu_seconds(*pid))
             .sum::<f64>();
+    let server_times = if measure.server_pid.is_empty() {
+        None
+    } else {
+        sum_over(&measure.server_pid, stats::process_times)
+    };
     Cpu {
-        server: if measure.server_pid.is_empty() {
-            None
-        } else {
-            sum_over(&measure.server_pid, cpu_seconds)
-        },
-        server_times: if measure.server_pid.is_empty() {
-            None
-        } else {
-            sum_over(&measure.server_pid, stats::process_times)
-        },
+        server: server_times.map(|times| times.user + times.system),
+        server_times,
         redis: measure.redis_pid.and_then(cpu_seconds),
         core: measure.server_core.and_then(stats::core_times),
         tool,
