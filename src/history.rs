@@ -33,18 +33,19 @@ use crate::protocol::Position;
 use crate::wsframe;
 
 mod order;
+mod store;
 
 use order::{Order, Reach};
+use store::{Held, Store};
 
-/// What one retained frame costs beyond its buffer: its entry in the ring and in the global
-/// order, the allocator's own, and its share of its topic's ring. Measured: `bench/run.sh
-/// history-memory` (100,000 topics × 10 frames of 188 bytes, in buffers of 200 with where
-/// the payload is) grows the RSS by 350 bytes per retained frame once the rings are full,
-/// and by 384 once they have replaced their frames twice, as in a bridge that has run for a
-/// while (the global order then also holds entries of frames dropped since its last
-/// compaction: at most about twice as many as frames retained; medians of three): 184 more
-/// than the buffer.
-const ENTRY_OVERHEAD: usize = 184;
+/// What one retained frame costs beyond its slot: its entry in the ring and in the global
+/// order, and its share of its topic's ring and name. Measured: `bench/run.sh history-memory`
+/// (100,000 topics × 10 frames of 188 bytes, in slots of 208 with where the payload is)
+/// grows the RSS by 338 bytes per retained frame once the rings are full, and by 375 once
+/// they have replaced their frames twice, as in a bridge that has run for a while (the
+/// global order then also holds entries of frames dropped since its last compaction: at most
+/// about twice as many as frames retained): 167 more than the slot.
+const ENTRY_OVERHEAD: usize = 168;
 
 /// The most topics kept with nothing retained (only their position, so that a client that
 /// saw their last frame resumes without a gap); past it they are all forgotten, and resuming
@@ -78,7 +79,7 @@ pub struct Routed<'a> {
     pub payload: Payload,
 }
 
-/// After a retained frame's bytes in its buffer: where its payload is, as two little-endian
+/// After a retained frame's bytes in its slot: where its payload is, as two little-endian
 /// `u32`s, the payload's start and end in the frame, or [`NOT_IN_FRAME`] and one of the kinds
 /// below. Kept there rather than in the entry, which then fits one cache line; a replay that
 /// filters reads the buffer anyway.
@@ -93,14 +94,14 @@ const COPIED: u32 = 2;
 /// frame; an entry of 96 bytes lay across two or three lines.
 #[derive(Debug)]
 #[repr(align(64))]
-pub struct Retained {
+struct Kept {
     seq: u64,
     dispatch: u64,
     /// When its message was received, in nanoseconds since the history's origin.
     received: u64,
-    /// A copy of the live frame's bytes, then the [`TRAILER`], in a buffer of its own (a
-    /// full ring's new frame takes over the buffer of the frame it drops).
-    buffer: Vec<u8>,
+    /// A copy of the live frame's bytes, then the [`TRAILER`], in the history's [`Store`]
+    /// (a full ring's new frame takes the slot of the frame it drops).
+    held: Held,
     audience: Arc<Resolved>,
     /// What few frames have, out of line.
     extra: Option<Box<Extra>>,
@@ -114,21 +115,10 @@ struct Extra {
     payload: Option<Box<[u8]>>,
 }
 
-impl Retained {
+impl Kept {
     /// `routed`, received `received` nanoseconds after the history's origin, copied into
-    /// `spare` when it fits them without wasting much of it, else into a buffer of its own.
-    fn new(routed: Routed<'_>, received: u64, spare: Option<Vec<u8>>) -> Retained {
-        let len = routed.frame.len() + TRAILER;
-        let mut buffer = match spare {
-            Some(mut spare) if (len..=2 * len + 64).contains(&spare.capacity()) => {
-                spare.clear();
-                spare
-            }
-            // As much as the allocator's chunk holds anyway (glibc's chunks are multiples of
-            // 16 bytes, 8 of them its own): a later frame a few bytes longer fits.
-            _ => Vec::with_capacity((len + 8).next_multiple_of(16) - 8),
-        };
-        buffer.extend_from_slice(routed.frame);
+    /// `store`: into the slot `spare` when it is of the size the frame takes.
+    fn new(routed: Routed<'_>, received: u64, spare: Option<Held>, store: &mut Store) -> Kept {
         let span = |at: usize| u32::try_from(at).ok().filter(|&at| at != NOT_IN_FRAME);
         let mut extra = Extra {
             compressed: routed.compressed,
@@ -150,35 +140,73 @@ impl Retained {
             Payload::NotJson => (NOT_IN_FRAME, NOT_JSON),
             Payload::Auto => (NOT_IN_FRAME, AUTO),
         };
-        buffer.extend_from_slice(&start.to_le_bytes());
-        buffer.extend_from_slice(&end.to_le_bytes());
+        let mut trailer = [0; TRAILER];
+        trailer[..4].copy_from_slice(&start.to_le_bytes());
+        trailer[4..].copy_from_slice(&end.to_le_bytes());
+        let held = match spare {
+            Some(spare) => store.replace(spare, routed.frame, &trailer),
+            None => store.put(routed.frame, &trailer),
+        };
         let has_extra = extra.compressed.is_some() || extra.payload.is_some();
-        Retained {
+        Kept {
             seq: routed.seq,
             dispatch: routed.dispatch,
             received,
-            buffer,
+            held,
             audience: routed.audience.clone(),
             extra: has_extra.then(|| Box::new(extra)),
         }
     }
 
+    fn compressed(&self) -> Option<&Bytes> {
+        self.extra.as_ref()?.compressed.as_ref()
+    }
+
+    fn cost(&self) -> usize {
+        let extra = self.extra.as_ref().map_or(0, |extra| {
+            extra.compressed.as_ref().map_or(0, Bytes::len)
+                + extra.payload.as_ref().map_or(0, |payload| payload.len())
+        });
+        self.held.capacity() + extra + ENTRY_OVERHEAD
+    }
+
+    /// Gives its slot back to `store`, where it was put.
+    fn release(self, store: &mut Store) {
+        store.free(self.held);
+    }
+}
+
+/// A retained frame with its bytes, as a replay checks it for one connection.
+pub struct Retained<'a> {
+    entry: &'a Kept,
+    /// The frame, then the [`TRAILER`].
+    bytes: &'a [u8],
+}
+
+impl<'a> Retained<'a> {
+    fn of(entry: &'a Kept, store: &'a Store) -> Retained<'a> {
+        Retained {
+            entry,
+            bytes: store.bytes(&entry.held),
+        }
+    }
+
     /// The frame's bytes, as its live delivery queued them.
-    pub fn frame(&self) -> &[u8] {
-        let len = self.buffer.len().saturating_sub(TRAILER);
-        self.buffer.get(..len).unwrap_or_default()
+    pub fn frame(&self) -> &'a [u8] {
+        let len = self.bytes.len().saturating_sub(TRAILER);
+        self.bytes.get(..len).unwrap_or_default()
     }
 
     /// Who the message was for.
-    pub fn audience(&self) -> &Resolved {
-        &self.audience
+    pub fn audience(&self) -> &'a Resolved {
+        &self.entry.audience
     }
 
     /// The payload's start and end in the frame, or [`NOT_IN_FRAME`] and its kind.
     fn trailer(&self) -> (u32, u32) {
-        let at = self.buffer.len().saturating_sub(TRAILER);
+        let at = self.bytes.len().saturating_sub(TRAILER);
         let word = |from: usize| {
-            self.buffer
+            self.bytes
                 .get(from..from + 4)
                 .and_then(|bytes| bytes.try_into().ok())
                 .map_or(NOT_IN_FRAME, u32::from_le_bytes)
@@ -191,22 +219,10 @@ impl Retained {
         self.trailer() == (NOT_IN_FRAME, AUTO)
     }
 
-    fn compressed(&self) -> Option<&Bytes> {
-        self.extra.as_ref()?.compressed.as_ref()
-    }
-
-    fn cost(&self) -> usize {
-        let extra = self.extra.as_ref().map_or(0, |extra| {
-            extra.compressed.as_ref().map_or(0, Bytes::len)
-                + extra.payload.as_ref().map_or(0, |payload| payload.len())
-        });
-        self.buffer.capacity() + extra + ENTRY_OVERHEAD
-    }
-
     /// The payload as JSON, for a filter; `None` when it is not JSON.
     pub fn json(&self) -> Option<Value> {
         let payload = match self.trailer() {
-            (NOT_IN_FRAME, COPIED) => self.extra.as_ref()?.payload.as_deref()?,
+            (NOT_IN_FRAME, COPIED) => self.entry.extra.as_ref()?.payload.as_deref()?,
             (NOT_IN_FRAME, _) => return None,
             (start, end) => self.frame().get(start as usize..end as usize)?,
         };
@@ -220,7 +236,7 @@ impl Retained {
 #[derive(Debug)]
 #[repr(C)]
 struct Ring {
-    frames: VecDeque<Retained>,
+    frames: VecDeque<Kept>,
     /// The `seq` of the topic's last frame, retained or not.
     last_seq: u64,
     /// Every frame from this `seq` to `last_seq` is in `frames`: a position at or after
@@ -229,7 +245,8 @@ struct Ring {
     /// The address of `route`'s name, to tell without reading `route` that the same route
     /// appends again (its `history` then reaches the ring through reloads).
     route_at: usize,
-    topic: Box<str>,
+    /// The topic's name, in the store.
+    topic: Held,
     /// The route whose `history` applies (the last one that appended).
     route: Arc<str>,
     retention: Retention,
@@ -251,8 +268,8 @@ impl Ring {
         seq <= self.last_seq && seq + 1 >= self.complete_from
     }
 
-    /// Takes the oldest frame out, keeping the room it took.
-    fn pop_oldest(&mut self) -> Option<Retained> {
+    /// Takes the oldest frame out, keeping the room it took; its slot is the caller's to free.
+    fn pop_oldest(&mut self) -> Option<Kept> {
         let popped = self.frames.pop_front()?;
         // The frame after it need not be read: were there a gap before it, `complete_from`
         // would be past the gap already (a frame that did not follow the last one, or one
@@ -263,8 +280,13 @@ impl Ring {
 
     /// Drops the oldest frames while more than `keep` are held or, given `now` (in the
     /// history's ticks), the oldest is older than `ttl`, keeping the room they took; what it
-    /// freed, and the buffer of the last frame dropped.
-    fn drop_oldest(&mut self, keep: usize, now: Option<u64>) -> (Freed, Option<Vec<u8>>) {
+    /// freed, and the slot of the last frame dropped, not given back to `store`.
+    fn drop_oldest(
+        &mut self,
+        keep: usize,
+        now: Option<u64>,
+        store: &mut Store,
+    ) -> (Freed, Option<Held>) {
         let mut freed = Freed::default();
         let mut spare = None;
         while let Some(front) = self.frames.front() {
@@ -281,27 +303,42 @@ impl Ring {
                 break;
             };
             freed += Freed::of(&popped);
-            spare = Some(popped.buffer);
+            if let Some(earlier) = spare.replace(popped.held) {
+                store.free(earlier);
+            }
         }
         (freed, spare)
     }
 
-    /// Releases the room of a ring with nothing retained: its topic keeps only its position.
-    /// Whether it was empty.
-    fn release_if_empty(&mut self) -> bool {
+    /// Gives the room of a ring with nothing retained back to `store`: its topic keeps only
+    /// its position. Whether it was empty.
+    fn release_if_empty(&mut self, store: &mut Store) -> bool {
         let empty = self.frames.is_empty();
         if empty {
-            self.frames = VecDeque::new();
+            store.rooms.give(std::mem::take(&mut self.frames));
         }
         empty
     }
 
     /// Drops what is over `size` or older than `ttl` at `now` (in the history's ticks); what
     /// it freed.
-    fn trim(&mut self, now: u64) -> Freed {
-        let (freed, _) = self.drop_oldest(self.retention.size, Some(now));
-        self.release_if_empty();
+    fn trim(&mut self, now: u64, store: &mut Store) -> Freed {
+        let (freed, spare) = self.drop_oldest(self.retention.size, Some(now), store);
+        if let Some(spare) = spare {
+            store.free(spare);
+        }
+        self.release_if_empty(store);
         freed
+    }
+
+    /// Gives its topic's and every frame's slot and its room back to `store`, as it goes.
+    fn release(self, store: &mut Store) {
+        let mut frames = self.frames;
+        for frame in frames.drain(..) {
+            frame.release(store);
+        }
+        store.rooms.give(frames);
+        store.free(self.topic);
     }
 }
 
@@ -313,7 +350,7 @@ struct Freed {
 }
 
 impl Freed {
-    fn of(frame: &Retained) -> Freed {
+    fn of(frame: &Kept) -> Freed {
         Freed {
             frames: 1,
             bytes: frame.cost(),
@@ -347,7 +384,7 @@ pub struct Replay {
 
 /// Who a replay is for: whether a frame may go to it, and the window it compresses with.
 pub struct Recipient<'a> {
-    pub admits: &'a dyn Fn(&Retained) -> bool,
+    pub admits: &'a dyn Fn(&Retained<'_>) -> bool,
     pub deflate: Option<u8>,
     pub compression: Compression,
 }
@@ -408,6 +445,8 @@ struct Rings {
     /// Every retained frame by ring and `seq`, oldest first, across topics; entries of
     /// frames already gone are skipped (and compacted away).
     order: Order<(RingId, u64)>,
+    /// The retained frames' bytes.
+    store: Store,
     frames: usize,
     bytes: usize,
     max_bytes: usize,
@@ -443,17 +482,17 @@ impl Rings {
     }
 
     /// Whether slot `index` holds `topic`'s ring.
-    fn holds(slots: &[Slot], index: u32, topic: &str) -> bool {
+    fn holds(slots: &[Slot], store: &Store, index: u32, topic: &str) -> bool {
         slots
             .get(index as usize)
             .and_then(|slot| slot.ring.as_ref())
-            .is_some_and(|ring| *ring.topic == *topic)
+            .is_some_and(|ring| store.bytes(&ring.topic) == topic.as_bytes())
     }
 
     fn id_of(&self, topic: &str) -> Option<RingId> {
         let hash = self.hasher.hash_one(topic);
         let found = self.topics.find(hash, |located| {
-            located.hash == hash && Rings::holds(&self.slots, located.index, topic)
+            located.hash == hash && Rings::holds(&self.slots, &self.store, located.index, topic)
         })?;
         Rings::id_at(&self.slots, found.index)
     }
@@ -471,28 +510,32 @@ impl Rings {
         self.at(self.id_of(topic)?)
     }
 
-    fn get_mut(&mut self, topic: &str) -> Option<&mut Ring> {
+    /// `topic`'s ring, and the store of its frames' bytes.
+    fn get_mut(&mut self, topic: &str) -> Option<(&mut Ring, &mut Store)> {
         let id = self.id_of(topic)?;
-        Rings::at_mut(&mut self.slots, id)
+        Some((Rings::at_mut(&mut self.slots, id)?, &mut self.store))
     }
 
-    fn rings_mut(&mut self) -> impl Iterator<Item = &mut Ring> {
-        self.slots.iter_mut().filter_map(|slot| slot.ring.as_mut())
+    /// Every ring, and the store of their frames' bytes.
+    fn rings_mut(&mut self) -> (impl Iterator<Item = &mut Ring>, &mut Store) {
+        let rings = self.slots.iter_mut().filter_map(|slot| slot.ring.as_mut());
+        (rings, &mut self.store)
     }
 
-    /// The ring of `topic`, of `hash`, made by `new` when it has none: one probe of the map,
-    /// as a ring is made for every new topic.
-    fn ring_of(&mut self, hash: u64, topic: &str, new: impl FnOnce() -> Ring) -> RingId {
+    /// The ring of `topic`, of `hash`, made by `new` (with the store) when it has none: one
+    /// probe of the map, as a ring is made for every new topic.
+    fn ring_of(&mut self, hash: u64, topic: &str, new: impl FnOnce(&mut Store) -> Ring) -> RingId {
         let Rings {
             topics,
             slots,
             vacant,
             next_generation,
+            store,
             ..
         } = self;
         let entry = topics.entry(
             hash,
-            |located| located.hash == hash && Rings::holds(slots, located.index, topic),
+            |located| located.hash == hash && Rings::holds(slots, store, located.index, topic),
             |located| located.hash,
         );
         let free = match entry {
@@ -510,7 +553,7 @@ impl Rings {
         *next_generation += 1;
         let slot = Slot {
             generation,
-            ring: Some(new()),
+            ring: Some(new(store)),
         };
         let index = match vacant.pop() {
             Some(index) => {
@@ -526,21 +569,24 @@ impl Rings {
         RingId { index, generation }
     }
 
-    /// Removes the rings `keep` refuses.
-    fn retain(&mut self, mut keep: impl FnMut(&mut Ring) -> bool) {
+    /// Removes the rings `keep` refuses (given the store of their frames' bytes).
+    fn retain(&mut self, mut keep: impl FnMut(&mut Ring, &mut Store) -> bool) {
         let Rings {
             topics,
             slots,
             vacant,
+            store,
             ..
         } = self;
         topics.retain(|&mut Located { index, .. }| {
             let Some(slot) = slots.get_mut(index as usize) else {
                 return false;
             };
-            let kept = slot.ring.as_mut().is_some_and(&mut keep);
+            let kept = slot.ring.as_mut().is_some_and(|ring| keep(ring, store));
             if !kept {
-                slot.ring = None;
+                if let Some(ring) = slot.ring.take() {
+                    ring.release(store);
+                }
                 vacant.push(index);
             }
             kept
@@ -563,8 +609,9 @@ impl Rings {
             let Some(popped) = ring.pop_oldest() else {
                 continue;
             };
-            self.emptied |= ring.release_if_empty();
+            self.emptied |= ring.release_if_empty(&mut self.store);
             self.freed(Freed::of(&popped));
+            popped.release(&mut self.store);
         }
     }
 
@@ -714,7 +761,8 @@ impl History {
     /// would miss it unawares); one taken after the next frame can.
     pub fn interrupted(&self) {
         let mut rings = self.lock();
-        for ring in rings.rings_mut() {
+        let (all, _) = rings.rings_mut();
+        for ring in all {
             ring.complete_from = ring.last_seq + 2;
         }
         rings.interrupted = true;
@@ -738,13 +786,13 @@ impl History {
         let route_at = address(route);
         let id = match ring.filter(|&id| rings.at(id).is_some()) {
             Some(id) => id,
-            None => rings.ring_of(hash, topic, || Ring {
+            None => rings.ring_of(hash, topic, |store| Ring {
                 frames: VecDeque::new(),
                 last_seq: seq.saturating_sub(1),
                 // Frames before this one were not retained, unless it is the first.
                 complete_from: seq,
                 route_at,
-                topic: topic.into(),
+                topic: store.put(topic.as_bytes(), &[]),
                 route: route.clone(),
                 retention,
             }),
@@ -752,6 +800,7 @@ impl History {
         let Some(ring) = Rings::at_mut(&mut rings.slots, id) else {
             return id;
         };
+        let store = &mut rings.store;
         if seq != ring.last_seq + 1 {
             ring.complete_from = seq;
         }
@@ -770,28 +819,31 @@ impl History {
         // ring full showed the second as a fifth of what retaining cost). Only `size` is
         // applied here, so that the frame after the oldest is not read either: frames past
         // their `ttl` wait for the sweep, which `next_expiry` brings on time.
-        let (freed, dropped) = ring.drop_oldest(retention.size.max(1) - 1, None);
+        let (freed, dropped) = ring.drop_oldest(retention.size.max(1) - 1, None, store);
         ring.last_seq = seq;
         // Grown by hand up to `size`: doubling would leave a full ring of 10 in room for 16,
         // and a topic with one frame in room for 4. A new ring starts with room for two
         // frames, as most topics get a second one: on many new topics, the move from one to
         // two was a third of what history added (on ÷ off 1.11 → 1.07, `bench/run.sh
-        // history`); a topic that never gets a second frame leaves one entry unused.
+        // history`); a topic that never gets a second frame leaves one entry unused. The room
+        // comes from the store's rooms, made a batch at a time (see `store::Rooms`).
         if ring.frames.len() == ring.frames.capacity() {
             let len = ring.frames.len();
             let room = (2 * len).clamp(2.min(retention.size.max(1)), retention.size.max(len + 1));
-            ring.frames.reserve_exact(room - len);
+            let mut grown = store.rooms.take(room);
+            grown.extend(ring.frames.drain(..));
+            store.rooms.give(std::mem::replace(&mut ring.frames, grown));
         }
         let received = ticks(self.origin, routed.received_at);
         // A copy, not the live frame's `Bytes`: shared with the queues, that one has a
         // reference count of its own in a separate allocation, which dropping the frame when
         // its ring is full would touch, cold, on every frame (1.6 % of the bridge's CPU with
         // every ring full, `bench/run.sh history` with `PERF_OUT`). The live frame is freed
-        // while still hot. The copy goes into the buffer of the frame the ring dropped for it:
-        // with every ring full, a frame then costs no allocation, and no free of a buffer gone
-        // cold since its frame was written (that free read a cold line: 2 % of the bridge's
-        // CPU on the many-topics load).
-        let frame = Retained::new(routed, received, dropped);
+        // while still hot. The copy goes into the slot of the frame the ring dropped for it
+        // when it is of the same size: with every ring full, a frame then costs no slot taken
+        // and none freed, where freeing a buffer gone cold since its frame was written read a
+        // cold line (2 % of the bridge's CPU on the many-topics load).
+        let frame = Kept::new(routed, received, dropped, store);
         let cost = frame.cost();
         ring.frames.push_back(frame);
         if schedule {
@@ -811,7 +863,7 @@ impl History {
     /// cannot be resumed any more.
     pub fn skipped(&self, topic: &str, seq: u64) {
         let mut rings = self.lock();
-        if let Some(ring) = rings.get_mut(topic) {
+        if let Some((ring, _)) = rings.get_mut(topic) {
             ring.last_seq = seq;
             ring.complete_from = seq + 1;
         }
@@ -831,9 +883,10 @@ impl History {
         let mut empty = 0;
         let mut next_expiry = None;
         let ticks_now = ticks(self.origin, now);
-        for ring in rings.rings_mut() {
+        let (all, store) = rings.rings_mut();
+        for ring in all {
             if ring.retention.ttl.is_some() {
-                freed += ring.trim(ticks_now);
+                freed += ring.trim(ticks_now, store);
                 Rings::expires(&mut next_expiry, ring, self.origin);
             }
             empty += usize::from(ring.frames.is_empty());
@@ -841,7 +894,7 @@ impl History {
         rings.next_expiry = next_expiry;
         rings.emptied = false;
         if empty > MAX_POSITIONS {
-            rings.retain(|ring| !ring.frames.is_empty());
+            rings.retain(|ring, _| !ring.frames.is_empty());
             rings.forgot = true;
         }
         rings.freed(freed);
@@ -873,10 +926,10 @@ impl History {
         let mut freed = Freed::default();
         let mut next_expiry = None;
         let mut emptied = false;
-        rings.retain(|ring| match retentions.get(&*ring.route) {
+        rings.retain(|ring, store| match retentions.get(&*ring.route) {
             Some(retention) => {
                 ring.retention = *retention;
-                freed += ring.trim(now);
+                freed += ring.trim(now, store);
                 Rings::expires(&mut next_expiry, ring, self.origin);
                 emptied |= ring.frames.is_empty();
                 true
@@ -884,7 +937,7 @@ impl History {
             None => {
                 freed += Freed {
                     frames: ring.frames.len(),
-                    bytes: ring.frames.iter().map(Retained::cost).sum(),
+                    bytes: ring.frames.iter().map(Kept::cost).sum(),
                 };
                 false
             }
@@ -958,7 +1011,7 @@ impl History {
                 if matches!(from, Wanted::After(_)) != pass {
                     continue;
                 }
-                let Some(ring) = rings.get_mut(topic) else {
+                let Some((ring, store)) = rings.get_mut(topic) else {
                     if let Wanted::After(seq) = from {
                         let fresh = *seq == 0
                             && retains(topic).is_some_and(|route| rings.never_published(&route));
@@ -968,8 +1021,9 @@ impl History {
                     }
                     continue;
                 };
-                freed += ring.trim(now);
+                freed += ring.trim(now, store);
                 emptied |= ring.frames.is_empty();
+                let admits = |frame: &Kept| (recipient.admits)(&Retained::of(frame, store));
                 match *from {
                     Wanted::After(seq) => {
                         if !ring.resumes_from(seq) {
@@ -978,7 +1032,7 @@ impl History {
                         }
                         let start = ring.frames.partition_point(|frame| frame.seq <= seq);
                         let picked: Vec<usize> = (start..ring.frames.len())
-                            .filter(|&i| (recipient.admits)(&ring.frames[i]))
+                            .filter(|&i| admits(&ring.frames[i]))
                             .collect();
                         if picked.len() > left {
                             replay.exhausted.push((*topic).to_owned());
@@ -994,7 +1048,7 @@ impl History {
                     Wanted::Last(n) => {
                         let mut picked: Vec<usize> = (0..ring.frames.len())
                             .rev()
-                            .filter(|&i| (recipient.admits)(&ring.frames[i]))
+                            .filter(|&i| admits(&ring.frames[i]))
                             .take(n.min(left))
                             .collect();
                         picked.reverse();
@@ -1014,11 +1068,11 @@ impl History {
         chosen.dedup_by_key(|&mut (dispatch, ..)| dispatch);
         replay.frames.reserve(chosen.len());
         for (_, _, topic, index) in chosen {
-            let Some(ring) = rings.get_mut(topic) else {
+            let Some((ring, store)) = rings.get_mut(topic) else {
                 continue;
             };
             let frame = &mut ring.frames[index];
-            let (bytes, grown) = for_recipient(frame, recipient);
+            let (bytes, grown) = for_recipient(frame, store, recipient);
             replay.frames.push(bytes);
             rings.bytes += grown;
         }
@@ -1031,18 +1085,19 @@ impl History {
 /// The bytes of `frame` for `recipient`: compressed when it negotiated permessage-deflate and
 /// the frame is long enough and fits its window (compressed once, then kept with the frame),
 /// else plain. Also what keeping the compressed form added.
-fn for_recipient(frame: &mut Retained, recipient: &Recipient) -> (Bytes, usize) {
-    let len = wsframe::payload(frame.frame()).len();
+fn for_recipient(frame: &mut Kept, store: &Store, recipient: &Recipient) -> (Bytes, usize) {
+    let plain = Retained::of(frame, store).frame();
+    let len = wsframe::payload(plain).len();
     let compresses = recipient.deflate.is_some_and(|window_bits| {
         len >= recipient.compression.min_bytes && deflate::fits(window_bits, len)
     });
     if !compresses {
-        return (Bytes::copy_from_slice(frame.frame()), 0);
+        return (Bytes::copy_from_slice(plain), 0);
     }
     if let Some(compressed) = frame.compressed() {
         return (Bytes::clone(compressed), 0);
     }
-    let compressed = wsframe::deflated(frame.frame(), recipient.compression.level);
+    let compressed = wsframe::deflated(plain, recipient.compression.level);
     let grown = compressed.len();
     frame.extra.get_or_insert_default().compressed = Some(compressed.clone());
     (compressed, grown)
@@ -1101,7 +1156,7 @@ mod tests {
 
         /// What it costs retained.
         fn cost(&self) -> usize {
-            Retained::new(self.routed(), 0, None).cost()
+            Kept::new(self.routed(), 0, None, &mut Store::default()).cost()
         }
     }
 
@@ -1118,7 +1173,7 @@ mod tests {
         }
     }
 
-    fn anyone(_: &Retained) -> bool {
+    fn anyone(_: &Retained<'_>) -> bool {
         true
     }
 
@@ -1143,6 +1198,14 @@ mod tests {
             retention(3),
             frame(seq, dispatch, Resolved::Everyone),
         );
+    }
+
+    /// Every slot taken holds a retained frame or a ring's topic, and there are `n`: none is
+    /// lost when frames or rings go.
+    fn assert_slots_held(history: &History, n: usize) {
+        let rings = history.lock();
+        assert_eq!(rings.store.live(), rings.frames + rings.topics.len());
+        assert_eq!(rings.store.live(), n);
     }
 
     fn replay(
@@ -1360,7 +1423,7 @@ mod tests {
             authenticated: true,
             expires_at: None,
         };
-        let admits = |frame: &Retained| frame.audience().admits(&alice);
+        let admits = |frame: &Retained<'_>| frame.audience().admits(&alice);
         let recipient = Recipient {
             admits: &admits,
             deflate: None,
@@ -1403,6 +1466,7 @@ mod tests {
         }
         // Compacted a few entries per append: it ends a pass before it grows by a seventh.
         assert!(history.lock().order.len() <= (2 * 3 + 1024) * 8 / 7 + 1);
+        assert_slots_held(&history, 3 + 2);
     }
 
     #[test]
@@ -1447,88 +1511,96 @@ mod tests {
             let rings = history.lock();
             let ring = rings.get("t:a").expect("a ring");
             let frames = ring.frames.iter();
-            frames.map(|f| f.frame().as_ptr()).collect::<Vec<_>>()
+            let at = |frame| Retained::of(frame, &rings.store).frame().as_ptr();
+            frames.map(at).collect::<Vec<_>>()
         };
         retain(1);
         retain(2);
         let [first, second] = buffers()[..] else {
             panic!("two frames");
         };
-        // The third drops the first, and is copied where the first was: no allocation.
+        // The third drops the first, and is copied where the first was: no slot taken.
         retain(3);
         assert_eq!(buffers(), [second, first]);
         let rings = history.lock();
         let ring = rings.get("t:a").expect("a ring");
-        let kept: Vec<&[u8]> = ring.frames.iter().map(Retained::frame).collect();
+        let frames = ring.frames.iter();
+        let kept: Vec<&[u8]> = frames
+            .map(|frame| Retained::of(frame, &rings.store).frame())
+            .collect();
         assert_eq!(kept, [b"frame 002".as_slice(), b"frame 003"]);
-        // The count holds what the buffers take.
-        let held: usize = ring.frames.iter().map(Retained::cost).sum();
+        assert_eq!(rings.store.live(), 2 + 1, "two frames and the topic's name");
+        // The count holds what the slots take.
+        let held: usize = ring.frames.iter().map(Kept::cost).sum();
         assert_eq!(rings.bytes, held);
     }
 
     #[test]
-    fn a_copy_reuses_a_spare_buffer_only_when_it_fits_without_waste() {
-        let reused = |capacity: usize, len: usize| {
-            let spare = Vec::with_capacity(capacity);
-            let at = spare.as_ptr();
+    fn a_copy_takes_the_slot_of_the_frame_it_replaces_only_when_of_its_size() {
+        let mut store = Store::default();
+        let mut reused = |old: usize, len: usize| {
+            let spare = store.put(&vec![0; old], &[]);
+            let at = store.bytes(&spare).as_ptr();
             let mut routed = frame(1, 1, Resolved::Everyone);
             routed.bytes = vec![7; len];
-            let copy = Retained::new(routed.routed(), 0, Some(spare));
-            assert_eq!(copy.frame(), vec![7; len]);
-            copy.frame().as_ptr() == at
+            let copy = Kept::new(routed.routed(), 0, Some(spare), &mut store);
+            assert_eq!(Retained::of(&copy, &store).frame(), vec![7; len]);
+            let same = store.bytes(&copy.held).as_ptr() == at;
+            copy.release(&mut store);
+            same
         };
-        assert!(reused(208, 200));
+        assert!(reused(200, 195), "208 bytes each, the trailer included");
         assert!(!reused(100, 200), "too small");
         assert!(
-            !reused(64 * 1024, 200),
-            "a large frame's buffer is not kept for a small one"
+            !reused(4000, 200),
+            "a large frame's slot is not kept for a small one"
         );
         let mut short = frame(1, 1, Resolved::Everyone);
         short.bytes = vec![1; 20];
+        let entry = Kept::new(short.routed(), 0, None, &mut store);
         assert_eq!(
-            Retained::new(short.routed(), 0, None).buffer.capacity(),
-            40,
-            "the frame and where its payload is, in what a chunk of 48 bytes holds"
+            entry.held.capacity(),
+            32,
+            "the frame and where its payload is, in a slot of 32 bytes"
         );
+        entry.release(&mut store);
+        assert_eq!(store.live(), 0, "every slot given back");
     }
 
     #[test]
     fn a_retained_frame_tells_where_its_payload_is() {
         let bytes = br#"{"data":{"n":1},"x":"{"}"#;
-        let retained = |payload: Payload| {
+        let mut store = Store::default();
+        let mut retained = |payload: Payload| {
             let mut routed = frame(1, 1, Resolved::Everyone);
             routed.bytes = bytes.to_vec();
             routed.payload = payload;
-            Retained::new(routed.routed(), 0, None)
+            Kept::new(routed.routed(), 0, None, &mut store)
         };
         let in_frame = retained(Payload::InFrame(8..15));
-        assert_eq!(in_frame.frame(), bytes);
-        assert_eq!(in_frame.json(), Some(serde_json::json!({"n": 1})));
-        assert!(!in_frame.is_auto());
         let copied = retained(Payload::Copy(Box::from(&b"[2]"[..])));
-        assert_eq!(copied.json(), Some(serde_json::json!([2])));
-        assert_eq!(copied.cost(), in_frame.cost() + 3, "the copy is counted");
-        assert_eq!(retained(Payload::NotJson).json(), None);
-        assert_eq!(
-            retained(Payload::InFrame(17..20)).json(),
-            None,
-            "not JSON there"
-        );
-        assert_eq!(
-            retained(Payload::InFrame(8..99)).json(),
-            None,
-            "past the frame"
-        );
+        let not_json = retained(Payload::NotJson);
+        let not_json_there = retained(Payload::InFrame(17..20));
+        let past_the_frame = retained(Payload::InFrame(8..99));
         let auto = retained(Payload::Auto);
-        assert!(auto.is_auto());
-        assert_eq!(auto.json(), None);
-        assert_eq!(auto.frame(), bytes);
+        let view = |entry| Retained::of(entry, &store);
+        assert_eq!(view(&in_frame).frame(), bytes);
+        assert_eq!(view(&in_frame).json(), Some(serde_json::json!({"n": 1})));
+        assert!(!view(&in_frame).is_auto());
+        assert_eq!(view(&copied).json(), Some(serde_json::json!([2])));
+        assert_eq!(copied.cost(), in_frame.cost() + 3, "the copy is counted");
+        assert_eq!(view(&not_json).json(), None);
+        assert_eq!(view(&not_json_there).json(), None, "not JSON there");
+        assert_eq!(view(&past_the_frame).json(), None, "past the frame");
+        assert!(view(&auto).is_auto());
+        assert_eq!(view(&auto).json(), None);
+        assert_eq!(view(&auto).frame(), bytes);
     }
 
     #[test]
     fn an_entry_takes_one_cache_line_and_appending_reads_one_line_of_its_slot() {
-        assert_eq!(std::mem::size_of::<Retained>(), 64);
-        assert_eq!(std::mem::align_of::<Retained>(), 64);
+        assert_eq!(std::mem::size_of::<Kept>(), 64);
+        assert_eq!(std::mem::align_of::<Kept>(), 64);
         assert_eq!(std::mem::size_of::<Slot>(), 128);
         assert_eq!(std::mem::align_of::<Slot>(), 64);
         let hot_end = std::mem::offset_of!(Slot, ring)
@@ -1662,6 +1734,7 @@ mod tests {
         history.expire(Instant::now() + Duration::from_secs(1));
         assert_eq!(history.lock().frames, 0);
         assert_eq!(history.lock().bytes, 0);
+        assert_slots_held(&history, 1);
         // Its position stays: a client that saw frame 1 has missed nothing.
         assert_eq!(
             replay(&history, &[("t:a", Wanted::After(1))], 100),
@@ -1679,10 +1752,12 @@ mod tests {
         let before = config(ROUTES);
         history.configure(&shrunk, &before);
         assert_eq!(replay(&history, &[("t:a", Wanted::Last(5))], 100).0, ["4"]);
+        assert_slots_held(&history, 1 + 1);
         let without = config("routes:\n  - name: r\n    channel: c\n");
         history.configure(&without, &shrunk);
         assert!(history.lock().topics.is_empty());
         assert_eq!(history.lock().bytes, 0);
+        assert_slots_held(&history, 0);
         // Retaining again after a reload: a topic without a ring may have had frames.
         history.configure(&before, &without);
         assert_eq!(
