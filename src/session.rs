@@ -140,13 +140,15 @@ fn open(
     slot: Slot,
     since: Option<Since>,
 ) -> Registration {
-    // The welcome is written before the connection is in the hub: once there, the dispatcher
-    // may queue frames to it, and the welcome must come first.
+    // The welcome is queued before the connection is in the hub, so that it comes before
+    // any frame the dispatcher queues once it is there; and written only after, so that a
+    // client that has read it receives every frame routed from then on (written at once, a
+    // message published on reading it could be routed before the connection was in the hub).
     let identity = connection.identity.load();
     let welcome = welcome(shared, &shared.routing.load(), connection, &identity);
     connection
         .outbox
-        .send(wsframe::text(welcome.as_bytes()), &shared.metrics);
+        .queue_reply(wsframe::text(welcome.as_bytes()));
     let registration = Registration::new(shared.clone(), connection.clone(), slot, since);
     // A replay was queued under the hub's lock, where nothing is written.
     connection.outbox.flush(&shared.metrics);
