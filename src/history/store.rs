@@ -119,16 +119,9 @@ pub(super) struct Store {
 /// Counts, not the chunks' bytes (64 KiB each).
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let chunks = self.classes.iter().flat_map(|class| &class.chunks);
-        let (made, live) = chunks.fold((0, 0), |(made, live), chunk| {
-            (
-                made + usize::from(!chunk.bytes.is_empty()),
-                live + chunk.live,
-            )
-        });
         f.debug_struct("Store")
-            .field("chunks", &made)
-            .field("slots", &live)
+            .field("chunks", &self.chunks())
+            .field("slots", &self.live())
             .field("rooms", &self.rooms)
             .finish()
     }
@@ -246,14 +239,12 @@ impl Store {
     }
 
     /// Slots taken, of every size.
-    #[cfg(test)]
     pub(super) fn live(&self) -> usize {
         let chunks = self.classes.iter().flat_map(|class| &class.chunks);
         chunks.map(|chunk| chunk.live as usize).sum()
     }
 
     /// Chunks not released, of every size.
-    #[cfg(test)]
     pub(super) fn chunks(&self) -> usize {
         let chunks = self.classes.iter().flat_map(|class| &class.chunks);
         chunks.filter(|chunk| !chunk.bytes.is_empty()).count()
