@@ -229,7 +229,6 @@ impl Dispatcher {
         payload: &[u8],
         received_at: Instant,
     ) {
-        self.shared.metrics.redis_messages.inc();
         let routing = self.shared.routing.load();
         let message = Incoming::new(channel, payload);
         for (route, counters) in routing.routes_for(channel, pattern) {
@@ -299,6 +298,9 @@ impl Dispatcher {
                 }
             }
         }
+        // Counted once routed: a scrape that shows a message received also shows everything
+        // it did to the history and the connections' queues.
+        self.shared.metrics.redis_messages.inc();
     }
 }
 

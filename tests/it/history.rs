@@ -221,10 +221,17 @@ async fn a_client_that_drops_resumes_exactly_what_it_missed_while_publishing_goe
 async fn last_under_a_publish_storm_joins_the_live_stream_without_loss_or_repeat() {
     let (redis, bridge) = start("send_queue: 10000", &jobs("{ size: 50 }")).await;
     const TOTAL: u64 = 6000;
-    let (published, publisher) = storm(&redis, "job:s", TOTAL);
+    let (_, publisher) = storm(&redis, "job:s", TOTAL);
     let mut clients = Vec::new();
     for at in [500, 1500, 2500, 3500, 4500] {
-        wait_published(&published, at).await;
+        // Routed, not only published: a bridge behind the publisher would replay from 1.
+        wait_until_async(WAIT, "the bridge to route far enough", || async {
+            bridge
+                .metric("bridge_redis_messages_received_total")
+                .await
+                .is_some_and(|routed| routed >= at)
+        })
+        .await;
         let mut c = bridge.client().await;
         subscribed(
             &mut c,
@@ -367,6 +374,7 @@ async fn positions_of_another_process_get_an_epoch_gap_never_a_replay() {
     let bridge = Bridge::start(&redis, &yaml);
     bridge.wait_ready().await;
     publish_numbered(&redis, "job:1", 1..=2).await;
+    bridge.wait_received(2).await;
     let mut c = bridge.client().await;
     assert_ne!(c.welcome["epoch"], old_epoch, "a restart is a new epoch");
     subscribed(
@@ -394,7 +402,7 @@ async fn the_subscribed_answer_tells_where_the_live_stream_starts() {
     let (redis, bridge) = start("", &jobs_and_plain("{ size: 10 }")).await;
     publish_numbered(&redis, "job:1", 1..=3).await;
     publish_numbered(&redis, "plain:1", 1..=2).await;
-    bridge.wait_retained(3).await;
+    bridge.wait_received(5).await;
     let mut c = bridge.client().await;
     let epoch = c.welcome["epoch"].clone();
     c.send_json(&json!({"type": "subscribe", "id": 1, "topics": ["job:1", "job:2", "plain:1"]}))
@@ -442,6 +450,7 @@ async fn a_position_older_than_the_history_gets_a_gap() {
     let (redis, bridge) = start("", &jobs_and_plain("{ size: 3 }")).await;
     publish_numbered(&redis, "job:1", 1..=10).await;
     publish_numbered(&redis, "plain:1", 1..=2).await;
+    bridge.wait_received(12).await;
     let mut c = bridge.client().await;
     c.assert_pong(0).await;
     let epoch = c.welcome["epoch"].clone();

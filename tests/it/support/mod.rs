@@ -688,6 +688,15 @@ impl Bridge {
         .await;
     }
 
+    /// Waits until the bridge has routed `messages` messages from Redis since it started:
+    /// what they did to the history and to positions is then seen by any later command.
+    pub async fn wait_received(&self, messages: u64) {
+        wait_until_async(WAIT, &format!("{messages} messages routed"), || async {
+            self.metric("bridge_redis_messages_received_total").await == Some(messages)
+        })
+        .await;
+    }
+
     /// The daemon's resident set size in KiB (`VmRSS` of /proc/PID/status).
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
