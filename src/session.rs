@@ -150,7 +150,8 @@ fn open(
         .outbox
         .queue_reply(wsframe::text(welcome.as_bytes()));
     let registration = Registration::new(shared.clone(), connection.clone(), slot, since);
-    // A replay was queued under the hub's lock, where nothing is written.
+    // Writes the welcome, then any replay queued under the hub's lock (where nothing is
+    // written).
     connection.outbox.flush(&shared.metrics);
     if shared.shutdown.is_cancelled() {
         // Accepted while shutting down, after the hub's connections were told.
